@@ -22,6 +22,7 @@ GGUF files are de-quantized once and cached as safetensors under ``$HLM_GYM_CACH
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
@@ -128,8 +129,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     """De-quantize a GGUF file into a plain Hugging Face folder at ``out``."""
     from safetensors.torch import save_file
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with _quiet_loading():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     config["_name_or_path"] = gguf.stem
@@ -162,13 +164,54 @@ def _folder_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    """Hide transformers' per-load progress bars (a whole-job bar is the caller's business)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _from_folder(folder: Path, dtype: torch.dtype, device: str | torch.device):
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        with _quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load a causal LM from folder {folder}: {exc}") from None
     return model.to(device).eval(), tokenizer
+
+
+def check_spec(spec: str | os.PathLike) -> str:
+    """Validate a spec's form without loading weights; return it normalised.
+
+    Catches empty specs, malformed ``early-exit:N`` and local paths that do not exist, so that
+    a bad SLM spec is reported before the LLM is loaded.
+    """
+    spec_s = str(spec).strip()
+    if not spec_s:
+        raise ModelLoadError("empty model spec; use 'embedded', a folder, a .gguf file or a hub id")
+    if spec_s in (EMBEDDED_LLM, EMBEDDED_SLM):
+        return spec_s
+    if spec_s.startswith("early-exit:"):
+        arg = spec_s.split(":", 1)[1]
+        if not arg.isdigit() or int(arg) < 1:
+            raise ModelLoadError(f"bad spec {spec_s!r}: expected early-exit:N with N a positive integer")
+        return spec_s
+    path = Path(spec_s).expanduser()
+    if path.suffix == ".gguf" and not path.is_file():
+        raise ModelLoadError(f"GGUF file not found: {path}")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelLoadError(f"model folder {path} has no config.json")
+    if not path.exists() and (spec_s.startswith((".", "/", "~")) or spec_s.count("/") > 1):
+        raise ModelLoadError(f"model path {spec_s!r} is neither a model folder nor a .gguf file")
+    return spec_s
 
 
 def early_exit_model(llm: PreTrainedModel, layers: list[int]) -> PreTrainedModel:
@@ -200,9 +243,7 @@ def early_exit_model(llm: PreTrainedModel, layers: list[int]) -> PreTrainedModel
 def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> LoadedModel:
     """Load one causal LM by spec (see the module docstring for the spec forms)."""
-    spec_s = str(spec).strip()
-    if not spec_s:
-        raise ModelLoadError("empty model spec; use 'embedded', a folder, a .gguf file or a hub id")
+    spec_s = check_spec(spec)
     if spec_s == EMBEDDED_LLM:
         folder, sha = gguf_folder(embedded_gguf_path())
         model, tok = _from_folder(folder, dtype, device)
@@ -213,29 +254,24 @@ def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32,
         return load_embedded_slm(dtype=dtype, device=device)
     if spec_s.startswith("early-exit:"):
         arg = spec_s.split(":", 1)[1]
-        if not arg.isdigit() or int(arg) < 1:
-            raise ModelLoadError(f"bad spec {spec_s!r}: expected early-exit:N with N a positive integer")
         base = load_model(EMBEDDED_LLM, dtype, device)
         student = early_exit_model(base.model, list(range(int(arg))))
         return LoadedModel(student, base.tokenizer, spec_s, f"SmolLM2-135M first {arg} layers",
                            hashlib.sha256((base.fingerprint + spec_s).encode()).hexdigest())
     path = Path(spec_s).expanduser()
     if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF file not found: {path}")
         folder, sha = gguf_folder(path.resolve())
         model, tok = _from_folder(folder, dtype, device)
         return LoadedModel(model, tok, spec_s, path.stem, sha)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"model folder {path} has no config.json")
         model, tok = _from_folder(path, dtype, device)
         return LoadedModel(model, tok, spec_s, path.name, _folder_fingerprint(path))
-    if path.exists() or spec_s.startswith((".", "/", "~")) or spec_s.count("/") > 1:
+    if path.exists():
         raise ModelLoadError(f"model path {spec_s!r} is neither a model folder nor a .gguf file")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec_s)
-        model = AutoModelForCausalLM.from_pretrained(spec_s, dtype=dtype)
+        with _quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(spec_s)
+            model = AutoModelForCausalLM.from_pretrained(spec_s, dtype=dtype)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
@@ -280,17 +316,16 @@ def load_pair(slm: str | os.PathLike | None = None, llm: str | os.PathLike | Non
     SmolLM2-135M-Instruct LLM. Raises :class:`ModelLoadError` for unknown specs or a pair
     whose tokenizers differ.
     """
-    llm_loaded = load_model(llm if llm is not None else EMBEDDED_LLM, dtype, device)
-    slm_spec = str(slm) if slm is not None else EMBEDDED_SLM
-    if slm_spec.startswith("early-exit:") and (llm is None or str(llm) == EMBEDDED_LLM):
+    slm_spec = check_spec(slm if slm is not None else EMBEDDED_SLM)
+    llm_spec = check_spec(llm if llm is not None else EMBEDDED_LLM)
+    llm_loaded = load_model(llm_spec, dtype, device)
+    if slm_spec.startswith("early-exit:") and llm_spec == EMBEDDED_LLM:
         arg = slm_spec.split(":", 1)[1]
-        if not arg.isdigit() or int(arg) < 1:
-            raise ModelLoadError(f"bad spec {slm_spec!r}: expected early-exit:N with N a positive integer")
         student = early_exit_model(llm_loaded.model, list(range(int(arg))))
         slm_loaded = LoadedModel(student, llm_loaded.tokenizer, slm_spec,
                                  f"SmolLM2-135M first {arg} layers",
                                  hashlib.sha256((llm_loaded.fingerprint + slm_spec).encode()).hexdigest())
-    elif slm_spec == EMBEDDED_SLM and (llm is None or str(llm) == EMBEDDED_LLM):
+    elif slm_spec == EMBEDDED_SLM and llm_spec == EMBEDDED_LLM:
         from hlm_gym.slm import embedded_slm_from_llm
 
         slm_loaded = embedded_slm_from_llm(llm_loaded)
