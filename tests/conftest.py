@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -9,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from hlm_gym.models import ModelPair
 
 torch.set_num_threads(1)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
 
 class TinyTokenizer:
