@@ -8,7 +8,8 @@ Prints a Markdown table (mean over test episodes, 95% Student-t interval half-wi
 throughput) and writes it to ``--out`` together with ``.csv`` and ``.json`` siblings (atomic).
 The U-HLM fit uses the training split, Learn-then-Test calibrates on the validation split,
 every policy is evaluated on the test split with the same seed (so the same prompts and
-channel draws). Rand-HLM skips at the rate U-HLM (risk-averse) reached in that scenario.
+channel draws). Rand-HLM skips at the rate U-HLM (risk-averse) reached in that scenario (0.5 when
+U-HLM is unavailable or skips nothing or everything).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ BASELINES = (
     ("BiLD fallback (alpha=0.6)", "bild:0.6"),
     ("CALM softmax (lambda=0.9, decaying)", "calm:0.9"),
     ("Learn-then-Test (delta=0.05, eps=0.1)", "ltt:delta=0.05,eps=0.1"),
+    ("Learn-then-Test (delta=0.5, eps=0.1)", "ltt:delta=0.5,eps=0.1"),
     ("channel-aware (env lambda)", "channel-aware"),
     ("channel-aware, deferred-cost lookahead (env lambda)", "channel-aware:lookahead=1"),
 )
@@ -51,6 +53,10 @@ def _trace_label(traces) -> str:
 
     path = resolve_trace_path(traces, "test")
     meta = read_meta(path)
+    try:
+        path = path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
     return (f"{path} (SLM {meta.get('slm_name')}, LLM {meta.get('llm_name')}, {len(meta['prompts'])} test prompts, "
             f"max {meta['max_new_tokens']} tokens)")
 
@@ -94,8 +100,9 @@ def main(argv=None) -> int:
             uhlm_skip = None
             for label, spec in BASELINES:
                 if "{uhlm_skip}" in spec:
-                    if uhlm_skip is None:
-                        continue
+                    if uhlm_skip is None or not 0.01 <= uhlm_skip <= 0.99:
+                        # U-HLM unavailable or degenerate (skips nothing / everything): a fixed rate
+                        label, uhlm_skip = "Rand-HLM (skip rate 0.5)", 0.5
                     spec = spec.format(uhlm_skip=round(uhlm_skip, 4))
                 try:
                     res = evaluate(spec, scenario=sc, split="test", episodes=args.episodes, seed=args.seed, env=env,
@@ -108,11 +115,10 @@ def main(argv=None) -> int:
                 if spec == "uhlm":
                     uhlm_skip = s["skip_rate"]["mean"]
                 pol = res.policy
-                if spec.startswith("ltt") and "ltt" not in extra:
-                    ltt = make_policy(spec, traces=args.traces).ltt
-                    extra["ltt"] = ltt.to_dict()
                 if spec.startswith("ltt"):
-                    extra["ltt"][f"test_risk_{sc}"] = s["risk"]["mean"]
+                    if spec not in extra:
+                        extra[spec] = make_policy(spec, traces=args.traces).ltt.to_dict()
+                    extra[spec][f"test_risk_{sc}"] = s["risk"]["mean"]
                 row = {"scenario": sc, "policy": label, "spec": spec,
                        "param": pol.get("u_th", pol.get("rate", pol.get("alpha_fb", pol.get("lambda", "")))),
                        "tokens_per_s": s["tokens_per_s"]["mean"],
@@ -130,6 +136,9 @@ def main(argv=None) -> int:
         finally:
             env.close()
 
+    def r4(x):
+        return "none" if x is None else f"{x:.4f}"
+
     def f(x, nd=3):
         return "" if x == "" or x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
@@ -141,8 +150,10 @@ def main(argv=None) -> int:
     beta = np.concatenate([q["beta"] for q in parts])
     ep = np.concatenate([q["prompt"] + i * 10**7 for i, q in enumerate(parts)])
     hold = holdout_check(u, beta, ep, delta=0.05, epsilon=0.1, reps=200, seed=args.seed)
-    extra["ltt_holdout_check"] = hold
-    ltt_d = extra.get("ltt", {})
+    hold5 = holdout_check(u, beta, ep, delta=0.5, epsilon=0.1, reps=200, seed=args.seed)
+    extra["ltt_holdout_check"] = {"delta=0.05": hold, "delta=0.5": hold5}
+    ltt_d = extra.get("ltt:delta=0.05,eps=0.1", {})
+    ltt5 = extra.get("ltt:delta=0.5,eps=0.1", {})
     lam = next(r["lambda"] for r in rows if "lambda" in r)
     head = ["| scenario | policy | parameter | tokens/s (±95% CI) | transmission rate | risk (±95% CI) | error rate | "
             "uplink kbit/token | energy mJ/token | reward/step |",
@@ -170,12 +181,15 @@ def main(argv=None) -> int:
                f"U-HLM fit on the training split failed: {fit_error}. ") +
             f"Risk = mean rejection probability of the skipped tokens per episode (0 if none skipped); "
             f"error rate = skipped tokens that verification would have rejected / tokens. "
-            f"Learn-then-Test (calibrated on the {ltt_d.get('n')} validation responses): threshold "
-            f"{ltt_d.get('threshold')}, validation risk {ltt_d.get('risk_hat_at_threshold')}; held-out check "
-            f"({hold['reps']} random halves of validation+test, {hold['n_calibration']} calibration / "
-            f"{hold['n_holdout']} held-out responses): held-out risk > 0.05 in {hold['violation_rate']:.3f} of splits "
-            f"(epsilon = 0.1), median threshold {hold['median_threshold']}, no threshold in "
-            f"{hold['no_threshold_rate']:.3f}. "
+            f"Learn-then-Test (calibrated on the {ltt_d.get('n')} validation responses): delta = 0.05: threshold "
+            f"{ltt_d.get('threshold')}, validation risk {r4(ltt_d.get('risk_hat_at_threshold'))}; delta = 0.5: threshold "
+            f"{ltt5.get('threshold')}, validation risk {r4(ltt5.get('risk_hat_at_threshold'))}, test risk "
+            + ", ".join(f"{k[10:]} {v:.4f}" for k, v in ltt5.items() if k.startswith("test_risk_")) + ". "
+            f"Held-out check ({hold['reps']} random halves of validation+test, {hold['n_calibration']} calibration / "
+            f"{hold['n_holdout']} held-out responses, epsilon = 0.1): delta = 0.05: held-out risk > delta in "
+            f"{hold['violation_rate']:.3f} of splits, median threshold {hold['median_threshold']}, no threshold in "
+            f"{hold['no_threshold_rate']:.3f}; delta = 0.5: held-out risk > delta in {hold5['violation_rate']:.3f}, "
+            f"median threshold {hold5['median_threshold']}, no threshold in {hold5['no_threshold_rate']:.3f}. "
             f"Command: `{cmd.strip()}` ({time.perf_counter() - t0:.0f} s).")
     table = "\n".join(head + lines)
     text = table + "\n\n" + note + "\n"

@@ -74,7 +74,11 @@ def fit_figure(traces, out: Path, seed: int = 0):
     if fit.a > 0:
         for th, name, st in ((fit.threshold("averse"), "risk-averse", "--"),
                              (fit.threshold("prone"), "risk-prone", ":")):
-            ax.axvline(th, color="gray", ls=st, label=f"{name} u_th = {th:.3f}")
+            if 0.0 <= th <= 1.0:
+                ax.axvline(th, color="gray", ls=st, label=f"{name} u_th = {th:.3f}")
+            else:  # outside [0, 1]: never / always skip; named in the legend only
+                ax.plot([], [], color="gray", ls=st, label=f"{name} u_th = {th:.3f} (outside [0, 1])")
+    ax.set_xlim(-0.05, 1.05)
     ax.set_xlabel("uncertainty u (temperature perturbation, K = 20)")
     ax.set_ylabel("rejection probability beta")
     ax.set_ylim(-0.03, 1.03)

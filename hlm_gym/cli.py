@@ -44,19 +44,21 @@ def _legend(colour: bool) -> str:
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from hlm_gym.decoding import DecoderConfig, HybridDecoder, parse_decoder_policy
+    from hlm_gym.decoding import DecoderConfig, HybridDecoder
     from hlm_gym.models import load_pair
+    from hlm_gym.policies.spec import make_draft_policy, validate_spec
     from hlm_gym.prompts import PromptError, chat_input_ids
 
     if not args.prompt or not args.prompt.strip():
         raise PromptError("empty prompt: pass some text with --prompt")
-    policy = parse_decoder_policy(args.policy)
+    validate_spec(args.policy)
     config = DecoderConfig(mode="greedy" if args.greedy else "sample", max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature)
     if args.threads:
         torch.set_num_threads(args.threads)
     pair = load_pair(slm=args.slm, llm=args.llm, device=args.device)
     ids = chat_input_ids(pair.tokenizer, args.prompt)
+    policy = make_draft_policy(args.policy, max_tokens=config.max_new_tokens)
     result = HybridDecoder(pair, config).generate(ids, policy, seed=args.seed)
     colour = sys.stdout.isatty() and not args.no_colour
     pieces = []
@@ -84,7 +86,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--prompt", required=True, help="the user prompt (chat template applied)")
     p.add_argument("--slm", default=None, help="SLM spec (default: the shipped distilled SLM)")
     p.add_argument("--llm", default=None, help="LLM spec (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--policy", default="always", help="always | never | threshold:U (send iff u > U)")
+    p.add_argument("--policy", default="always",
+                   help="policy spec: always, never, threshold:U (send iff u > U), uhlm, bild:A, calm:L, "
+                        "ltt:..., channel-aware:..., ppo:PATH.zip (see docs/policies.md)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--greedy", action="store_true", help="greedy mode: accept iff the draft is the LLM's argmax")
@@ -123,7 +127,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [ModelLoadError, PromptError, DecodingError]
     for module_name, cls_name in (("hlm_gym.scenarios", "ScenarioError"), ("hlm_gym.traces", "TraceError"),
-                                  ("hlm_gym.policies.spec", "PolicyError")):
+                                  ("hlm_gym.policies.base", "PolicyError"),
+                                  ("hlm_gym.evaluation", "EvaluationError"),
+                                  ("hlm_gym.environments.core", "EnvConfigError")):
         try:
             errors.append(getattr(importlib.import_module(module_name), cls_name))
         except (ImportError, AttributeError):

@@ -226,25 +226,7 @@ class HybridSession:
 
 
 DraftPolicy = Callable[[Draft], bool]
-
-
-def parse_decoder_policy(spec: str) -> DraftPolicy:
-    """``always`` (send every token), ``never`` (SLM only) or ``threshold:U`` (send iff u > U)."""
-    spec = spec.strip()
-    if spec == "always":
-        return lambda draft: True
-    if spec == "never":
-        return lambda draft: False
-    if spec.startswith("threshold:"):
-        raw = spec.split(":", 1)[1]
-        try:
-            u_th = float(raw)
-        except ValueError:
-            raise DecodingError(f"bad policy {spec!r}: threshold must be a number in [0, 1], got {raw!r}") from None
-        if not 0.0 <= u_th <= 1.0:
-            raise DecodingError(f"bad policy {spec!r}: threshold must be in [0, 1]")
-        return lambda draft: draft.signals["u"] > u_th
-    raise DecodingError(f"unknown policy {spec!r}; use always, never or threshold:U with U in [0, 1]")
+"""A live-loop policy: ``policy(draft) -> send``; see :func:`hlm_gym.policies.spec.make_draft_policy`."""
 
 
 @dataclass

@@ -46,6 +46,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="risk weight of the reward (default: the environment's)")
     p.add_argument("--traces", default=None, help="trace folder/file (default: the shipped traces)")
     p.add_argument("--num-envs", type=_positive_int, default=16, help="parallel environments (trace mode)")
+    p.add_argument("--reference", choices=("live", "trace"), default="live",
+                   help="live mode: the LLM-alone response for fidelity, decoded live (default) or the trace's")
     p.add_argument("--out", default=None, help="folder for summary.csv, episodes.csv and result.json")
     p.set_defaults(func=_run)
 
@@ -54,7 +56,8 @@ def _run(args: argparse.Namespace) -> int:
     from hlm_gym.evaluation import evaluate, format_table, write_outputs
 
     res = evaluate(args.policy, scenario=args.scenario, split=args.split, episodes=args.episodes, seed=args.seed,
-                   mode=args.mode, lambda_=args.lambda_, num_envs=args.num_envs, traces=args.traces)
+                   mode=args.mode, lambda_=args.lambda_, num_envs=args.num_envs, traces=args.traces,
+                   reference=args.reference)
     print(format_table(res))
     if args.out:
         paths = write_outputs(res, args.out)

@@ -255,7 +255,7 @@ def _env_context(env: Any) -> dict[str, Any]:
 def evaluate(policy: str | Policy, *, scenario: str = "static-good", split: str = "test", episodes: int = 100,
              seed: int = 0, mode: str = "trace", lambda_: float | None = None, num_envs: int = 16,
              traces: Any = None, env_kwargs: dict[str, Any] | None = None, env: Any = None,
-             policy_context: dict[str, Any] | None = None) -> EvaluationResult:
+             policy_context: dict[str, Any] | None = None, reference: str = "live") -> EvaluationResult:
     """Evaluate ``policy`` (a spec string or a :class:`Policy`) for ``episodes`` episodes."""
     if mode not in ("trace", "live"):
         raise EvaluationError(f"mode must be trace or live, got {mode!r}")
@@ -267,7 +267,8 @@ def evaluate(policy: str | Policy, *, scenario: str = "static-good", split: str 
 
             validate_spec(policy)
         return evaluate_live(policy, scenario=scenario, split=split, episodes=episodes, seed=seed,
-                             lambda_=lambda_, traces=traces, env_kwargs=env_kwargs, policy_context=policy_context)
+                             lambda_=lambda_, traces=traces, env_kwargs=env_kwargs, policy_context=policy_context,
+                             reference=reference)
     if isinstance(policy, str):
         from hlm_gym.policies.spec import validate_spec
 
@@ -298,14 +299,20 @@ def evaluate(policy: str | Policy, *, scenario: str = "static-good", split: str 
 
 def evaluate_live(policy: str | Policy, *, scenario: str, split: str, episodes: int, seed: int,
                   lambda_: float | None, traces: Any = None, env_kwargs: dict[str, Any] | None = None,
-                  policy_context: dict[str, Any] | None = None, fidelity: bool = True) -> EvaluationResult:
+                  policy_context: dict[str, Any] | None = None, fidelity: bool = True,
+                  reference: str = "live") -> EvaluationResult:
     """Live mode: the real pair in the loop (single env, ``mode="live"``), one episode after another.
 
     Episode ``j`` decodes prompt ``order[j mod n]`` of a seeded permutation of the split's prompts.
     Fidelity: cosine similarity of the response's sentence embedding to the LLM-alone response
-    for the same prompt, i.e. the trace's recorded always-send response (an always-send live
-    episode reproduces it token for token, and speculative sampling makes it an LLM sample).
+    for the same prompt. ``reference="live"`` (default) decodes that response in the same env
+    with always-send (same prompt, same per-prompt seed; speculative sampling makes it an exact
+    LLM sample), once per prompt; ``reference="trace"`` uses the trace's recorded always-send
+    response instead (cheaper, but only the same sample if the SLM artifact is the one the
+    trace was built with).
     """
+    if reference not in ("live", "trace"):
+        raise EvaluationError(f"reference must be live or trace, got {reference!r}")
     import gymnasium as gym
 
     import hlm_gym.registration as reg
@@ -323,6 +330,7 @@ def evaluate_live(policy: str | Policy, *, scenario: str, split: str, episodes: 
         tok = base._live.pair.tokenizer
         sim = base.sim
         eps, responses, references = [], [], []
+        ref_cache: dict[int, str] = {}
         t0 = time.perf_counter()
         order = np.random.default_rng(seed).permutation(sim.traces.n_prompts)
         for j in range(episodes):
@@ -349,9 +357,20 @@ def evaluate_live(policy: str | Policy, *, scenario: str, split: str, episodes: 
             eos = getattr(tok, "eos_token_id", None)
             out = [t for t in base.output_tokens if t != eos]
             p = int(info0["prompt"])
-            ref = [int(t) for t in sim.tables.token[sim.tables.starts[p]:sim.tables.stops[p]] if t != eos]
             responses.append(tok.decode(out))
-            references.append(tok.decode(ref))
+            if fidelity:
+                if p not in ref_cache:
+                    if reference == "trace":
+                        ref = [int(t) for t in sim.tables.token[sim.tables.starts[p]:sim.tables.stops[p]] if t != eos]
+                    else:
+                        env.reset(options={"prompt": p})
+                        while True:
+                            _, _, rt, rtr, _ = env.step(1)
+                            if rt or rtr:
+                                break
+                        ref = [t for t in base.output_tokens if t != eos]
+                    ref_cache[p] = tok.decode(ref)
+                references.append(ref_cache[p])
             eps.append(ep)
         if fidelity:
             from hlm_gym.fidelity import response_fidelity
@@ -364,7 +383,7 @@ def evaluate_live(policy: str | Policy, *, scenario: str, split: str, episodes: 
     config = {"policy": policy if isinstance(policy, str) else repr(policy), "scenario": scenario, "split": split,
               "episodes": episodes, "seed": seed, "mode": "live", "lambda": ctx.get("lambda_", lambda_),
               "traces": None if traces is None else str(traces), "latency_ref_s": ctx.get("latency_ref"),
-              "max_tokens": ctx.get("max_tokens"), "wall_s": round(wall, 3)}
+              "max_tokens": ctx.get("max_tokens"), "wall_s": round(wall, 3), "fidelity_reference": reference}
     res = EvaluationResult(config=config, episodes=eps, summary=summarize_episodes(eps), policy=pol.describe())
     res.responses = responses  # type: ignore[attr-defined]
     return res

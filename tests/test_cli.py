@@ -25,6 +25,7 @@ def test_generate_prints_marked_tokens_and_summary(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["generate", "--prompt", "  "], "empty prompt"),
     (["generate", "--prompt", "x", "--policy", "maybe"], "unknown policy"),
+    (["generate", "--prompt", "x", "--policy", "threshold:1.5"], "value must be in [0, 1], got 1.5"),
     (["generate", "--prompt", "x", "--max-new-tokens", "-1"], "max_new_tokens must be a positive integer"),
     (["generate", "--prompt", "x", "--slm", "./nowhere"], "neither a model folder"),
 ])

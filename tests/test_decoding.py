@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hlm_gym.decoding import DecoderConfig, DecodingError, HybridDecoder, HybridSession, parse_decoder_policy
+from hlm_gym.decoding import DecoderConfig, DecodingError, HybridDecoder, HybridSession
 from tests.conftest import chi2_pvalue, make_tiny_pair
 
 PROMPT = torch.tensor([1, 2, 3])
@@ -99,15 +99,11 @@ def test_stops_at_eos_and_records_columns():
     assert cols["sent"].all() and np.isfinite(cols["beta"]).all()
 
 
-def test_threshold_policy_and_bad_input(tiny_pair):
-    policy = parse_decoder_policy("threshold:0.5")
-    out = HybridDecoder(tiny_pair, DecoderConfig(max_new_tokens=20, stop_at_eos=False)).generate(PROMPT, policy)
+def test_threshold_rule_and_bad_input(tiny_pair):
+    out = HybridDecoder(tiny_pair, DecoderConfig(max_new_tokens=20, stop_at_eos=False)).generate(
+        PROMPT, lambda d: d.signals["u"] > 0.5)
     cols = out.columns
     assert np.array_equal(cols["sent"], cols["u"] > 0.5)
-    for bad, msg in [("sometimes", "unknown policy"), ("threshold:x", "must be a number"),
-                     ("threshold:1.5", r"in \[0, 1\]")]:
-        with pytest.raises(DecodingError, match=msg):
-            parse_decoder_policy(bad)
     with pytest.raises(DecodingError, match="max_new_tokens"):
         DecoderConfig(max_new_tokens=0)
     with pytest.raises(DecodingError, match="mode"):

@@ -215,9 +215,10 @@ def test_live_mode_reports_fidelity_on_shipped_traces():
     import torch
 
     torch.set_num_threads(1)
-    res = evaluate("always", scenario="static-good", split="test", episodes=1, seed=0, mode="live")
+    res = evaluate("always", scenario="static-good", split="test", episodes=1, seed=0, mode="live",
+                   env_kwargs={"prompts": (0,)})
     ep = res.episodes[0]
-    # always-send reproduces the trace's LLM-alone response: fidelity 1
+    # the LLM-alone reference is the always-send response of the same prompt and seed: fidelity 1
     assert ep["fidelity"] == pytest.approx(1.0, abs=1e-4) and ep["transmission_rate"] == 1.0
 
 

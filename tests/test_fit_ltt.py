@@ -50,6 +50,9 @@ def test_delta_and_prone_threshold():
     assert fit.u_th_prone == pytest.approx((fit.delta - fit.b) / fit.a)
     assert fit.threshold("prone") > fit.threshold("averse")
     assert 0.0 <= fit.threshold("prone") <= 1.0
+    # b > 0: every token has a positive predicted beta, the risk-averse rule never skips
+    pos = fit_uhlm(u, np.clip(0.2 * u + 0.5, 0, 1))
+    assert pos.threshold("averse") < 0 and pos.threshold("prone") == 1.0
 
 
 def test_fit_rejects_bad_input():

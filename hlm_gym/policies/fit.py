@@ -59,14 +59,18 @@ class UHLMFit:
         return (self.delta - self.b) / self.a
 
     def threshold(self, kind: str = "averse") -> float:
-        """``averse`` or ``prone`` threshold, clipped to [0, 1]."""
+        """``averse`` or ``prone`` threshold for "send iff u > u_th", capped at 1 (skip everything).
+
+        A negative value is kept: no ``u`` in [0, 1] is below it, so the rule never skips, which
+        is what the risk-averse rule means when ``b > 0`` (every token has a positive predicted
+        ``beta``). Clipping it to 0 would instead skip the ``u = 0`` tokens."""
         if kind in ("averse", "risk-averse"):
             v = self.u_th_averse
         elif kind in ("prone", "risk-prone"):
             v = self.u_th_prone
         else:
             raise PolicyError(f"threshold kind must be 'averse' or 'prone', got {kind!r}")
-        return float(min(max(v, 0.0), 1.0))
+        return float(min(v, 1.0))
 
     def predict_beta(self, u: Any) -> np.ndarray:
         """Predicted rejection probability ``clip(a u + b, 0, 1)``."""
