@@ -44,7 +44,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     build_traces(pair, prompts, config, out, k_choices=k_choices, batch_size=args.batch_size,
                  extra_meta={"slm_spec": args.slm or "embedded-slm", "llm_spec": args.llm or "embedded",
                              "seed": args.seed, "split": args.split, "prompt_offset": args.offset,
-                             "max_prompt_tokens": args.max_prompt_tokens},
+                             "max_prompt_tokens": args.max_prompt_tokens,
+                             "build_command": "hlm-gym traces " + " ".join(sys.argv[sys.argv.index("build"):])
+                             if "build" in sys.argv else " ".join(sys.argv)},
                  log=lambda msg: print(msg, flush=True))
     return 0
 

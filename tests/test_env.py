@@ -299,3 +299,10 @@ def test_shipped_traces_default():
     env = gym.make("hlm_gym/HybridLM-v0", split="test")
     _, infos = run_episode(env, lambda o: int(o[0] > 0.3), 0)
     assert infos[-1]["tokens"] >= 1
+
+
+def test_live_mode_warns_on_a_different_model(trace_file):
+    pair = tiny_pair()
+    pair.slm_fingerprint = "another-slm"
+    with pytest.warns(UserWarning, match="live mode: the SLM .* is not the one the trace"):
+        HybridLMEnv(trace=trace_file, mode="live", pair=pair)

@@ -412,6 +412,14 @@ class _LivePair:
         cfg = env.config
         self.pair = pair if pair is not None else load_pair(
             slm=cfg.slm or meta.get("slm_spec"), llm=cfg.llm or meta.get("llm_spec"), device=cfg.device)
+        for role in ("slm", "llm"):
+            want, got = meta.get(f"{role}_fingerprint"), getattr(self.pair, f"{role}_fingerprint", None)
+            if want and got and want != got:
+                import warnings
+
+                warnings.warn(f"live mode: the {role.upper()} ({got[:12]}...) is not the one the trace "
+                              f"{env.sim.traces.path} was recorded with ({want[:12]}...); live and trace mode "
+                              "will not agree. Rebuild the traces with 'hlm-gym traces build'.", stacklevel=3)
         self.config = DecoderConfig(mode=meta["mode"], max_new_tokens=int(meta["max_new_tokens"]),
                                     temperature=float(meta["temperature"]), k=int(meta["k"]),
                                     theta_max=float(meta["theta_max"]), stop_at_eos=bool(meta.get("stop_at_eos", True)))

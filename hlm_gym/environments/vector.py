@@ -69,8 +69,11 @@ class HybridLMVectorEnv(VectorEnv):
         self._row, self._start, self._j0, self._brow = z(), z(), z(), z()
         self._pending, self._steps, self._sends, self._skips, self._errors = z(), z(), z(), z(), z()
         self._time, self._risk_sum = z(np.float64), z(np.float64)
-        self._ring = np.zeros((n, self._W), dtype=np.int64)
+        self._hist = z()
         self._ring_n = z()
+        if self._W > 62:
+            raise EnvConfigError(f"bad option skip_window={self._W}: the vector environments support at most 62")
+        self._hist_mask = np.int64((1 << self._W) - 1)
         self._needs_reset = np.zeros(n, dtype=bool)
         self._arange = np.arange(n)
         self._obs = np.zeros((n, len(OBS_NAMES)), dtype=np.float32)
@@ -85,6 +88,8 @@ class HybridLMVectorEnv(VectorEnv):
         self._uprate_flat, self._upinv_flat = b.up_rate.reshape(-1), b.up_inv.reshape(-1)
         self._upwait_flat, self._dlwait_flat = b.up_wait.reshape(-1), b.dl_wait.reshape(-1)
         self._dlair_flat = b.dl_air.reshape(-1)
+        self._waits_flat = (b.up_wait + b.dl_wait).reshape(-1)
+        self._bits0_s, self._pend_bits_s = float(c.bits0[0]), float(c.pend_bits[0])
         self._draw_rg = b.size * b.points
         self._draw_total = sim.traces.n_prompts * self._draw_rg
         self._skip_reward0 = -(c.dev_s * self._inv_ref)
@@ -108,7 +113,7 @@ class HybridLMVectorEnv(VectorEnv):
             arr[idx] = 0
         self._time[idx] = 0.0
         self._risk_sum[idx] = 0.0
-        self._ring[idx] = 0
+        self._hist[idx] = 0
         self._needs_reset[idx] = False
 
     def reset(self, *, seed: Optional[int | list] = None, options: Optional[dict] = None):
@@ -174,26 +179,31 @@ class HybridLMVectorEnv(VectorEnv):
             a = np.where((a == 0) & t.end.take(r), self._n_actions - 1, a)
         skip = a == 0
         send = ~skip
-        o = np.maximum(a - 1, 0) if self.compressed else self._zeros_i
-        up_bits = self._bits0.take(o) + p * self._pend_bits.take(o)
+        if self.compressed:
+            o = np.maximum(a - 1, 0)
+            up_bits = self._bits0.take(o) + p * self._pend_bits.take(o)
+        else:
+            o = self._zeros_i
+            up_bits = self._bits0_s + p * self._pend_bits_s
         up_air = up_bits * self._upinv_flat.take(f)
         srv = c.t_verify + np.where(p > 0, c.prefill_a + c.prefill_b * p, 0.0)
-        waits = self._upwait_flat.take(f) + self._dlwait_flat.take(f)
+        waits = self._waits_flat.take(f)  # up_wait + dl_wait, precomputed (same float sum)
         dl_air = self._dlair_flat.take(f)
         lat_send = c.dev_s + ((waits + (up_air + dl_air)) + srv)
         en_send = ((c.p_tx * up_air + c.p_rx * dl_air) + c.p_dev * c.dev_s) + c.p_idle * (waits + srv)
         lat = np.where(skip, c.dev_s, lat_send)
         beta_full = t.beta_full.take(r)
-        err = skip & ~self._acc_full.take(r)
+        acc_full_r = self._acc_full.take(r)
+        err = skip & ~acc_full_r
         risk = err.astype(np.float64) if self._risk_error else beta_full
         rewards = np.where(skip, self._skip_reward0 - self._lam * risk, -(lat_send * self._inv_ref))
         if self.compressed:
             ro = r * self._n_opts + o
             acc_o = self._acc_flat.take(ro)
             beta_o = self._beta_flat.take(ro)
-        else:
-            acc_o = self._acc_flat.take(r)
-            beta_o = self._beta_flat.take(r)
+        else:  # the only option is the full distribution
+            acc_o = acc_full_r
+            beta_o = beta_full
         new_row = r + 1
         term = t.end.take(r)
         rejected = send & ~acc_o
@@ -212,11 +222,9 @@ class HybridLMVectorEnv(VectorEnv):
         self._risk_sum += np.where(skip, beta_full, 0.0)
         self._time += lat
         steps = self._steps
-        ri = steps % self._W
-        sk = skip.astype(np.int64)
-        ar = self._arange
-        self._ring_n += sk - self._ring[ar, ri]
-        self._ring[ar, ri] = sk
+        # skip history of the last W decisions as bits (W <= 62): the count is a popcount
+        self._hist = ((self._hist << 1) | skip) & self._hist_mask
+        self._ring_n = np.bitwise_count(self._hist).astype(np.int64)
         steps += 1
         truncated = (steps >= self.max_episode_steps) if self.max_episode_steps is not None else self._false
         obs_rows = np.where(term, new_row - 1, new_row)
