@@ -129,7 +129,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     for module_name, cls_name in (("hlm_gym.scenarios", "ScenarioError"), ("hlm_gym.traces", "TraceError"),
                                   ("hlm_gym.policies.base", "PolicyError"),
                                   ("hlm_gym.evaluation", "EvaluationError"),
-                                  ("hlm_gym.environments.core", "EnvConfigError")):
+                                  ("hlm_gym.environments.core", "EnvConfigError"),
+                                  ("hlm_gym.training", "TrainingError")):
         try:
             errors.append(getattr(importlib.import_module(module_name), cls_name))
         except (ImportError, AttributeError):

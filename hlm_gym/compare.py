@@ -41,8 +41,8 @@ __all__ = ["DEFAULTS", "CompareConfig", "compare", "dominance", "analytic_front"
 
 DEFAULTS: dict[str, Any] = {
     "scenarios": ("pedestrian", "vehicular", "cell-edge-fast-fading"),
-    "lambdas": (1.0, 3.0, 10.0, 30.0),
-    "full_lambdas": (1.0, 2.0, 3.0, 5.0, 8.0, 15.0, 30.0),
+    "lambdas": (0.5, 1.0, 2.0, 3.0, 5.0),
+    "full_lambdas": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),
     "timesteps": 40_000,
     "full_timesteps": 1_000_000,
     "thresholds": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),

@@ -110,7 +110,7 @@ def test_shipped_yaml_has_zoo_layout():
         assert isinstance(hp["policy_kwargs"], str) and hp["policy_kwargs"].startswith("dict(")
         assert set(hp) <= set(ZOO_KEYS) | set(ALGO_KEYS["ppo"])
         run, kwargs = split_hyperparams("ppo", load_hyperparams("ppo", env_id))
-        assert kwargs["policy_kwargs"] == {"net_arch": [64, 64]} and run["normalize"]["norm_obs"] is True
+        assert kwargs["policy_kwargs"] == {"net_arch": [64, 64]} and run["normalize"]["norm_obs"] is True and run["normalize"]["norm_reward"] is True
     for algo in ("a2c", "dqn"):
         load_hyperparams(algo, "hlm_gym/HybridLM-v0")
 
