@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import tempfile
+import io
 from typing import Optional, Sequence
 
 import matplotlib
@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hlm_gym.paths import atomic_write_bytes  # noqa: E402
 from hlm_gym.rate import RateModel  # noqa: E402
 from hlm_gym.scenarios import list_scenarios, load_scenario  # noqa: E402
 
@@ -79,18 +80,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fig.tight_layout()
 
     out_path = os.path.abspath(args.out)
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out_path), suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    atomic_write_bytes(out_path, buf.getvalue())
     plt.close(fig)
     print(out_path)
     return 0

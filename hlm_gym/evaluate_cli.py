@@ -10,27 +10,9 @@ import argparse
 import sys
 from typing import Sequence
 
+from hlm_gym.cli_types import nonneg_float, positive_int
+
 __all__ = ["add_evaluate_commands", "main"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
-    return v
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -39,13 +21,13 @@ def _configure(p: argparse.ArgumentParser) -> None:
                         "ltt[:delta=D,eps=E], channel-aware[:lambda=L], ppo:PATH.zip")
     p.add_argument("--scenario", default="static-good", help="scenario name or YAML path (default static-good)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"))
-    p.add_argument("--episodes", type=_positive_int, default=100)
+    p.add_argument("--episodes", type=positive_int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", choices=("trace", "live"), default="trace")
-    p.add_argument("--lambda", dest="lambda_", type=_nonneg_float, default=None,
+    p.add_argument("--lambda", dest="lambda_", type=nonneg_float, default=None,
                    help="risk weight of the reward (default: the environment's)")
     p.add_argument("--traces", default=None, help="trace folder/file (default: the shipped traces)")
-    p.add_argument("--num-envs", type=_positive_int, default=16, help="parallel environments (trace mode)")
+    p.add_argument("--num-envs", type=positive_int, default=16, help="parallel environments (trace mode)")
     p.add_argument("--reference", choices=("live", "trace"), default="live",
                    help="live mode: the LLM-alone response for fidelity, decoded live (default) or the trace's")
     p.add_argument("--out", default=None, help="folder for summary.csv, episodes.csv and result.json")

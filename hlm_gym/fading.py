@@ -34,10 +34,12 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
+import io
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
+
+from hlm_gym.paths import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from hlm_gym.scenarios import SionnaConfig
@@ -409,17 +411,7 @@ def sionna_tdl_power_table(cfg: "SionnaConfig", carrier_hz: float, speed_mps: fl
                 return z["table"].astype(np.float32), ts
     table = _generate_tdl_table(**params)
     if path:
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".npz")
-        os.close(fd)
-        try:
-            np.savez(tmp, table=table, **params)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        buf = io.BytesIO()
+        np.savez(buf, table=table, **params)
+        atomic_write_bytes(path, buf.getvalue())
     return table, ts

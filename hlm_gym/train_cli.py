@@ -10,27 +10,9 @@ import argparse
 import sys
 from typing import Any, Sequence
 
+from hlm_gym.cli_types import nonneg_float, positive_int
+
 __all__ = ["add_train_commands", "main"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(float(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
-    return v
 
 
 def _float_list(text: str) -> list[float]:
@@ -57,20 +39,20 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algo", default="ppo", choices=("ppo", "a2c", "dqn"))
     p.add_argument("--env", default="hlm_gym/HybridLM-v0", help="environment id (default hlm_gym/HybridLM-v0)")
     p.add_argument("--scenario", default="pedestrian", help="scenario name or YAML path (default pedestrian)")
-    p.add_argument("--lambda", dest="lambda_", type=_nonneg_float, default=None,
+    p.add_argument("--lambda", dest="lambda_", type=nonneg_float, default=None,
                    help="risk weight of the reward (default: the environment's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (networks; envs run on CPU)")
-    p.add_argument("--n-envs", type=_positive_int, default=None, help="parallel environments (default: YAML)")
-    p.add_argument("--timesteps", type=_positive_int, default=None, help="training steps (default: YAML n_timesteps)")
+    p.add_argument("--n-envs", type=positive_int, default=None, help="parallel environments (default: YAML)")
+    p.add_argument("--timesteps", type=positive_int, default=None, help="training steps (default: YAML n_timesteps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
     p.add_argument("--traces", default=None, help="trace folder/file (default: the shipped traces)")
     p.add_argument("--hyperparams", default=None, help="a zoo-style YAML (default: the shipped agents/<algo>.yml)")
     p.add_argument("--hp", dest="overrides", type=_hyper_override, action="append", default=[],
                    metavar="KEY=VALUE", help="override one hyperparameter (repeatable), e.g. --hp n_steps=64")
-    p.add_argument("--eval-freq", type=_positive_int, default=None,
+    p.add_argument("--eval-freq", type=positive_int, default=None,
                    help="timesteps between validation evaluations (default: 5 per run)")
-    p.add_argument("--eval-episodes", type=_positive_int, default=64)
+    p.add_argument("--eval-episodes", type=positive_int, default=64)
     p.add_argument("--no-reference", action="store_true", help="do not log the U-HLM reference lines")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -100,15 +82,15 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambdas", type=_float_list, default=None,
                    help=f"PPO risk weights (default {','.join(map(str, d['lambdas']))}; --full: "
                         f"{','.join(map(str, d['full_lambdas']))})")
-    p.add_argument("--timesteps", type=_positive_int, default=None,
+    p.add_argument("--timesteps", type=positive_int, default=None,
                    help=f"PPO steps per run (default {d['timesteps']}; --full: {d['full_timesteps']})")
     p.add_argument("--full", action="store_true", help="the GPU-size budget (more steps and lambdas)")
     p.add_argument("--thresholds", type=_float_list, default=None, help="U-HLM u_th sweep (comma-separated)")
     p.add_argument("--ltt-deltas", type=_float_list, default=None, help="Learn-then-Test risk levels delta")
-    p.add_argument("--episodes", type=_positive_int, default=None, help="test episodes per policy and scenario")
+    p.add_argument("--episodes", type=positive_int, default=None, help="test episodes per policy and scenario")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--n-envs", type=_positive_int, default=None, help="PPO parallel environments (default: YAML)")
+    p.add_argument("--n-envs", type=positive_int, default=None, help="PPO parallel environments (default: YAML)")
     p.add_argument("--traces", default=None, help="trace folder (default: the shipped traces)")
     p.add_argument("--hp", dest="overrides", type=_hyper_override, action="append", default=[],
                    metavar="KEY=VALUE", help="override one PPO hyperparameter of agents/ppo.yml (repeatable)")
