@@ -199,6 +199,11 @@ def load_traces(path: str | os.PathLike) -> Traces:
         if col.null_count:
             raise TraceError(f"trace file {path}: column {name!r} has {col.null_count} missing values")
         cols[name] = col.to_numpy()
+    # u is a count over K temperature samples, stored as float16: snap it back to its exact grid
+    # so that thresholds at multiples of 1/K behave as in live decoding.
+    k = int(meta.get("k", 0))
+    if k > 0:
+        cols["u"] = (np.round(cols["u"].astype(np.float64) * k) / k).astype(np.float32)
     prompt = cols["prompt"]
     n_prompts = len(meta["prompts"])
     if len(prompt) == 0:

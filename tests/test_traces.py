@@ -83,7 +83,10 @@ def test_roundtrip_schema_and_metadata(trace_file):
     ends = np.flatnonzero(tr.columns["end"])
     assert np.array_equal(ends + 1, tr.offsets[1:])  # exactly one end row per prompt, its last row
     assert all(isinstance(v, np.ndarray) for v in tr.columns.values())
-    assert tr.columns["u"].dtype == np.float16 and tr.columns["token"].dtype == np.int32
+    assert tr.columns["token"].dtype == np.int32
+    k = tr.meta["k"]  # u is restored exactly onto its 1/K grid despite float16 storage
+    assert tr.columns["u"].dtype == np.float32
+    assert np.array_equal(tr.columns["u"] * k, np.round(tr.columns["u"] * k))
     assert [p["seed"] for p in tr.meta["prompts"]] == list(range(12))
     assert tr.prompt_token_ids(3).tolist() == list(tiny_prompts(12)[3].ids)
     assert tr.token_text(int(tr.columns["token"][0])).startswith((" t", "<"))
