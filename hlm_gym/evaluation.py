@@ -242,6 +242,16 @@ def _env_kwargs(scenario: str, split: str, lambda_: float | None, traces: Any,
     return kw
 
 
+def _policy_for(env, policy, seed: int, traces, policy_context) -> tuple[Policy, dict]:
+    """The policy to evaluate on ``env`` (built from a spec with the env's context, reseeded) and that context."""
+    ctx = _env_context(env)
+    ctx.update({"seed": seed, "traces": traces} | (policy_context or {}))
+    pol = policy if isinstance(policy, Policy) else _make(policy, ctx)
+    if hasattr(pol, "reseed"):
+        pol.reseed(seed)
+    return pol, ctx
+
+
 def _env_context(env: Any) -> dict[str, Any]:
     """What spec strings need from the environment (max_tokens, latency_ref, lambda, scenario, V)."""
     base = getattr(env, "unwrapped", env)
@@ -277,11 +287,7 @@ def evaluate(policy: str | Policy, *, scenario: str = "static-good", split: str 
     if own_env:
         env = make_eval_env(scenario, split, lambda_, min(num_envs, episodes), traces, env_kwargs)
     try:
-        ctx = _env_context(env)
-        ctx.update({"seed": seed, "traces": traces} | (policy_context or {}))
-        pol = policy if isinstance(policy, Policy) else _make(policy, ctx)
-        if hasattr(pol, "reseed"):
-            pol.reseed(seed)
+        pol, ctx = _policy_for(env, policy, seed, traces, policy_context)
         t0 = time.perf_counter()
         eps = run_episodes(env, pol, episodes, seed)
         wall = time.perf_counter() - t0
@@ -322,11 +328,7 @@ def evaluate_live(policy: str | Policy, *, scenario: str, split: str, episodes: 
     env = gym.make(ENV_ID, **kw)
     base = env.unwrapped
     try:
-        ctx = _env_context(env)
-        ctx.update({"seed": seed, "traces": traces} | (policy_context or {}))
-        pol = policy if isinstance(policy, Policy) else _make(policy, ctx)
-        if hasattr(pol, "reseed"):
-            pol.reseed(seed)
+        pol, ctx = _policy_for(env, policy, seed, traces, policy_context)
         tok = base._live.pair.tokenizer
         sim = base.sim
         eps, responses, references = [], [], []

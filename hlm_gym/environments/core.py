@@ -492,3 +492,15 @@ def build_simulation(config: EnvConfig, compressed: bool) -> Simulation:
     cost = CostModel.build(scenario, V, topk, deferred=config.verify == "deferred")
     ref = config.latency_ref_s or reference_latency(scenario, CostModel.build(scenario, V, (V,), False), V)
     return Simulation(config, scenario, traces, tables, bank, cost, float(ref), topk, tables.max_tokens, V)
+
+
+def sub_env_seeds(seed, n: int) -> list:
+    """Per-sub-env seeds of a batched reset: ``seed + i`` like gymnasium's vector envs, a list as is."""
+    if seed is None:
+        return [None] * n
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed) + i for i in range(n)]
+    seeds = list(seed)
+    if len(seeds) != n:
+        raise ValueError(f"expected {n} seeds, got {len(seeds)}")
+    return seeds

@@ -23,7 +23,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from hlm_gym.environments.core import EnvConfigError, build_simulation, make_config
+from hlm_gym.environments.core import EnvConfigError, build_simulation, make_config, sub_env_seeds
 from hlm_gym.observation import OBS_HIGH, OBS_LOW, OBS_NAMES
 from hlm_gym.registration import MAX_EPISODE_STEPS
 
@@ -119,16 +119,7 @@ class HybridLMTorchVectorEnv(VectorEnv):
 
     def reset(self, *, seed: Optional[int | list] = None, options: Optional[dict] = None):
         super().reset(seed=int(seed) if isinstance(seed, (int, np.integer)) else None)
-        n = self.num_envs
-        if seed is None:
-            seeds = [None] * n
-        elif isinstance(seed, (int, np.integer)):
-            seeds = [int(seed) + i for i in range(n)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != n:
-                raise ValueError(f"expected {n} seeds, got {len(seeds)}")
-        self._gens = [seeding.np_random(s)[0] for s in seeds]
+        self._gens = [seeding.np_random(s)[0] for s in sub_env_seeds(seed, self.num_envs)]
         self._reset_envs(self._arange)
         self._started = True
         self._observe(self._arange, self._row)
