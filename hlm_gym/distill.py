@@ -2,20 +2,29 @@
 
 Recipe
 ------
-* **Student**: ``k`` decoder layers chosen from the 30 of SmolLM2-135M-Instruct (default: the
-  first few and the last few), *deep-copied* so the teacher stays intact. Token embeddings
-  and the (tied) LM head are shared with the teacher and frozen; the student has its own
-  copy of the final RMSNorm.
+* **Student**: decoder layers chosen from the 30 of SmolLM2-135M-Instruct (default: all 30),
+  *deep-copied* so the teacher stays intact, and made cheaper in two ways:
+
+  - **MLP width pruning** (``mlp_width``, default 576 of 1536 neurons per layer): each layer
+    keeps the neurons with the largest ``E|silu(gate(x)) * up(x)| * ||W_down[:, j]||`` on a few
+    training rows (:func:`mlp_importance`), as in structured width pruning (Minitron);
+  - a **trimmed LM head** (``vocab``, default the 8192 most frequent training tokens plus the
+    special tokens): :class:`TrimmedLMHead`, as in VocabTrim for speculative-decoding drafters.
+    Tokens outside the kept set get draft probability 0 (the LLM still verifies and resamples
+    them).
+
+  Token embeddings are shared with the teacher and frozen; the student has its own copy of
+  the final RMSNorm.
 * **Trainable delta**: low-rank adapters ``W + (alpha/r) B A`` on every linear map of the
-  copied layers (q, k, v, o, gate, up, down), plus all RMSNorm weights of the student.
+  copied (pruned) layers (q, k, v, o, gate, up, down), plus all RMSNorm weights of the student.
   Merged into the weights at load time, so they cost no FLOPs at inference.
-* **Objective**: forward KL(p_teacher || q_student) at temperature 1 over the full
-  vocabulary, optionally mixed with the total-variation distance ``1 - sum min(p, q)``
-  (which is exactly one minus the speculative acceptance), on the *response* positions
-  of chat-templated ShareGPT **train** turns (prompt + reference reply, packed into
-  fixed-length sequences).
-* **Shipping**: the adapters and norms in float16 safetensors plus a JSON config
-  (``hlm_gym/data/slm/``); see :mod:`hlm_gym.slm` for loading.
+* **Objective**: forward KL(p_teacher || q_student) at temperature 1 (to the teacher's
+  distribution renormalised on the kept vocabulary when the head is trimmed), optionally
+  mixed with the total-variation distance ``1 - sum min(p, q)`` (exactly one minus the
+  speculative acceptance), on the *response* positions of chat-templated ShareGPT **train**
+  turns (prompt + reference reply, packed into fixed-length sequences).
+* **Shipping**: the adapters and norms in float16 safetensors, with the kept neuron and token
+  indices, plus a JSON config (``hlm_gym/data/slm/``); see :mod:`hlm_gym.slm` for loading.
 
 The run folder holds ``checkpoint.pt`` (adapters, optimizer, step, RNG state), written
 atomically every ``--ckpt-every`` steps, and ``log.jsonl``; ``--resume`` continues from it
@@ -40,6 +49,8 @@ from torch import nn
 
 from hlm_gym.paths import atomic_write_bytes, atomic_write_text
 
+VOCAB_KEY = "lm_head.ids"  # kept-vocabulary ids of a trimmed head, in the shipped safetensors
+MLP_KEY = "mlp.kept"  # (n_layers, width) kept MLP neurons of each student layer, in the shipped safetensors
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -74,6 +85,123 @@ class LoRALinear(nn.Module):
         return w + (b.to(w.dtype) @ a.to(w.dtype)) * self.scale
 
 
+class TrimmedLMHead(nn.Module):
+    """An LM head over a subset ``ids`` of the vocabulary (a VocabTrim-style draft head).
+
+    Holds the rows ``W[ids]`` of the full head, so a decode step costs ``h x len(ids)``
+    multiply-accumulates instead of ``h x V``. :meth:`forward` returns full-vocabulary logits
+    (``FILL`` outside the kept set, so those tokens get probability 0 but stay finite in
+    log space), which keeps the SLM a drop-in causal LM for verification; :meth:`kept_logits`
+    gives the ``len(ids)`` logits alone (training).
+    """
+
+    FILL = -1.0e4
+
+    def __init__(self, full_weight: torch.Tensor, ids: torch.Tensor):
+        super().__init__()
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        self.vocab_size = int(full_weight.shape[0])
+        self.register_buffer("ids", ids.clone(), persistent=False)
+        self.weight = nn.Parameter(full_weight.detach()[ids].clone(), requires_grad=False)
+
+    @property
+    def out_rows(self) -> int:
+        """Number of vocabulary rows the head multiplies by (for FLOP counts)."""
+        return int(self.ids.numel())
+
+    def kept_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.weight)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        z = self.kept_logits(h)
+        out = z.new_full((*z.shape[:-1], self.vocab_size), self.FILL)
+        out[..., self.ids] = z
+        return out
+
+
+def validate_vocab(ids, vocab_size: int) -> torch.Tensor:
+    """Check a kept-vocabulary id list (unique, in range) and return it as a sorted long tensor."""
+    t = torch.as_tensor(ids, dtype=torch.long).flatten()
+    if t.numel() == 0:
+        raise DistillError("the kept vocabulary is empty")
+    if int(t.min()) < 0 or int(t.max()) >= vocab_size:
+        raise DistillError(f"kept vocabulary ids must lie in 0..{vocab_size - 1}, "
+                           f"got range {int(t.min())}..{int(t.max())}")
+    if torch.unique(t).numel() != t.numel():
+        raise DistillError("kept vocabulary ids must be unique")
+    return torch.sort(t).values
+
+
+def frequent_vocab(tokenizer, prompts, n: int, max_prompt_tokens: int = 160,
+                   max_reply_tokens: int = 384) -> torch.Tensor:
+    """The ``n`` most frequent token ids in the chat-templated ``prompts`` (prompt + reply).
+
+    Ties are broken by token id, so the set is a deterministic function of the text. The
+    special tokens of the tokenizer are always kept (they are counted on top of ``n``).
+    """
+    if n < 1:
+        raise DistillError(f"vocabulary size must be >= 1, got {n}")
+    vocab_size = len(tokenizer)
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for prompt in prompts:
+        enc = _encode_example(tokenizer, prompt, max_prompt_tokens, max_reply_tokens)
+        if enc is not None:
+            counts += torch.bincount(torch.tensor(enc[0]), minlength=vocab_size)[:vocab_size]
+    order = sorted(range(vocab_size), key=lambda i: (-int(counts[i]), i))
+    special = [i for i in getattr(tokenizer, "all_special_ids", []) if 0 <= i < vocab_size]
+    keep = sorted(set(order[:n]) | set(special))
+    return torch.tensor(keep, dtype=torch.long)
+
+
+@torch.no_grad()
+def mlp_importance(model, ids: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """Per-layer, per-neuron importance of the gated MLPs of ``model`` on the token rows ``ids``.
+
+    The score of neuron ``j`` of a layer is ``E|a_j| * ||W_down[:, j]||``: the mean magnitude
+    of its activation ``silu(gate_j(x)) * up_j(x)`` times the norm of the column it writes
+    into the residual stream (the first-order size of its contribution). Shape
+    ``(n_layers, intermediate_size)``.
+    """
+    layers = model.model.layers
+    sums = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
+    count = [0]
+    hooks = []
+    for i, layer in enumerate(layers):
+        def hook(mod, inp, out, i=i):
+            a = inp[0].detach().reshape(-1, inp[0].shape[-1])
+            sums[i] += a.abs().sum(0).double().cpu()
+        hooks.append(layer.mlp.down_proj.register_forward_hook(hook))
+    try:
+        for k in range(0, ids.shape[0], chunk):
+            x = ids[k:k + chunk]
+            model.model(input_ids=x, use_cache=False)
+            count[0] += x.numel()
+    finally:
+        for h in hooks:
+            h.remove()
+    col = torch.stack([layer.mlp.down_proj.weight.detach().float().norm(dim=0).double().cpu() for layer in layers])
+    return torch.stack(sums) / max(count[0], 1) * col
+
+
+def top_neurons(importance: torch.Tensor, width: int) -> torch.Tensor:
+    """The ``width`` most important neurons of each layer (rows of ``importance``), sorted."""
+    n = importance.shape[1]
+    if not isinstance(width, int) or not 1 <= width <= n:
+        raise DistillError(f"MLP width must be an integer in 1..{n}, got {width!r}")
+    return torch.sort(torch.topk(importance, width, dim=1).indices, dim=1).values
+
+
+def _slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    w = lin.weight.detach()
+    if rows is not None:
+        w = w[rows]
+    if cols is not None:
+        w = w[:, cols]
+    out = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+    out.weight = nn.Parameter(w.clone(), requires_grad=False)
+    return out
+
+
 def validate_layers(layers: list[int], n_total: int) -> list[int]:
     """Check a list of teacher layer indices (in range, unique, increasing)."""
     if not layers:
@@ -105,11 +233,15 @@ def default_layers(n_student: int, n_total: int, n_last: int | None = None) -> l
 
 
 def build_student(llm, layers: list[int], rank: int | None, alpha: float | None = None,
-                  seed: int = 0):
+                  seed: int = 0, vocab_ids=None, mlp_keep=None):
     """A student made of deep copies of ``llm``'s ``layers``, sharing embeddings and LM head.
 
     With ``rank`` set, every linear map of the copied layers is wrapped in a
     :class:`LoRALinear`. Only adapters and RMSNorm weights of the student are trainable.
+    With ``vocab_ids`` set, the LM head is a :class:`TrimmedLMHead` over those tokens. With
+    ``mlp_keep`` (``(len(layers), width)`` neuron indices, see :func:`top_neurons`), each copied
+    MLP keeps only those intermediate neurons (width pruning; ``config.intermediate_size``
+    becomes ``width``).
     """
     n_total = llm.config.num_hidden_layers
     layers = validate_layers(list(layers), n_total)
@@ -120,10 +252,25 @@ def build_student(llm, layers: list[int], rank: int | None, alpha: float | None 
     config.num_hidden_layers = len(layers)
     if getattr(config, "layer_types", None) is not None:
         config.layer_types = [llm.config.layer_types[i] for i in layers]
+    if vocab_ids is not None:
+        vocab_ids = validate_vocab(vocab_ids, int(llm.lm_head.weight.shape[0]))
+        config.tie_word_embeddings = False
+    if mlp_keep is not None:
+        mlp_keep = torch.as_tensor(mlp_keep, dtype=torch.long)
+        inter = int(llm.config.intermediate_size)
+        if mlp_keep.ndim != 2 or mlp_keep.shape[0] != len(layers) or mlp_keep.numel() == 0:
+            raise DistillError(f"kept MLP neurons must have shape ({len(layers)}, width), "
+                               f"got {tuple(mlp_keep.shape)}")
+        if int(mlp_keep.min()) < 0 or int(mlp_keep.max()) >= inter:
+            raise DistillError(f"kept MLP neuron indices must lie in 0..{inter - 1}")
+        config.intermediate_size = int(mlp_keep.shape[1])
     with torch.device("meta"):
         student = type(llm)(config)
     student.model.embed_tokens = llm.model.embed_tokens
-    student.lm_head = llm.lm_head
+    if vocab_ids is None:
+        student.lm_head = llm.lm_head
+    else:
+        student.lm_head = TrimmedLMHead(llm.lm_head.weight, vocab_ids)
     student.model.rotary_emb = llm.model.rotary_emb
     student.model.norm = copy.deepcopy(llm.model.norm)
     student.model.layers = nn.ModuleList(copy.deepcopy(llm.model.layers[i]) for i in layers)
@@ -132,6 +279,12 @@ def build_student(llm, layers: list[int], rank: int | None, alpha: float | None 
     gen = torch.Generator().manual_seed(seed)
     for new_idx, layer in enumerate(student.model.layers):
         layer.self_attn.layer_idx = new_idx
+        if mlp_keep is not None:
+            k = mlp_keep[new_idx].to(layer.mlp.down_proj.weight.device)
+            layer.mlp.gate_proj = _slice_linear(layer.mlp.gate_proj, rows=k)
+            layer.mlp.up_proj = _slice_linear(layer.mlp.up_proj, rows=k)
+            layer.mlp.down_proj = _slice_linear(layer.mlp.down_proj, cols=k)
+            layer.mlp.intermediate_size = int(k.numel())
         if rank is not None:
             for parent in (layer.self_attn, layer.mlp):
                 for name in LORA_TARGETS:
@@ -142,6 +295,7 @@ def build_student(llm, layers: list[int], rank: int | None, alpha: float | None 
             if name.startswith("lm_head") or "embed_tokens" in name:
                 continue
             p.requires_grad_(True)
+    student.hlm_mlp_keep = None if mlp_keep is None else mlp_keep.cpu()  # exported with the delta
     return student.eval()
 
 
@@ -218,10 +372,27 @@ def final_hidden(model, ids: torch.Tensor, attention_mask: torch.Tensor | None =
     return model.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 
-def distill_loss(t_logits: torch.Tensor, s_logits: torch.Tensor, tv_weight: float = 0.0):
-    """Mean forward KL(p||q) (+ ``tv_weight`` * TV) over rows, and the mean acceptance sum min(p, q)."""
+def distill_loss(t_logits: torch.Tensor, s_logits: torch.Tensor, tv_weight: float = 0.0,
+                 kept: torch.Tensor | None = None):
+    """Mean forward KL(p||q) (+ ``tv_weight`` * TV) over rows, and the mean acceptance sum min(p, q).
+
+    With ``kept`` (the ids of a trimmed student head), ``s_logits`` holds only those columns;
+    the KL is taken to the teacher's distribution renormalised on the kept set (the mass
+    outside it cannot be matched), and the acceptance counts the kept tokens only.
+    """
     t_logp = torch.log_softmax(t_logits.float(), dim=-1)
     s_logp = torch.log_softmax(s_logits.float(), dim=-1)
+    if kept is not None:
+        t_logp = t_logp[:, kept]
+        p_kept = t_logp.exp()
+        mass = p_kept.sum(-1, keepdim=True).clamp_min(1e-12)
+        p = p_kept
+        kl = ((p_kept / mass) * (t_logp - mass.log() - s_logp)).sum(-1).mean()
+        accept = torch.minimum(p, s_logp.exp()).sum(-1)
+        loss = kl
+        if tv_weight:
+            loss = loss + tv_weight * (1.0 - accept).mean()
+        return loss, kl.detach(), accept.detach().mean()
     p = t_logp.exp()
     kl = (p * (t_logp - s_logp)).sum(-1).mean()
     accept = torch.minimum(p, s_logp.exp()).sum(-1)
@@ -252,13 +423,13 @@ def acceptance_on(teacher, student, ids: torch.Tensor, mask: torch.Tensor, chunk
 # ----------------------------------------------------------------------------- training
 @dataclass
 class BuildConfig:
-    layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 26, 27, 28, 29])
-    rank: int = 32
-    alpha: float = 64.0
+    layers: list[int] = field(default_factory=lambda: list(range(30)))
+    rank: int = 16
+    alpha: float = 32.0
     steps: int = 2000
     batch_size: int = 2
     seq_len: int = 256
-    lr: float = 5e-3
+    lr: float = 3e-3
     warmup: int = 20
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -270,6 +441,9 @@ class BuildConfig:
     device: str = "cpu"
     threads: int | None = None
     time_budget_s: float | None = None
+    vocab: int | None = 8192
+    mlp_width: int | None = 576
+    calib_sequences: int = 8
 
 
 def progress_fraction(step: int, seconds: float, cfg: "BuildConfig") -> float:
@@ -350,7 +524,21 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
     for p in teacher.parameters():
         p.requires_grad_(False)
     validate_layers(cfg.layers, teacher.config.num_hidden_layers)
-    student = build_student(teacher, cfg.layers, cfg.rank, cfg.alpha, seed=cfg.seed).to(device)
+    vocab_ids = None
+    if cfg.vocab is not None:
+        vocab_ids = (state["vocab_ids"] if state is not None and state.get("vocab_ids") is not None
+                     else frequent_vocab(tokenizer, _train_prompts(), cfg.vocab))
+    mlp_keep = None
+    if cfg.mlp_width is not None:
+        if state is not None and state.get("mlp_keep") is not None:
+            mlp_keep = state["mlp_keep"]
+        else:
+            cal_ids, _ = packed_sequences(tokenizer, _train_prompts(), cfg.seq_len, cfg.calib_sequences,
+                                          cfg.seed + 3)
+            mlp_keep = top_neurons(mlp_importance(teacher, cal_ids.to(device))[cfg.layers], cfg.mlp_width)
+    student = build_student(teacher, cfg.layers, cfg.rank, cfg.alpha, seed=cfg.seed,
+                            vocab_ids=vocab_ids, mlp_keep=mlp_keep).to(device)
+    kept = None if vocab_ids is None else student.lm_head.ids
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     step = 0
@@ -383,6 +571,8 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
             "config": asdict(cfg), "delta": {k: v.cpu() for k, v in delta_state(student).items()},
             "optimizer": opt.state_dict(), "step": step, "rng": torch.get_rng_state(),
             "tokens_seen": tokens_seen, "train_seconds": train_seconds,
+            "vocab_ids": None if kept is None else kept.cpu(),
+            "mlp_keep": None if mlp_keep is None else mlp_keep.cpu(),
         })
 
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="distil", dynamic_ncols=True)
@@ -397,8 +587,10 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             with torch.no_grad():
                 t_logits = teacher.lm_head(final_hidden(teacher, x)[m])
-            s_logits = student.lm_head(final_hidden(student, x)[m])
-        loss, kl, acc = distill_loss(t_logits, s_logits, cfg.tv_weight)
+            s_hidden = final_hidden(student, x)[m]
+            s_logits = (student.lm_head(s_hidden) if kept is None
+                        else student.lm_head.kept_logits(s_hidden))
+        loss, kl, acc = distill_loss(t_logits, s_logits, cfg.tv_weight, kept)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -438,7 +630,8 @@ def load_checkpoint_student(run_dir: str | Path, llm):
         raise DistillError(f"no checkpoint at {ckpt_path}")
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     cfg = BuildConfig(**state["config"])
-    student = build_student(llm.model, cfg.layers, cfg.rank, cfg.alpha, seed=cfg.seed)
+    student = build_student(llm.model, cfg.layers, cfg.rank, cfg.alpha, seed=cfg.seed,
+                            vocab_ids=state.get("vocab_ids"), mlp_keep=state.get("mlp_keep"))
     student.load_state_dict(state["delta"], strict=False)
     return student.eval(), cfg, state
 
@@ -458,14 +651,22 @@ def export_artifact(student, cfg: BuildConfig, llm, out_dir: str | Path, summary
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     delta = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in delta_state(student).items()}
+    head = student.lm_head
+    if isinstance(head, TrimmedLMHead):
+        delta[VOCAB_KEY] = head.ids.detach().to("cpu", torch.int32).contiguous()
+    mlp_keep = getattr(student, "hlm_mlp_keep", None)
+    if mlp_keep is not None:
+        delta[MLP_KEY] = mlp_keep.detach().to("cpu", torch.int32).contiguous()
     atomic_write_bytes(out_dir / ARTIFACT_WEIGHTS, save(delta, metadata={"format": "pt"}))
-    n_params = sum(v.numel() for v in delta.values())
+    n_params = sum(v.numel() for k, v in delta.items() if k not in (VOCAB_KEY, MLP_KEY))
     meta = {
         "format": ARTIFACT_FORMAT,
         "layers": list(cfg.layers),
         "rank": cfg.rank,
         "alpha": cfg.alpha,
         "targets": list(LORA_TARGETS),
+        "vocab": head.out_rows if isinstance(head, TrimmedLMHead) else None,
+        "mlp_width": None if mlp_keep is None else int(mlp_keep.shape[1]),
         "base_sha256": llm.fingerprint,
         "base_name": llm.name,
         "delta_params": n_params,

@@ -6,7 +6,8 @@ Every matrix product of one decode step is counted, at 2 FLOPs per multiply-accu
   ``n_heads*d x h``), the gated MLP (gate, up: ``h x I``; down: ``I x h``), and the attention
   score and value products against ``context`` cached positions (``n_heads * d * context``
   each);
-* the LM head (``h x V``), whether or not it is tied to the embeddings.
+* the LM head (``h x V``), whether or not it is tied to the embeddings; a trimmed draft head
+  over ``V' < V`` kept tokens (``head_rows``) costs ``h x V'``.
 
 The embedding lookup, norms, rotary embedding, softmax and activations are not matrix
 products and are left out (they are O(h) per token).
@@ -53,11 +54,13 @@ def _get(config, name: str, default=None):
     return value
 
 
-def token_flops(config, context: int = 0, n_layers: int | None = None) -> TokenFlops:
+def token_flops(config, context: int = 0, n_layers: int | None = None,
+                head_rows: int | None = None) -> TokenFlops:
     """FLOPs of one decode step of a llama-style model described by ``config``.
 
     ``context`` is the number of positions attended to (cached tokens plus the new one);
-    ``n_layers`` overrides ``config.num_hidden_layers`` (e.g. for a layer subset).
+    ``n_layers`` overrides ``config.num_hidden_layers`` (e.g. for a layer subset);
+    ``head_rows`` overrides ``config.vocab_size`` as the LM head's output rows.
     """
     if context < 0:
         raise FlopsError(f"context must be >= 0, got {context}")
@@ -66,7 +69,9 @@ def token_flops(config, context: int = 0, n_layers: int | None = None) -> TokenF
     n_kv = int(getattr(config, "num_key_value_heads", None) or n_heads)
     head_dim = int(getattr(config, "head_dim", None) or h // n_heads)
     inter = int(_get(config, "intermediate_size"))
-    vocab = int(_get(config, "vocab_size"))
+    vocab = int(head_rows if head_rows is not None else _get(config, "vocab_size"))
+    if vocab < 1:
+        raise FlopsError(f"head_rows must be >= 1, got {vocab}")
     layers = int(n_layers if n_layers is not None else _get(config, "num_hidden_layers"))
     if layers < 0:
         raise FlopsError(f"n_layers must be >= 0, got {layers}")
@@ -85,5 +90,11 @@ def token_flops(config, context: int = 0, n_layers: int | None = None) -> TokenF
 
 
 def model_token_flops(model, context: int = 0) -> TokenFlops:
-    """:func:`token_flops` for a loaded Hugging Face model (uses its config)."""
-    return token_flops(model.config, context=context)
+    """:func:`token_flops` for a loaded Hugging Face model (its config, and its head's rows).
+
+    A head that exposes ``out_rows`` (:class:`hlm_gym.distill.TrimmedLMHead`) is counted
+    at that many rows.
+    """
+    head = getattr(model, "lm_head", None)
+    rows = getattr(head, "out_rows", None)
+    return token_flops(model.config, context=context, head_rows=rows)

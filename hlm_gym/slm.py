@@ -1,16 +1,22 @@
-"""The embedded on-device SLM: a few layers of the embedded LLM plus a shipped low-rank delta.
+"""The embedded on-device SLM: a pruned copy of the embedded LLM plus a shipped low-rank delta.
 
 The artifact lives in ``hlm_gym/data/slm/`` (built by ``hlm-gym slm build``):
 
-* ``slm.json``: the teacher layer indices, adapter rank and alpha, the SHA-256 of the LLM's
+* ``slm.json``: the teacher layer indices, adapter rank and alpha, the kept MLP width
+  (``"mlp_width"``) and vocabulary size (``"vocab"``) when pruned, the SHA-256 of the LLM's
   GGUF file it was distilled from, a training summary, and an acceptance figure measured
   at build time on a small fixed batch (:func:`check_batch`) for regression tests;
 * ``slm.safetensors``: float16 low-rank adapters ``A`` (``r x in``) and ``B`` (``out x r``)
-  of every linear map of the kept layers, and the student's RMSNorm weights.
+  of every linear map of the kept layers, the student's RMSNorm weights and (format 2) the
+  indices of the kept MLP neurons of each layer (``mlp.kept``) and of the kept tokens of a
+  trimmed draft head (``lm_head.ids``).
 
-:func:`embedded_slm_from_llm` deep-copies the kept layers of an *already loaded* LLM, merges
+:func:`embedded_slm_from_llm` deep-copies the kept layers of an *already loaded* LLM, keeps
+their listed MLP neurons, merges
 ``W + (alpha/r) B A`` into them (so the SLM costs no more FLOPs than the bare layers) and
-shares the token embeddings and LM head with the LLM, so the LLM's weights are read once.
+shares the token embeddings (and, unless the head is trimmed, the LM head) with the LLM, so
+the LLM's weights are read once. A trimmed head holds a copy of the kept rows of the LLM's
+head and returns full-vocabulary logits, with a large negative value outside the kept set.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from hlm_gym.paths import data_dir
 
 ARTIFACT_JSON = "slm.json"
 ARTIFACT_WEIGHTS = "slm.safetensors"
-ARTIFACT_FORMAT = 1
+ARTIFACT_FORMAT = 2
+SUPPORTED_FORMATS = (1, 2)  # 1: full LM head; 2: adds an optional trimmed head ("vocab")
 
 
 def artifact_dir() -> Path:
@@ -51,8 +58,18 @@ def read_artifact_config(folder: str | Path | None = None) -> dict:
     for key in ("layers", "rank", "alpha", "base_sha256"):
         if key not in cfg:
             raise ModelLoadError(f"SLM artifact config {cfg_path} lacks {key!r}")
-    if cfg.get("format") != ARTIFACT_FORMAT:
-        raise ModelLoadError(f"SLM artifact {cfg_path} has format {cfg.get('format')}, expected {ARTIFACT_FORMAT}")
+    if cfg.get("format") not in SUPPORTED_FORMATS:
+        raise ModelLoadError(f"SLM artifact {cfg_path} has format {cfg.get('format')!r}; this version "
+                             f"of hlm-gym reads formats {list(SUPPORTED_FORMATS)}")
+    for key in ("vocab", "mlp_width"):
+        value = cfg.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ModelLoadError(f"SLM artifact config {cfg_path}: {key!r} must be a positive integer "
+                                 f"or null, got {value!r}")
+    vocab = cfg.get("vocab")
+    if vocab is not None and (not isinstance(vocab, int) or vocab < 1):
+        raise ModelLoadError(f"SLM artifact config {cfg_path}: 'vocab' must be a positive integer "
+                             f"or null, got {vocab!r}")
     return cfg
 
 
@@ -64,7 +81,7 @@ def slm_from_delta(llm: LoadedModel, folder: str | Path | None = None, check_bas
     """Build the SLM of the artifact in ``folder`` (default: shipped) on top of ``llm``."""
     from safetensors.torch import load_file
 
-    from hlm_gym.distill import DistillError, build_student, merge_student
+    from hlm_gym.distill import MLP_KEY, VOCAB_KEY, DistillError, build_student, merge_student
 
     folder = Path(folder) if folder is not None else artifact_dir()
     cfg = read_artifact_config(folder)
@@ -75,14 +92,27 @@ def slm_from_delta(llm: LoadedModel, folder: str | Path | None = None, check_bas
         )
     w_path = folder / ARTIFACT_WEIGHTS
     try:
-        student = build_student(llm.model, [int(i) for i in cfg["layers"]], int(cfg["rank"]),
-                                float(cfg["alpha"]), seed=0)
-    except DistillError as exc:
-        raise ModelLoadError(f"bad SLM artifact {folder}: {exc}") from None
-    try:
         delta = load_file(str(w_path))
     except Exception as exc:  # safetensors raises its own error types
         raise ModelLoadError(f"cannot read SLM weights {w_path}: {exc}") from None
+    vocab_ids = delta.pop(VOCAB_KEY, None)
+    if (vocab_ids is None) != (cfg.get("vocab") is None) or (
+            vocab_ids is not None and vocab_ids.numel() != cfg["vocab"]):
+        raise ModelLoadError(f"SLM artifact {folder}: config 'vocab' is {cfg.get('vocab')!r} but "
+                             f"{w_path.name} holds {0 if vocab_ids is None else vocab_ids.numel()} "
+                             f"kept-vocabulary ids ({VOCAB_KEY!r})")
+    mlp_keep = delta.pop(MLP_KEY, None)
+    width = cfg.get("mlp_width")
+    if (mlp_keep is None) != (width is None) or (
+            mlp_keep is not None and (mlp_keep.ndim != 2 or mlp_keep.shape[1] != width)):
+        raise ModelLoadError(f"SLM artifact {folder}: config 'mlp_width' is {width!r} but "
+                             f"{w_path.name} holds kept MLP neurons of shape "
+                             f"{None if mlp_keep is None else tuple(mlp_keep.shape)} ({MLP_KEY!r})")
+    try:
+        student = build_student(llm.model, [int(i) for i in cfg["layers"]], int(cfg["rank"]),
+                                float(cfg["alpha"]), seed=0, vocab_ids=vocab_ids, mlp_keep=mlp_keep)
+    except DistillError as exc:
+        raise ModelLoadError(f"bad SLM artifact {folder}: {exc}") from None
     own = dict(student.named_parameters())
     trainable = {n for n, p in own.items() if p.requires_grad}
     if set(delta) != trainable:

@@ -20,6 +20,18 @@ def _int_list(text: str) -> list[int]:
     return out
 
 
+def _vocab_size(text: str) -> int | None:
+    if text.strip().lower() == "full":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {n}")
+    return n
+
+
 def add_slm_commands(subparsers) -> None:
     """Add ``slm build`` and ``slm report`` to an argparse sub-parser collection."""
     from hlm_gym.distill import BuildConfig
@@ -32,6 +44,12 @@ def add_slm_commands(subparsers) -> None:
     b.add_argument("--layers", type=_int_list, default=d.layers,
                    help="teacher layers to keep, e.g. '0-5,26-29' (default %(default)s)")
     b.add_argument("--rank", type=int, default=d.rank, help="adapter rank (default %(default)s)")
+    b.add_argument("--mlp-width", type=_vocab_size, default=d.mlp_width, metavar="N|full",
+                   help="keep the N most important MLP neurons of each layer (width pruning), or "
+                        "'full' (default %(default)s)")
+    b.add_argument("--vocab", type=_vocab_size, default=d.vocab, metavar="N|full",
+                   help="keep the N most frequent training tokens in the SLM's LM head, or "
+                        "'full' for the whole vocabulary (default %(default)s)")
     b.add_argument("--alpha", type=float, default=None, help="adapter alpha (default 2*rank)")
     b.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)")
     b.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -96,7 +114,7 @@ def cmd_build(args) -> int:
                       warmup=args.warmup, tv_weight=args.tv_weight, seed=args.seed,
                       ckpt_every=args.ckpt_every, eval_every=args.eval_every,
                       eval_sequences=args.eval_sequences, device=_device(args.device),
-                      threads=args.threads,
+                      threads=args.threads, vocab=args.vocab, mlp_width=args.mlp_width,
                       time_budget_s=args.time_budget * 60 if args.time_budget else None)
     try:
         llm = load_model(EMBEDDED_LLM, device=cfg.device)

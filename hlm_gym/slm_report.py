@@ -141,7 +141,7 @@ def run_report(slm_dir=None, n_prompts: int = 100, max_tokens: int = 256, contex
     from scipy import stats
     from tqdm.auto import tqdm
 
-    from hlm_gym.flops import token_flops
+    from hlm_gym.flops import model_token_flops
     from hlm_gym.models import EMBEDDED_LLM, load_model
     from hlm_gym.slm import read_artifact_config, slm_from_delta
     from hlm_gym.speculative import rejection_probability
@@ -192,8 +192,8 @@ def run_report(slm_dir=None, n_prompts: int = 100, max_tokens: int = 256, contex
 
     flops = {}
     for ctx in (1, context):
-        f_s = token_flops(slm.model.config, context=ctx)
-        f_l = token_flops(llm.model.config, context=ctx)
+        f_s = model_token_flops(slm.model, context=ctx)
+        f_l = model_token_flops(llm.model, context=ctx)
         flops[str(ctx)] = {"slm": f_s.as_dict(), "llm": f_l.as_dict(), "ratio": f_s.total / f_l.total}
     vocab = int(llm.model.config.vocab_size)
     lat_s = decode_latency(slm.model, context, latency_steps, vocab, seed)
@@ -201,7 +201,7 @@ def run_report(slm_dir=None, n_prompts: int = 100, max_tokens: int = 256, contex
 
     report = {
         "slm": {"name": slm.name, "fingerprint": slm.fingerprint, "layers": art["layers"],
-                "rank": art["rank"]},
+                "rank": art["rank"], "vocab": art.get("vocab")},
         "llm": {"name": llm.name, "fingerprint": llm.fingerprint},
         "data": {"split": "test", "prompts": len(seqs), "positions": ref["positions"],
                  "max_tokens": max_tokens, "teacher_forced_on": "reference replies"},

@@ -41,7 +41,11 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", default="pedestrian", help="scenario name or YAML path (default pedestrian)")
     p.add_argument("--lambda", dest="lambda_", type=nonneg_float, default=None,
                    help="risk weight of the reward (default: the environment's)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (networks; envs run on CPU)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (the networks, and the "
+                   "environments with --env-backend torch)")
+    p.add_argument("--env-backend", choices=["numpy", "torch"], default="numpy",
+                   help="batched environment implementation: numpy on the CPU, or torch on --device "
+                        "(default %(default)s)")
     p.add_argument("--n-envs", type=positive_int, default=None, help="parallel environments (default: YAML)")
     p.add_argument("--timesteps", type=positive_int, default=None, help="training steps (default: YAML n_timesteps)")
     p.add_argument("--seed", type=int, default=0)
@@ -64,7 +68,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     _threads(args.threads)
     cfg = TrainConfig(algo=args.algo, env_id=args.env, scenario=args.scenario, lambda_=args.lambda_,
-                      device=args.device, n_envs=args.n_envs, timesteps=args.timesteps, seed=args.seed, out=args.out,
+                      device=args.device, env_backend=args.env_backend, n_envs=args.n_envs, timesteps=args.timesteps, seed=args.seed, out=args.out,
                       traces=args.traces, hyperparams=args.hyperparams, overrides=dict(args.overrides),
                       eval_freq=args.eval_freq, eval_episodes=args.eval_episodes, reference=not args.no_reference,
                       progress_bar=not args.no_progress and sys.stderr.isatty())

@@ -66,6 +66,7 @@ class TrainConfig:
     scenario: str = "pedestrian"
     lambda_: Optional[float] = None  # risk weight of the reward (None: the environment's default)
     device: str = "cpu"
+    env_backend: str = "numpy"  # "numpy" (CPU) or "torch" (the batched torch env, on `device`)
     n_envs: Optional[int] = None  # None: the YAML's
     timesteps: Optional[int] = None  # None: the YAML's n_timesteps
     seed: int = 0
@@ -198,15 +199,32 @@ def env_kwargs_for(config: TrainConfig, split: str) -> dict[str, Any]:
     return kw
 
 
-def make_train_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any]):
-    """The SB3 ``VecEnv`` of ``n_envs`` batched numpy environments (episode metrics in ``infos``)."""
+def make_train_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any],
+                   backend: str = "numpy", device: str = "cpu"):
+    """The SB3 ``VecEnv`` of ``n_envs`` batched environments (episode metrics in ``infos``).
+
+    ``backend="torch"`` steps the batched torch env on ``device`` (a GPU when training there);
+    ``"numpy"`` steps the numpy env on the CPU.
+    """
+    from hlm_gym.environments.sb3 import BACKENDS
     from hlm_gym.registration import ENV_IDS
 
     if env_id not in ENV_IDS:
         raise TrainingError(f"unknown env id {env_id!r}; choose one of {', '.join(ENV_IDS)}")
-    venv = DomainSB3VecEnv(num_envs=n_envs, compressed=env_id.endswith("Compressed-v0"), **env_kwargs)
+    if backend not in BACKENDS:
+        raise TrainingError(f"bad env backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    extra: dict[str, Any] = {"backend": backend}
+    if backend == "torch":
+        extra["device"] = "cuda" if device == "auto" and _cuda_available() else ("cpu" if device == "auto" else device)
+    venv = DomainSB3VecEnv(num_envs=n_envs, compressed=env_id.endswith("Compressed-v0"), **extra, **env_kwargs)
     venv.seed(seed)
     return venv
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _domain_vec_env_class():
@@ -397,7 +415,8 @@ def train(config: TrainConfig) -> TrainResult:
     set_random_seed(config.seed)
 
     # 2. envs: batched numpy env (SB3 adapter), observation normalisation if the YAML says so
-    env = make_train_env(config.env_id, n_envs, config.seed, env_kwargs_for(config, "train"))
+    env = make_train_env(config.env_id, n_envs, config.seed, env_kwargs_for(config, "train"),
+                         backend=config.env_backend, device=device)
     vecnorm = None
     if run["normalize"] is not None:
         nk = {"norm_obs": True, "norm_reward": True} | dict(run["normalize"])
@@ -432,7 +451,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     # 7. summary
     summary = {"algo": algo, "env_id": config.env_id, "scenario": config.scenario, "lambda": config.lambda_,
-               "seed": config.seed, "device": str(model.device), "n_envs": n_envs, "timesteps": int(model.num_timesteps),
+               "seed": config.seed, "device": str(model.device), "env_backend": config.env_backend, "n_envs": n_envs, "timesteps": int(model.num_timesteps),
                "wall_s": round(wall, 2), "steps_per_s": round(model.num_timesteps / wall, 1),
                "hyperparams": {k: (v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v))
                                for k, v in hp.items()},

@@ -9,8 +9,9 @@ import types
 import pytest
 import torch
 
-from hlm_gym.distill import BuildConfig, DistillError, build, build_student, default_layers, export_artifact
-from hlm_gym.flops import FlopsError, token_flops
+from hlm_gym.distill import (BuildConfig, DistillError, TrimmedLMHead, build, build_student, default_layers,
+                             distill_loss, export_artifact, frequent_vocab, mlp_importance, top_neurons)
+from hlm_gym.flops import FlopsError, model_token_flops, token_flops
 from hlm_gym.models import ModelLoadError, load_model
 from hlm_gym.slm import artifact_dir, check_acceptance, read_artifact_config, slm_from_delta
 
@@ -38,13 +39,92 @@ def test_flops_match_hand_count_for_tiny_config():
         token_flops(cfg, context=-1)
     with pytest.raises(FlopsError):
         token_flops(types.SimpleNamespace(hidden_size=8), context=1)
+    # a trimmed head of 4 rows instead of 10
+    assert token_flops(cfg, context=5, head_rows=4).lm_head == 2 * 8 * 4
+    with pytest.raises(FlopsError, match="head_rows"):
+        token_flops(cfg, head_rows=0)
 
 
 def test_shipped_slm_is_at_most_half_the_llm_flops(llm):
+    slm = slm_from_delta(llm)
     cfg = read_artifact_config()
     for ctx in (1, 256, 2048):
-        s = token_flops(llm.model.config, context=ctx, n_layers=len(cfg["layers"])).total
-        assert s <= 0.5 * token_flops(llm.model.config, context=ctx).total
+        f = model_token_flops(slm.model, context=ctx)
+        assert f.n_layers == len(cfg["layers"])
+        assert f.lm_head == 2 * 576 * (cfg.get("vocab") or 49152)
+        assert f.total <= 0.5 * model_token_flops(llm.model, context=ctx).total
+
+
+# ----------------------------------------------------------------------------- trimmed head
+def test_trimmed_head_matches_full_head_on_kept_tokens():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(50, 8, generator=g)
+    ids = torch.tensor([1, 4, 7, 30, 49])
+    head = TrimmedLMHead(w, ids)
+    h = torch.randn(3, 2, 8, generator=g)
+    full = h @ w.T
+    out = head(h)
+    assert out.shape == (3, 2, 50) and head.out_rows == 5
+    assert torch.allclose(out[..., ids], full[..., ids], atol=1e-6)
+    rest = torch.ones(50, dtype=torch.bool)
+    rest[ids] = False
+    assert (out[..., rest] == TrimmedLMHead.FILL).all()
+    assert torch.allclose(head.kept_logits(h), full[..., ids], atol=1e-6)
+    q = torch.softmax(out, -1)
+    assert torch.isfinite(torch.log_softmax(out, -1)).all() and float(q[..., rest].sum()) < 1e-30
+
+
+def test_trimmed_distill_loss_is_kl_to_renormalised_teacher():
+    g = torch.Generator().manual_seed(1)
+    t = torch.randn(4, 12, generator=g)
+    kept = torch.tensor([0, 2, 3, 5, 8, 11])
+    s = torch.randn(4, 6, generator=g)
+    loss, kl, acc = distill_loss(t, s, kept=kept)
+    p = torch.softmax(t, -1)[:, kept]
+    pn = p / p.sum(-1, keepdim=True)
+    q = torch.softmax(s, -1)
+    assert float(kl) == pytest.approx(float((pn * (pn.log() - q.log())).sum(-1).mean()), rel=1e-5)
+    assert float(acc) == pytest.approx(float(torch.minimum(p, q).sum(-1).mean()), rel=1e-5)
+    # a student equal to the renormalised teacher has zero loss
+    loss0, _, _ = distill_loss(t, t[:, kept], kept=kept)
+    assert float(loss0) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_mlp_width_pruning_keeps_chosen_neurons(llm):
+    x = torch.tensor([[1, 400, 2000, 9, 77, 5]])
+    full = torch.arange(1536).repeat(2, 1)
+    same = build_student(llm.model, [0, 29], None, mlp_keep=full)
+    plain = build_student(llm.model, [0, 29], None)
+    with torch.no_grad():
+        assert torch.allclose(same(x).logits, plain(x).logits, atol=1e-5)
+    imp = mlp_importance(llm.model, x)
+    assert imp.shape == (30, 1536) and bool((imp >= 0).all())
+    keep = top_neurons(imp[[0, 29]], 100)
+    assert keep.shape == (2, 100) and bool((keep[:, 1:] > keep[:, :-1]).all())
+    assert set(keep[0].tolist()) == set(torch.topk(imp[0], 100).indices.tolist())
+    small = build_student(llm.model, [0, 29], None, mlp_keep=keep)
+    assert small.config.intermediate_size == 100
+    assert small.model.layers[1].mlp.down_proj.weight.shape == (576, 100)
+    assert torch.equal(small.model.layers[1].mlp.gate_proj.weight, llm.model.model.layers[29].mlp.gate_proj.weight[keep[1]])
+    with pytest.raises(DistillError, match="MLP width"):
+        top_neurons(imp, 0)
+    with pytest.raises(DistillError, match="shape"):
+        build_student(llm.model, [0, 29], None, mlp_keep=keep[:1])
+
+
+def test_frequent_vocab_is_deterministic_and_keeps_specials(llm):
+    from hlm_gym.prompts import sharegpt_prompts
+
+    prompts = sharegpt_prompts("train", limit=30)
+    a = frequent_vocab(llm.tokenizer, prompts, 100)
+    b = frequent_vocab(llm.tokenizer, prompts, 100)
+    assert torch.equal(a, b)
+    specials = set(llm.tokenizer.all_special_ids)
+    assert specials <= set(a.tolist())
+    assert 100 <= len(a) <= 100 + len(specials)
+    assert torch.equal(a, torch.sort(a).values)
+    with pytest.raises(DistillError, match="vocabulary size"):
+        frequent_vocab(llm.tokenizer, prompts, 0)
 
 
 # ----------------------------------------------------------------------------- artifact
@@ -52,7 +132,13 @@ def test_shipped_slm_loads_and_reproduces_recorded_acceptance(llm):
     cfg = read_artifact_config()
     slm = slm_from_delta(llm)
     assert slm.model.config.num_hidden_layers == len(cfg["layers"])
-    assert slm.model.lm_head.weight is llm.model.lm_head.weight  # LM head shared, not copied
+    assert slm.model.model.embed_tokens is llm.model.model.embed_tokens  # embeddings shared, not copied
+    if cfg.get("vocab"):  # a trimmed head: the kept rows of the LLM's head
+        head = slm.model.lm_head
+        assert head.out_rows == cfg["vocab"]
+        assert torch.equal(head.weight, llm.model.lm_head.weight[head.ids])
+    else:
+        assert slm.model.lm_head.weight is llm.model.lm_head.weight
     assert slm.fingerprint and slm.name.startswith("SmolLM2-135M distilled")
     got = check_acceptance(llm.model, slm.model, llm.tokenizer)
     want = cfg["check"]
@@ -76,7 +162,7 @@ def test_load_pair_default_gives_shipped_slm():
 def test_build_runs_end_to_end_and_resumes(llm, tmp_path):
     run = tmp_path / "run"
     cfg = BuildConfig(layers=[0, 29], rank=2, alpha=4.0, steps=2, batch_size=1, seq_len=32,
-                      warmup=1, ckpt_every=1, eval_every=100, eval_sequences=1, seed=3)
+                      warmup=1, ckpt_every=1, eval_every=100, eval_sequences=1, seed=3, vocab=None, mlp_width=None)
     _, _, summary = build(cfg, run, llm=llm, progress=False, log=lambda s: None)
     assert summary["steps"] == 2
     ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
@@ -97,11 +183,52 @@ def test_build_runs_end_to_end_and_resumes(llm, tmp_path):
     assert (tmp_path / "art" / "slm.safetensors").stat().st_size < 200_000
 
 
+def test_build_with_trimmed_vocab_exports_and_reloads(llm, tmp_path):
+    cfg = BuildConfig(layers=[0, 29], rank=2, alpha=4.0, steps=1, batch_size=1, seq_len=32,
+                      warmup=1, ckpt_every=1, eval_every=100, eval_sequences=1, seed=3, vocab=300,
+                      mlp_width=64, calib_sequences=1)
+    student, cfg_r, summary = build(cfg, tmp_path / "run", llm=llm, progress=False, log=lambda s: None)
+    assert isinstance(student.lm_head, TrimmedLMHead)
+    assert student.config.intermediate_size == 64
+    n_kept = student.lm_head.out_rows
+    assert 300 <= n_kept <= 300 + len(llm.tokenizer.all_special_ids)
+    meta = export_artifact(student, cfg_r, llm, tmp_path / "art", summary)
+    assert meta["vocab"] == n_kept and meta["format"] == 2 and meta["mlp_width"] == 64
+    slm = slm_from_delta(llm, tmp_path / "art")
+    assert torch.equal(slm.model.lm_head.ids, student.lm_head.ids)
+    assert slm.model.config.intermediate_size == 64
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        z = slm.model(x).logits
+        # the float16 delta merged into the weights gives the trained student's logits
+        z_student = student(x).logits
+    kept_ids = student.lm_head.ids
+    assert torch.allclose(z[..., kept_ids], z_student[..., kept_ids], atol=2e-2)
+    assert z.shape[-1] == llm.model.config.vocab_size
+    assert int((z[0, -1] > TrimmedLMHead.FILL).sum()) == n_kept
+    # resuming keeps the kept set of the first start
+    cfg2 = BuildConfig(**{**cfg.__dict__, "steps": 2})
+    student2, _, _ = build(cfg2, tmp_path / "run", resume=True, llm=llm, progress=False, log=lambda s: None)
+    assert torch.equal(student2.lm_head.ids, student.lm_head.ids)
+    assert torch.equal(student2.hlm_mlp_keep, student.hlm_mlp_keep)
+    # a config whose 'vocab' disagrees with the weights file is refused with a clear message
+    bad = json.loads((tmp_path / "art" / "slm.json").read_text())
+    bad["vocab"] = n_kept + 1
+    (tmp_path / "art" / "slm.json").write_text(json.dumps(bad))
+    with pytest.raises(ModelLoadError, match="vocab"):
+        slm_from_delta(llm, tmp_path / "art")
+    bad["vocab"], bad["mlp_width"] = n_kept, 65
+    (tmp_path / "art" / "slm.json").write_text(json.dumps(bad))
+    with pytest.raises(ModelLoadError, match="mlp_width"):
+        slm_from_delta(llm, tmp_path / "art")
+
+
 def test_build_cli_tiny_budget(tmp_path):
     from hlm_gym.slm_cli import main
 
     rc = main(["slm", "build", "--layers", "0,29", "--rank", "2", "--steps", "2", "--batch-size", "1",
                "--seq-len", "32", "--eval-sequences", "1", "--out", str(tmp_path / "r"),
+               "--vocab", "full", "--mlp-width", "full",
                "--no-progress", "--device", "cpu"])
     assert rc == 0
     meta = json.loads((tmp_path / "r" / "artifact" / "slm.json").read_text())
@@ -130,6 +257,9 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     rc = main(["slm", "build", "--layers", "0,31", "--steps", "1", "--out", str(tmp_path / "x"), "--no-progress"])
     assert rc == 2
     assert "out of range" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["slm", "build", "--vocab", "lots", "--out", str(tmp_path / "y")])
+    assert "--vocab: expected a positive integer or 'full'" in capsys.readouterr().err
 
 
 def test_missing_artifact_file_is_a_clear_error(llm, tmp_path):

@@ -95,6 +95,14 @@ def test_same_seed_same_final_metrics(tiny_run, traces, tmp_path):
     assert again.summary["best"] == tiny_run.summary["best"]
 
 
+def test_torch_env_backend_trains_identically_on_cpu(tiny_run, traces, tmp_path):
+    from hlm_gym.training import train
+
+    again = train(_config(traces, tmp_path / "torch", env_backend="torch"))
+    assert again.summary["env_backend"] == "torch"
+    assert again.summary["last"] == tiny_run.summary["last"]
+
+
 # ------------------------------------------------------------------------------ hyperparameter files
 def test_shipped_yaml_has_zoo_layout():
     from importlib import resources

@@ -133,3 +133,36 @@ def test_sb3_vec_env_adapter(trace_file):
     model = PPO("MlpPolicy", venv, n_steps=16, batch_size=64, n_epochs=1, seed=0, device="cpu")
     model.learn(total_timesteps=512)
     assert len(model.ep_info_buffer) > 0
+
+
+def test_sb3_adapter_torch_backend_equals_numpy_backend(trace_file):
+    from hlm_gym.environments.core import EnvConfigError
+    from hlm_gym.environments.sb3 import HybridLMSB3VecEnv
+
+    n = 12
+    envs = [HybridLMSB3VecEnv(num_envs=n, backend=b, trace=trace_file, scenario="vehicular") for b in ("numpy", "torch")]
+    obs = []
+    for e in envs:
+        e.seed(7)
+        obs.append(e.reset())
+    assert np.array_equal(obs[0], obs[1]) and obs[1].dtype == np.float32
+    rng = np.random.default_rng(2)
+    ends = 0
+    for _ in range(150):
+        a = rng.integers(0, 2, n)
+        (o1, r1, d1, i1), (o2, r2, d2, i2) = (e.step(a) for e in envs)
+        assert np.array_equal(o1, o2) and np.array_equal(r1, r2) and np.array_equal(d1, d2)
+        for x, y in zip(i1, i2):
+            assert x.keys() == y.keys()
+            for k in x:
+                if k == "episode":
+                    assert x[k]["r"] == y[k]["r"] and x[k]["l"] == y[k]["l"]
+                elif k != "terminal_observation":
+                    assert x[k] == y[k], k
+        ends += int(d1.sum())
+    assert ends > 0
+    with pytest.raises(EnvConfigError, match="backend='gpu'"):
+        HybridLMSB3VecEnv(num_envs=2, backend="gpu", trace=trace_file)
+    with pytest.raises(EnvConfigError, match="numpy backend runs on the CPU"):
+        HybridLMSB3VecEnv(num_envs=2, backend="numpy", device="cuda", trace=trace_file)
+

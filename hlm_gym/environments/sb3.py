@@ -22,15 +22,36 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
+from hlm_gym.environments.core import EnvConfigError
 from hlm_gym.environments.vector import EPISODE_KEYS, HybridLMCompressedVectorEnv, HybridLMVectorEnv
 
 
-class HybridLMSB3VecEnv(VecEnv):
-    """SB3 ``VecEnv`` adapter of :class:`HybridLMVectorEnv` (``compressed=True``: the CU-HLM variant)."""
+BACKENDS = ("numpy", "torch")
 
-    def __init__(self, num_envs: int = 8, compressed: bool = False, **kwargs: Any) -> None:
-        cls = HybridLMCompressedVectorEnv if compressed else HybridLMVectorEnv
-        self.venv = cls(num_envs=num_envs, **kwargs)
+
+class HybridLMSB3VecEnv(VecEnv):
+    """SB3 ``VecEnv`` adapter of the batched HybridLM env (``compressed=True``: the CU-HLM variant).
+
+    ``backend="numpy"`` (default) runs :class:`HybridLMVectorEnv`; ``backend="torch"`` runs
+    :class:`hlm_gym.environments.torch_vector.HybridLMTorchVectorEnv` on ``device`` (CUDA
+    when available if ``device`` is None). Both give identical trajectories on the CPU.
+    """
+
+    def __init__(self, num_envs: int = 8, compressed: bool = False, backend: str = "numpy",
+                 device: Optional[str] = None, **kwargs: Any) -> None:
+        if backend not in BACKENDS:
+            raise EnvConfigError(f"bad option backend={backend!r}: expected one of {', '.join(BACKENDS)}")
+        if backend == "torch":
+            from hlm_gym.environments.torch_vector import HybridLMTorchVectorEnv, NumpyView
+
+            self.venv = NumpyView(HybridLMTorchVectorEnv(num_envs=num_envs, device=device,
+                                                         compressed=compressed, **kwargs))
+        else:
+            if device not in (None, "cpu"):
+                raise EnvConfigError(f"bad option device={device!r}: the numpy backend runs on the CPU; "
+                                     "use backend='torch' for other devices")
+            cls = HybridLMCompressedVectorEnv if compressed else HybridLMVectorEnv
+            self.venv = cls(num_envs=num_envs, **kwargs)
         super().__init__(num_envs, self.venv.single_observation_space, self.venv.single_action_space)
         self._actions: Optional[np.ndarray] = None
         self._ep_ret = np.zeros(num_envs)

@@ -241,3 +241,50 @@ class HybridLMTorchVectorEnv(VectorEnv):
             self._reset_envs(resetting)
             self._observe(resetting, self._row[resetting])
         return self._obs.clone(), rewards, term, truncated, info
+
+    def autoreset_now(self, idx) -> torch.Tensor:
+        """Reset the sub-environments ``idx`` at once (same-step autoreset, for SB3); returns their observations."""
+        idx = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.device)
+        if len(idx):
+            self._reset_envs(idx)
+            self._observe(idx, self._row[idx])
+        return self._obs[idx].clone()
+
+
+class NumpyView:
+    """A torch vector env seen through numpy arrays (actions in, observations/rewards/infos out).
+
+    Lets the SB3 adapter (:class:`hlm_gym.environments.sb3.HybridLMSB3VecEnv`), which works on
+    numpy, drive the torch env: the simulation runs on the env's device and only the
+    ``(n, 10)`` observations, rewards, flags and info arrays cross to the host each step.
+    """
+
+    def __init__(self, env: HybridLMTorchVectorEnv) -> None:
+        self.env = env
+        self.num_envs = env.num_envs
+        self.single_observation_space = env.single_observation_space
+        self.single_action_space = env.single_action_space
+
+    @staticmethod
+    def _np(x):
+        return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._np(obs), {k: self._np(v) for k, v in info.items()}
+
+    def step(self, actions: np.ndarray):
+        a = torch.as_tensor(np.asarray(actions, dtype=np.int64), device=self.env.device)
+        obs, rew, term, trunc, info = self.env.step(a)
+        return (self._np(obs), self._np(rew), self._np(term), self._np(trunc),
+                {k: self._np(v) for k, v in info.items()})
+
+    def autoreset_now(self, idx: np.ndarray) -> np.ndarray:
+        return self._np(self.env.autoreset_now(idx))
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self.env, name)
+
