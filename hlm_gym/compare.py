@@ -67,6 +67,7 @@ class CompareConfig:
     episodes: Optional[int] = None
     seed: int = 0
     device: str = "cpu"
+    env_backend: str = "numpy"  # PPO training environments: "numpy" (CPU) or "torch" (on `device`)
     n_envs: Optional[int] = None
     traces: Optional[str] = None
     out: str = "runs/compare"
@@ -217,7 +218,8 @@ def compare(config: CompareConfig) -> dict[str, Any]:
                 if bar is not None:
                     bar.set_description(f"train {sc} lambda={lam:g}")
                 res = train(TrainConfig(algo=config.algo, env_id=config.env_id, scenario=sc, lambda_=lam,
-                                        device=config.device, n_envs=config.n_envs, timesteps=rc["timesteps"],
+                                        device=config.device, env_backend=config.env_backend,
+                                        n_envs=config.n_envs, timesteps=rc["timesteps"],
                                         seed=config.seed, out=str(run_dir), traces=config.traces,
                                         eval_episodes=config.eval_episodes, run_name=f"ppo-lambda{lam:g}",
                                         overrides=dict(config.overrides or {})))

@@ -94,6 +94,8 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=positive_int, default=None, help="test episodes per policy and scenario")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--env-backend", choices=["numpy", "torch"], default="numpy",
+                   help="PPO training environments: numpy on the CPU, or torch on --device")
     p.add_argument("--n-envs", type=positive_int, default=None, help="PPO parallel environments (default: YAML)")
     p.add_argument("--traces", default=None, help="trace folder (default: the shipped traces)")
     p.add_argument("--hp", dest="overrides", type=_hyper_override, action="append", default=[],
@@ -111,7 +113,8 @@ def _run_compare(args: argparse.Namespace) -> int:
                         timesteps=args.timesteps, full=args.full,
                         thresholds=None if args.thresholds is None else tuple(args.thresholds),
                         ltt_deltas=None if args.ltt_deltas is None else tuple(args.ltt_deltas),
-                        episodes=args.episodes, seed=args.seed, device=args.device, n_envs=args.n_envs,
+                        episodes=args.episodes, seed=args.seed, device=args.device,
+                        env_backend=args.env_backend, n_envs=args.n_envs,
                         traces=args.traces, out=args.out, progress=True, overrides=dict(args.overrides))
     _guard(compare, cfg)
     return 0
