@@ -558,9 +558,9 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
     log_path = run_dir / "log.jsonl"
     if state is not None and log_path.is_file():
         # drop records written after the checkpoint by an interrupted process
-        kept = [ln for ln in log_path.read_text(encoding="utf-8").splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
+        kept_lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines()
+                      if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(log_path, "".join(ln + "\n" for ln in kept_lines))
     log_fh = open(log_path, "a", encoding="utf-8")
     use_amp = device.type == "cuda"
     tokens_seen = int(state["tokens_seen"]) if state else 0

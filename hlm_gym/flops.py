@@ -98,3 +98,23 @@ def model_token_flops(model, context: int = 0) -> TokenFlops:
     head = getattr(model, "lm_head", None)
     rows = getattr(head, "out_rows", None)
     return token_flops(model.config, context=context, head_rows=rows)
+
+
+def max_context_within_ratio(draft, target, ratio: float = 0.5) -> int | None:
+    """Largest context at which ``draft``'s per-token FLOPs are at most ``ratio`` x ``target``'s.
+
+    Both counts are linear in the context (:func:`model_token_flops`), so the answer is exact.
+    Returns ``None`` when the bound holds at every context, and ``0`` when it fails already
+    at context 1 (the first decode step).
+    """
+    if not 0 < ratio:
+        raise FlopsError(f"ratio must be > 0, got {ratio}")
+    d0, d1 = model_token_flops(draft, 0).total, model_token_flops(draft, 1).total
+    t0, t1 = model_token_flops(target, 0).total, model_token_flops(target, 1).total
+    slack0 = ratio * t0 - d0  # margin at context 0
+    slope = (d1 - d0) - ratio * (t1 - t0)  # how fast the margin shrinks per context position
+    if slope <= 0:
+        return None if slack0 >= 0 else 0
+    if slack0 < slope:  # already fails at context 1
+        return 0
+    return int(slack0 // slope)

@@ -73,7 +73,7 @@ class ModelPair:
     @property
     def vocab_size(self) -> int:
         """Size of the output distribution (the LM head's rows)."""
-        return int(self.llm.get_output_embeddings().weight.shape[0])
+        return output_size(self.llm)
 
     @property
     def device(self) -> torch.device:
@@ -291,11 +291,16 @@ def tokenizer_signature(tokenizer) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def output_size(model) -> int:
+    """Number of logits a causal LM returns per position (a trimmed draft head still returns all)."""
+    head = model.get_output_embeddings()
+    return int(getattr(head, "vocab_size", None) or head.weight.shape[0])
+
+
 def check_same_tokenizer(slm: LoadedModel, llm: LoadedModel) -> None:
     """Raise :class:`ModelLoadError` unless both models use the same tokenizer and vocabulary."""
     sig_s, sig_l = tokenizer_signature(slm.tokenizer), tokenizer_signature(llm.tokenizer)
-    n_s = slm.model.get_output_embeddings().weight.shape[0]
-    n_l = llm.model.get_output_embeddings().weight.shape[0]
+    n_s, n_l = output_size(slm.model), output_size(llm.model)
     if sig_s != sig_l:
         raise ModelLoadError(
             f"tokenizers differ: SLM {slm.spec!r} ({len(slm.tokenizer)} tokens) and "

@@ -141,7 +141,7 @@ def run_report(slm_dir=None, n_prompts: int = 100, max_tokens: int = 256, contex
     from scipy import stats
     from tqdm.auto import tqdm
 
-    from hlm_gym.flops import model_token_flops
+    from hlm_gym.flops import max_context_within_ratio, model_token_flops
     from hlm_gym.models import EMBEDDED_LLM, load_model
     from hlm_gym.slm import read_artifact_config, slm_from_delta
     from hlm_gym.speculative import rejection_probability
@@ -195,6 +195,7 @@ def run_report(slm_dir=None, n_prompts: int = 100, max_tokens: int = 256, contex
         f_s = model_token_flops(slm.model, context=ctx)
         f_l = model_token_flops(llm.model, context=ctx)
         flops[str(ctx)] = {"slm": f_s.as_dict(), "llm": f_l.as_dict(), "ratio": f_s.total / f_l.total}
+    flops["max_context_at_half"] = max_context_within_ratio(slm.model, llm.model, 0.5)
     vocab = int(llm.model.config.vocab_size)
     lat_s = decode_latency(slm.model, context, latency_steps, vocab, seed)
     lat_l = decode_latency(llm.model, context, latency_steps, vocab, seed)
@@ -233,6 +234,8 @@ def run_report(slm_dir=None, n_prompts: int = 100, max_tokens: int = 256, contex
             ("FLOPs/token SLM, LLM (context 1)", f"{f1['slm']['total'] / 1e6:.1f} M, {f1['llm']['total'] / 1e6:.1f} M"),
             ("FLOP ratio SLM/LLM (context 1)", f"{f1['ratio']:.3f}"),
             (f"FLOP ratio SLM/LLM (context {context})", f"{fc['ratio']:.3f}"),
+            ("ratio <= 0.5 up to context", "every context" if flops["max_context_at_half"] is None
+             else str(flops["max_context_at_half"])),
             (f"decode latency SLM, LLM (context {context})", f"{lat_s * 1e3:.2f} ms, {lat_l * 1e3:.2f} ms "
                                                             f"(ratio {lat_s / lat_l:.3f})"),
             ("beta = a u + b: slope a", f"{fit['slope']:.4f}"),
