@@ -7,7 +7,7 @@ For every device in ``--devices`` (``cuda`` is skipped with a note when torch se
 and both environment backends (``numpy``: the batched numpy env on the CPU; ``torch``: the
 batched torch env on the device), it trains PPO with the shipped ``agents/ppo.yml``
 hyperparameters at ``--n-envs`` environments for ``--timesteps`` steps, with one evaluation
-at the end, and prints the steps/s of each run and its ratio to the CPU/numpy run. The runs
+at the end (after one short untimed warm-up run), and prints the steps/s of each run and its ratio to the CPU/numpy run. The runs
 are the same code path as ``hlm-gym train`` (``hlm_gym.training.train``); steps/s is
 ``summary.json``'s (timesteps over the whole run's wall time, evaluation included).
 Writes ``bench_train.json`` into ``--out``.
@@ -36,6 +36,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    # one short untimed run first: imports, allocator and SB3 set-up would otherwise count
+    # against whichever configuration runs first
+    train(TrainConfig(algo="ppo", scenario=args.scenario, lambda_=5.0, device="cpu", n_envs=args.n_envs,
+                      timesteps=4096, seed=0, out=str(args.out / "warmup"), eval_freq=4096, eval_episodes=8,
+                      reference=False))
     rows = []
     for device in [d.strip() for d in args.devices.split(",") if d.strip()]:
         if device.startswith("cuda") and not torch.cuda.is_available():
