@@ -147,9 +147,9 @@ def frequent_vocab(tokenizer, prompts, n: int, max_prompt_tokens: int = 160,
         enc = _encode_example(tokenizer, prompt, max_prompt_tokens, max_reply_tokens)
         if enc is not None:
             counts += torch.bincount(torch.tensor(enc[0]), minlength=vocab_size)[:vocab_size]
-    order = sorted(range(vocab_size), key=lambda i: (-int(counts[i]), i))
+    order = torch.argsort(-counts, stable=True)  # most frequent first, ties by token id
     special = [i for i in getattr(tokenizer, "all_special_ids", []) if 0 <= i < vocab_size]
-    keep = sorted(set(order[:n]) | set(special))
+    keep = sorted(set(order[:n].tolist()) | set(special))
     return torch.tensor(keep, dtype=torch.long)
 
 
@@ -384,17 +384,12 @@ def distill_loss(t_logits: torch.Tensor, s_logits: torch.Tensor, tv_weight: floa
     s_logp = torch.log_softmax(s_logits.float(), dim=-1)
     if kept is not None:
         t_logp = t_logp[:, kept]
-        p_kept = t_logp.exp()
-        mass = p_kept.sum(-1, keepdim=True).clamp_min(1e-12)
-        p = p_kept
-        kl = ((p_kept / mass) * (t_logp - mass.log() - s_logp)).sum(-1).mean()
-        accept = torch.minimum(p, s_logp.exp()).sum(-1)
-        loss = kl
-        if tv_weight:
-            loss = loss + tv_weight * (1.0 - accept).mean()
-        return loss, kl.detach(), accept.detach().mean()
     p = t_logp.exp()
-    kl = (p * (t_logp - s_logp)).sum(-1).mean()
+    if kept is None:
+        kl = (p * (t_logp - s_logp)).sum(-1).mean()
+    else:  # KL to the teacher renormalised on the kept tokens
+        mass = p.sum(-1, keepdim=True).clamp_min(1e-12)
+        kl = ((p / mass) * (t_logp - mass.log() - s_logp)).sum(-1).mean()
     accept = torch.minimum(p, s_logp.exp()).sum(-1)
     loss = kl
     if tv_weight:

@@ -66,10 +66,6 @@ def read_artifact_config(folder: str | Path | None = None) -> dict:
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ModelLoadError(f"SLM artifact config {cfg_path}: {key!r} must be a positive integer "
                                  f"or null, got {value!r}")
-    vocab = cfg.get("vocab")
-    if vocab is not None and (not isinstance(vocab, int) or vocab < 1):
-        raise ModelLoadError(f"SLM artifact config {cfg_path}: 'vocab' must be a positive integer "
-                             f"or null, got {vocab!r}")
     return cfg
 
 

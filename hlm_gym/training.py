@@ -215,16 +215,10 @@ def make_train_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, An
         raise TrainingError(f"bad env backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     extra: dict[str, Any] = {"backend": backend}
     if backend == "torch":
-        extra["device"] = "cuda" if device == "auto" and _cuda_available() else ("cpu" if device == "auto" else device)
+        extra["device"] = None if device == "auto" else device  # None: the torch env picks CUDA when there is one
     venv = DomainSB3VecEnv(num_envs=n_envs, compressed=env_id.endswith("Compressed-v0"), **extra, **env_kwargs)
     venv.seed(seed)
     return venv
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _domain_vec_env_class():

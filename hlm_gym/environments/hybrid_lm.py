@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from hlm_gym.environments.core import EnvConfig, EnvConfigError, Simulation, build_simulation, make_config
+from hlm_gym.environments.core import EnvConfig, EnvConfigError, EpisodeDraw, Simulation, build_simulation, make_config
 from hlm_gym.observation import OBS_HIGH, OBS_LOW, OBS_NAMES
 
 EXTRA_KWARGS = ("render_mode",)
@@ -131,8 +131,7 @@ class HybridLMEnv(gym.Env):
         self._G = b.points
         self._bank_rows = [(b.snr_obs[i], b.log_rate[i], b.up_rate[i], b.up_wait[i], b.up_inv[i], b.dl_wait[i],
                             b.dl_air[i]) for i in range(b.size)]
-        self._draw_rg = b.size * b.points
-        self._draw_total = sim.traces.n_prompts * self._draw_rg
+        self._episode_draw = EpisodeDraw.of(sim)
         self._inv_ref = 1.0 / sim.latency_ref
         self._lam = float(config.risk_weight)
         self._risk_error = config.risk == "error"
@@ -148,8 +147,8 @@ class HybridLMEnv(gym.Env):
     # ------------------------------------------------------------------ episode
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
         super().reset(seed=seed)
-        prompt, rest = divmod(int(self.np_random.integers(0, self._draw_total)), self._draw_rg)
-        brow, j0 = divmod(rest, self._G)
+        ep = self._episode_draw
+        prompt, brow, j0 = ep.split(int(self.np_random.integers(0, ep.total)))
         if options and "prompt" in options:
             prompt = int(options["prompt"])
             if not 0 <= prompt < self.sim.traces.n_prompts:

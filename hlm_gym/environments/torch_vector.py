@@ -23,7 +23,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from hlm_gym.environments.core import EnvConfigError, build_simulation, make_config, sub_env_seeds
+from hlm_gym.environments.core import EnvConfigError, EpisodeDraw, build_simulation, make_config, sub_env_seeds
 from hlm_gym.observation import OBS_HIGH, OBS_LOW, OBS_NAMES
 from hlm_gym.registration import MAX_EPISODE_STEPS
 
@@ -75,8 +75,7 @@ class HybridLMTorchVectorEnv(VectorEnv):
         self._dlwait = T(b.dl_wait.reshape(-1), F64)
         self._dlair = T(b.dl_air.reshape(-1), F64)
         self._G, self._dt = b.points, b.dt
-        self._draw_rg = b.size * b.points
-        self._draw_total = sim.traces.n_prompts * self._draw_rg
+        self._episode_draw = EpisodeDraw.of(sim)
         self._bits0 = T(np.asarray(c.bits0), F64)
         self._pend_bits = T(np.asarray(c.pend_bits), F64)
         self._inv_ref = 1.0 / sim.latency_ref
@@ -100,11 +99,7 @@ class HybridLMTorchVectorEnv(VectorEnv):
 
     # ------------------------------------------------------------------ reset
     def _reset_envs(self, idx: torch.Tensor) -> None:
-        idx_np = idx.cpu().numpy()
-        draws = np.fromiter((self._gens[i].integers(0, self._draw_total) for i in idx_np), dtype=np.int64,
-                            count=len(idx_np))
-        prompt, rest = np.divmod(draws, self._draw_rg)
-        brow, j0 = np.divmod(rest, self._G)
+        prompt, brow, j0 = self._episode_draw.draw(self._gens, idx.cpu().numpy())
         dev = self.device
         self._start[idx] = torch.as_tensor(self._starts_np[prompt], device=dev)
         self._brow[idx] = torch.as_tensor(brow, device=dev)

@@ -19,7 +19,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from hlm_gym.environments.core import EnvConfigError, build_simulation, make_config, sub_env_seeds
+from hlm_gym.environments.core import EnvConfigError, EpisodeDraw, build_simulation, make_config, sub_env_seeds
 from hlm_gym.observation import OBS_HIGH, OBS_LOW, OBS_NAMES
 from hlm_gym.registration import MAX_EPISODE_STEPS
 
@@ -90,8 +90,7 @@ class HybridLMVectorEnv(VectorEnv):
         self._dlair_flat = b.dl_air.reshape(-1)
         self._waits_flat = (b.up_wait + b.dl_wait).reshape(-1)
         self._bits0_s, self._pend_bits_s = float(c.bits0[0]), float(c.pend_bits[0])
-        self._draw_rg = b.size * b.points
-        self._draw_total = sim.traces.n_prompts * self._draw_rg
+        self._episode_draw = EpisodeDraw.of(sim)
         self._skip_reward0 = -(c.dev_s * self._inv_ref)
         self._zeros_i = np.zeros(n, dtype=np.int64)
         G = b.points
@@ -101,10 +100,7 @@ class HybridLMVectorEnv(VectorEnv):
 
     # ------------------------------------------------------------------ reset
     def _reset_envs(self, idx: np.ndarray) -> None:
-        total, rg = self._draw_total, self._draw_rg
-        draws = np.fromiter((self._gens[i].integers(0, total) for i in idx), dtype=np.int64, count=len(idx))
-        prompt, rest = np.divmod(draws, rg)
-        brow, j0 = np.divmod(rest, self._bank.points)
+        prompt, brow, j0 = self._episode_draw.draw(self._gens, idx)
         self._start[idx] = self._t_tab.starts[prompt]
         self._brow[idx] = brow
         self._j0[idx] = j0
