@@ -2,13 +2,17 @@
 
 For each scenario (time-varying by default: pedestrian, vehicular, cell-edge-fast-fading):
 
-1. train PPO (:func:`hlm_gym.training.train`) for each risk weight lambda of the sweep, on the
-   training split, keeping the best checkpoint by validation reward;
+1. train PPO (:func:`hlm_gym.training.train`) on the training split, keeping the best
+   checkpoint by validation reward, for two sweeps of the reward: each risk weight lambda with
+   ``risk_target`` 0 (the return prices the *error rate*, expected rejections per token), and
+   each risk target R at ``target_lambda`` (the return is the Lagrangian of "mean rejection
+   probability of the skipped tokens <= R", the *risk* that the matched-risk check compares);
 2. evaluate, on the **test** split through the evaluation harness
    (:func:`hlm_gym.evaluation.evaluate`, the same episodes for every policy): each PPO model,
    the U-HLM threshold swept over ``u_th`` (``threshold:U``, and ``always`` as ``u_th = -inf``) plus the fitted risk-averse and
    risk-prone thresholds (``uhlm``, ``uhlm:prone``), Learn-then-Test thresholds
-   (``ltt:delta=D``) and the channel-aware rule at each lambda (``channel-aware:lambda=L``);
+   (``ltt:delta=D``) and the channel-aware rule at each PPO run's reward
+   (``channel-aware:lambda=L[,target=R]``);
 3. the dominance check: for each PPO point (risk r, tokens/s T), the analytic reference
    ``T_analytic``: the best tokens/s among the ``u_th`` sweep points whose risk is within 10%
    (relative) of r, or, when there is none, the U-HLM front (the upper envelope of the sweep,
@@ -41,11 +45,15 @@ __all__ = ["DEFAULTS", "CompareConfig", "compare", "dominance", "analytic_front"
 
 DEFAULTS: dict[str, Any] = {
     "scenarios": ("pedestrian", "vehicular", "cell-edge-fast-fading"),
-    "lambdas": (0.5, 1.0, 2.0, 3.0, 5.0),
+    "lambdas": (1.0, 2.0, 3.0, 5.0),
     "full_lambdas": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),
+    "risk_targets": (0.2, 0.3, 0.4, 0.45),
+    "full_risk_targets": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45),
+    "target_lambda": 10.0,
     "timesteps": 40_000,
     "full_timesteps": 1_000_000,
-    "thresholds": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
+    # u is recorded on a 0.05 grid and 39% of tokens have u = 1: the top of the sweep is dense
+    "thresholds": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0),
     "ltt_deltas": (0.02, 0.05, 0.1),
     "episodes": 200,
     "full_episodes": 500,
@@ -59,7 +67,9 @@ ANALYTIC_FAMILY = "uhlm-threshold"
 @dataclass
 class CompareConfig:
     scenarios: tuple[str, ...] = DEFAULTS["scenarios"]
-    lambdas: Optional[tuple[float, ...]] = None
+    lambdas: Optional[tuple[float, ...]] = None  # error-rate runs (risk_target 0); () for none
+    risk_targets: Optional[tuple[float, ...]] = None  # matched-risk runs at target_lambda; () for none
+    target_lambda: float = DEFAULTS["target_lambda"]
     timesteps: Optional[int] = None
     full: bool = False
     thresholds: Optional[tuple[float, ...]] = None
@@ -72,6 +82,7 @@ class CompareConfig:
     traces: Optional[str] = None
     out: str = "runs/compare"
     progress: bool = False
+    jobs: int = 1  # PPO runs trained at once (worker processes, one torch thread each)
     algo: str = "ppo"
     env_id: str = "hlm_gym/HybridLM-v0"
     eval_episodes: int = DEFAULTS["eval_episodes"]
@@ -79,8 +90,16 @@ class CompareConfig:
 
     def resolved(self) -> dict[str, Any]:
         full = self.full
+
+        def pick(value, key):
+            return tuple(value) if value is not None else tuple(DEFAULTS[("full_" if full else "") + key])
+
+        lambdas, targets = pick(self.lambdas, "lambdas"), pick(self.risk_targets, "risk_targets")
         return {"scenarios": tuple(self.scenarios),
-                "lambdas": tuple(self.lambdas or (DEFAULTS["full_lambdas"] if full else DEFAULTS["lambdas"])),
+                "lambdas": lambdas, "risk_targets": targets, "target_lambda": float(self.target_lambda),
+                # the PPO runs: (lambda, risk_target)
+                "ppo_runs": tuple((float(lam), 0.0) for lam in lambdas)
+                            + tuple((float(self.target_lambda), float(t)) for t in targets),
                 "timesteps": int(self.timesteps or (DEFAULTS["full_timesteps"] if full else DEFAULTS["timesteps"])),
                 "thresholds": tuple(self.thresholds or DEFAULTS["thresholds"]),
                 "ltt_deltas": tuple(self.ltt_deltas or DEFAULTS["ltt_deltas"]),
@@ -144,6 +163,64 @@ def dominance(rows: list[dict[str, Any]], scenario: str, metric: str = "risk") -
 
 
 # ------------------------------------------------------------------------------------ run
+def _train_config(config: CompareConfig, rc: dict[str, Any], out: Path, scenario: str, lam: float,
+                  target: float):
+    """The :class:`~hlm_gym.training.TrainConfig` of one PPO run of the sweep."""
+    from hlm_gym.training import TrainConfig
+
+    name = _reward_label(lam, target).replace("=", "").replace(",", "-")
+    return TrainConfig(algo=config.algo, env_id=config.env_id, scenario=scenario, lambda_=lam,
+                       risk_target=target or None, device=config.device, env_backend=config.env_backend,
+                       n_envs=config.n_envs, timesteps=rc["timesteps"], seed=config.seed,
+                       out=str(out / "runs" / scenario / name), traces=config.traces,
+                       eval_episodes=config.eval_episodes, run_name=f"ppo-{name}",
+                       overrides=dict(config.overrides or {}))
+
+
+def _train_job(cfg: Any, threads: int = 0) -> dict[str, Any]:
+    """Train one run (in this process or a worker); what the comparison keeps of it."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from hlm_gym.training import train
+
+    res = train(cfg)
+    return {"model": str(res.files.get("model_best", res.files["model_last"])), "wall_s": res.summary["wall_s"],
+            "steps_per_s": res.summary["steps_per_s"], "tensorboard": str(res.files["tensorboard"])}
+
+
+def _train_all(configs: list[Any], jobs: int, bar: Any) -> list[dict[str, Any]]:
+    """Train every run, ``jobs`` at a time in worker processes (one torch thread each) when ``jobs > 1``."""
+    if jobs <= 1:
+        infos = []
+        for cfg in configs:
+            if bar is not None:
+                bar.set_description(f"train {cfg.scenario} {Path(cfg.out).name}")
+            infos.append(_train_job(cfg))
+            if bar is not None:
+                bar.update(1)
+        return infos
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    infos: list[Optional[dict[str, Any]]] = [None] * len(configs)
+    if bar is not None:
+        bar.set_description(f"train {len(configs)} runs, {jobs} at a time")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_job, cfg, 1): i for i, cfg in enumerate(configs)}
+        for fut in as_completed(futures):
+            infos[futures[fut]] = fut.result()
+            if bar is not None:
+                bar.update(1)
+    return infos  # type: ignore[return-value]
+
+
+def _reward_label(lam: float, target: float) -> str:
+    """``lambda=L`` or ``lambda=L,target=R``: the reward a PPO run (or channel-aware rule) optimises."""
+    return f"lambda={lam:g}" + (f",target={target:g}" if target else "")
+
+
 def _row(scenario: str, family: str, policy: str, res: Any, lam: Optional[float] = None,
          param: Any = None) -> dict[str, Any]:
     s = res.summary
@@ -182,7 +259,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     """Run the comparison; returns the rows, the dominance records and the files written."""
     from hlm_gym.evaluation import evaluate
     from hlm_gym.policies.base import PolicyError
-    from hlm_gym.training import TrainConfig, TrainingError, train
+    from hlm_gym.training import TrainingError
 
     t0 = time.perf_counter()
     rc = config.resolved()
@@ -193,16 +270,25 @@ def compare(config: CompareConfig) -> dict[str, Any]:
 
     for sc in rc["scenarios"]:
         load_scenario(sc)  # fail early on a bad name
-    if not rc["lambdas"] or any(not (lam >= 0) for lam in rc["lambdas"]):
+    if any(not (lam >= 0) for lam in rc["lambdas"]):
         raise TrainingError(f"lambdas must be numbers >= 0, got {rc['lambdas']}")
+    if any(not (0 <= t <= 1) for t in rc["risk_targets"]):
+        raise TrainingError(f"risk targets must be numbers in [0, 1], got {rc['risk_targets']}")
+    if rc["risk_targets"] and not rc["target_lambda"] > 0:
+        raise TrainingError(f"target_lambda must be > 0 for risk-target runs, got {rc['target_lambda']}")
+    if not rc["ppo_runs"]:
+        raise TrainingError("no PPO runs: give at least one lambda or risk target")
+    if not (isinstance(config.jobs, int) and config.jobs >= 1):
+        raise TrainingError(f"jobs must be a positive integer, got {config.jobs!r}")
 
     # the U-HLM family "skip iff u <= u_th" includes u_th = -inf: send everything (risk 0)
     analytic_specs = ([(ANALYTIC_FAMILY, "always", None, -math.inf)]
                       + [(ANALYTIC_FAMILY, f"threshold:{u:g}", None, u) for u in rc["thresholds"]]
                       + [("uhlm", "uhlm:averse", None, "averse"), ("uhlm", "uhlm:prone", None, "prone")]
                       + [("ltt", f"ltt:delta={d:g},eps=0.1", None, d) for d in rc["ltt_deltas"]]
-                      + [("channel-aware", f"channel-aware:lambda={lam:g}", lam, lam) for lam in rc["lambdas"]])
-    n_jobs = len(rc["scenarios"]) * (2 * len(rc["lambdas"]) + len(analytic_specs))
+                      + [("channel-aware", "channel-aware:" + _reward_label(lam, t), lam, t)
+                         for lam, t in rc["ppo_runs"] if lam > 0])
+    n_jobs = len(rc["scenarios"]) * (2 * len(rc["ppo_runs"]) + len(analytic_specs))
     bar = _progress(config.progress, n_jobs, "compare")
     ev = {"split": "test", "episodes": rc["episodes"], "seed": config.seed + 20_000, "traces": config.traces}
     rows: list[dict[str, Any]] = []
@@ -211,26 +297,18 @@ def compare(config: CompareConfig) -> dict[str, Any]:
 
     fit = fit_from_traces(config.traces, "train")  # the U-HLM fit, once (used by uhlm and channel-aware)
     try:
+        # 1. PPO over the reward sweep (trained on train, best checkpoint by validation reward)
+        jobs = [(sc, lam, target, _train_config(config, rc, out, sc, lam, target))
+                for sc in rc["scenarios"] for lam, target in rc["ppo_runs"]]
+        for (sc, lam, target, _), info in zip(jobs, _train_all([j[3] for j in jobs], config.jobs, bar)):
+            runs.append({"scenario": sc, "lambda": lam, "risk_target": target} | info)
         for sc in rc["scenarios"]:
-            # 1. PPO over the lambda sweep (trained on train, best checkpoint by validation reward)
-            for lam in rc["lambdas"]:
-                run_dir = out / "runs" / sc / f"lambda{lam:g}"
+            for run in (r for r in runs if r["scenario"] == sc):
+                label = _reward_label(run["lambda"], run["risk_target"])
                 if bar is not None:
-                    bar.set_description(f"train {sc} lambda={lam:g}")
-                res = train(TrainConfig(algo=config.algo, env_id=config.env_id, scenario=sc, lambda_=lam,
-                                        device=config.device, env_backend=config.env_backend,
-                                        n_envs=config.n_envs, timesteps=rc["timesteps"],
-                                        seed=config.seed, out=str(run_dir), traces=config.traces,
-                                        eval_episodes=config.eval_episodes, run_name=f"ppo-lambda{lam:g}",
-                                        overrides=dict(config.overrides or {})))
-                model = res.files.get("model_best", res.files["model_last"])
-                runs.append({"scenario": sc, "lambda": lam, "model": str(model), "wall_s": res.summary["wall_s"],
-                             "steps_per_s": res.summary["steps_per_s"], "tensorboard": str(res.files["tensorboard"])})
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_description(f"test {sc} ppo lambda={lam:g}")
-                r = evaluate(f"ppo:{model}", scenario=sc, lambda_=lam, **ev)
-                rows.append(_row(sc, "ppo", f"ppo:lambda={lam:g}", r, lam, lam))
+                    bar.set_description(f"test {sc} ppo {label}")
+                r = evaluate(f"ppo:{run['model']}", scenario=sc, lambda_=run["lambda"], **ev)
+                rows.append(_row(sc, "ppo", f"ppo:{label}", r, run["lambda"], run["risk_target"]))
                 if bar is not None:
                     bar.update(1)
             # 2. the analytic rules on the same test episodes
@@ -330,7 +408,6 @@ def format_dominance(dom: list[dict[str, Any]], markdown: bool = False) -> str:
 
     def cells(d):
         g = d["gain"]
-        gm = d["gain_vs_best_matched"]
         return (d["scenario"], d["policy"], _fmt(d["risk"], 3), _fmt(d["tokens_per_s"]),
                 f"{d['best_matched_policy']} ({_fmt(d['best_matched_tokens_per_s'])})" if d["best_matched_policy"] else "none",
                 _fmt(d["front_tokens_per_s"]),
@@ -378,7 +455,7 @@ def pareto_png(rows: list[dict[str, Any]], scenario: str) -> bytes:
               "uhlm": ("tab:cyan", "s", "U-HLM fitted (averse/prone)"),
               "ltt": ("tab:green", "^", "Learn-then-Test"),
               "channel-aware": ("tab:purple", "D", "channel-aware rule"),
-              "ppo": ("tab:red", "*", "PPO (lambda sweep)")}
+              "ppo": ("tab:red", "*", "PPO (λ and risk-target R sweeps)")}
     for ax, metric, xlabel in ((axes[0], "risk", "risk (mean rejection probability of skipped tokens)"),
                                (axes[1], "error_rate", "error rate (skipped tokens that would be rejected / tokens)")):
         for fam, (colour, marker, label) in styles.items():
@@ -395,7 +472,8 @@ def pareto_png(rows: list[dict[str, Any]], scenario: str) -> bytes:
                 ax.plot([p[0] for p in front], [p[1] for p in front], "-", color=colour, lw=1.2, alpha=0.8)
             if fam == "ppo":
                 for p in pts:
-                    ax.annotate("λ=" + p[4].split("=")[-1], (p[0], p[1]), textcoords="offset points",
+                    tag = p[4].split(":", 1)[-1].replace("lambda=", "λ=").replace("target=", "R=")
+                    ax.annotate(tag, (p[0], p[1]), textcoords="offset points",
                                 xytext=(5, 4), fontsize=7, color=colour)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
@@ -417,8 +495,9 @@ def write_outputs(out: Path, rows, dom, runs, rc, config: CompareConfig, wall: f
     atomic_write_text(files["results_csv"], _csv(rows, COLUMNS))
     atomic_write_text(files["dominance_csv"], _csv(dom, DOM_COLUMNS))
     cmd = "hlm-gym compare" + ("" if config.traces is None else f" --traces {config.traces}")
-    md = [f"# hlm-gym compare: learned PPO vs analytic thresholds", "",
+    md = ["# hlm-gym compare: learned PPO vs analytic thresholds", "",
           f"Command: `{cmd}` (scenarios {', '.join(rc['scenarios'])}; lambdas {', '.join(map(str, rc['lambdas']))}; "
+          f"risk targets {', '.join(map(str, rc['risk_targets'])) or 'none'} at lambda {rc['target_lambda']:g}; "
           f"{rc['timesteps']} PPO steps per run; {rc['episodes']} test episodes per policy; seed {config.seed}; "
           f"{wall / 60:.1f} min).", "",
           "Means over test episodes with 95% Student-t half-widths.", "", format_table(rows, markdown=True), "",

@@ -10,12 +10,14 @@ import argparse
 import sys
 from typing import Any, Sequence
 
-from hlm_gym.cli_types import nonneg_float, positive_int
+from hlm_gym.cli_types import nonneg_float, positive_int, unit_float
 
 __all__ = ["add_train_commands", "main"]
 
 
 def _float_list(text: str) -> list[float]:
+    if text.strip().lower() == "none":
+        return []
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -41,6 +43,9 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", default="pedestrian", help="scenario name or YAML path (default pedestrian)")
     p.add_argument("--lambda", dest="lambda_", type=nonneg_float, default=None,
                    help="risk weight of the reward (default: the environment's)")
+    p.add_argument("--risk-target", type=unit_float, default=None,
+                   help="the env's risk_target R: a skip costs lambda * (beta - R), the Lagrangian of 'mean "
+                        "rejection probability of skipped tokens <= R' (default 0: prices the error rate)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (the networks, and the "
                    "environments with --env-backend torch)")
     p.add_argument("--env-backend", choices=["numpy", "torch"], default="numpy",
@@ -68,6 +73,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     _threads(args.threads)
     cfg = TrainConfig(algo=args.algo, env_id=args.env, scenario=args.scenario, lambda_=args.lambda_,
+                      risk_target=args.risk_target,
                       device=args.device, env_backend=args.env_backend, n_envs=args.n_envs, timesteps=args.timesteps, seed=args.seed, out=args.out,
                       traces=args.traces, hyperparams=args.hyperparams, overrides=dict(args.overrides),
                       eval_freq=args.eval_freq, eval_episodes=args.eval_episodes, reference=not args.no_reference,
@@ -84,8 +90,14 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenarios", type=_str_list, default=list(d["scenarios"]),
                    help=f"comma-separated scenarios (default {','.join(d['scenarios'])})")
     p.add_argument("--lambdas", type=_float_list, default=None,
-                   help=f"PPO risk weights (default {','.join(map(str, d['lambdas']))}; --full: "
-                        f"{','.join(map(str, d['full_lambdas']))})")
+                   help=f"PPO risk weights of the error-rate runs, risk_target 0 (default "
+                        f"{','.join(map(str, d['lambdas']))}; --full: {','.join(map(str, d['full_lambdas']))})")
+    p.add_argument("--risk-targets", type=_float_list, default=None,
+                   help=f"risk targets R of the matched-risk runs, at --target-lambda (default "
+                        f"{','.join(map(str, d['risk_targets']))}; --full: "
+                        f"{','.join(map(str, d['full_risk_targets']))}; 'none' for no such runs)")
+    p.add_argument("--target-lambda", type=nonneg_float, default=d["target_lambda"],
+                   help=f"risk weight of the risk-target runs (default {d['target_lambda']:g})")
     p.add_argument("--timesteps", type=positive_int, default=None,
                    help=f"PPO steps per run (default {d['timesteps']}; --full: {d['full_timesteps']})")
     p.add_argument("--full", action="store_true", help="the GPU-size budget (more steps and lambdas)")
@@ -102,6 +114,8 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
                    metavar="KEY=VALUE", help="override one PPO hyperparameter of agents/ppo.yml (repeatable)")
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="PPO runs trained at once, in worker processes of one torch thread each (default 1)")
     p.set_defaults(func=_run_compare)
 
 
@@ -110,12 +124,15 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     _threads(args.threads)
     cfg = CompareConfig(scenarios=tuple(args.scenarios), lambdas=None if args.lambdas is None else tuple(args.lambdas),
+                        risk_targets=None if args.risk_targets is None else tuple(args.risk_targets),
+                        target_lambda=args.target_lambda,
                         timesteps=args.timesteps, full=args.full,
                         thresholds=None if args.thresholds is None else tuple(args.thresholds),
                         ltt_deltas=None if args.ltt_deltas is None else tuple(args.ltt_deltas),
                         episodes=args.episodes, seed=args.seed, device=args.device,
                         env_backend=args.env_backend, n_envs=args.n_envs,
-                        traces=args.traces, out=args.out, progress=True, overrides=dict(args.overrides))
+                        traces=args.traces, out=args.out, progress=True, overrides=dict(args.overrides),
+                        jobs=args.jobs)
     _guard(compare, cfg)
     return 0
 

@@ -65,6 +65,7 @@ class TrainConfig:
     env_id: str = "hlm_gym/HybridLM-v0"
     scenario: str = "pedestrian"
     lambda_: Optional[float] = None  # risk weight of the reward (None: the environment's default)
+    risk_target: Optional[float] = None  # the env's risk_target R (None: its default 0, error-rate pricing)
     device: str = "cpu"
     env_backend: str = "numpy"  # "numpy" (CPU) or "torch" (the batched torch env, on `device`)
     n_envs: Optional[int] = None  # None: the YAML's
@@ -191,6 +192,8 @@ def env_kwargs_for(config: TrainConfig, split: str) -> dict[str, Any]:
     kw: dict[str, Any] = {"scenario": config.scenario, "split": split}
     if config.lambda_ is not None:
         kw["risk_weight"] = float(config.lambda_)
+    if config.risk_target is not None:
+        kw["risk_target"] = float(config.risk_target)
     if config.traces is not None:
         from hlm_gym.policies.data import resolve_trace_path
 
@@ -405,7 +408,9 @@ def train(config: TrainConfig) -> TrainResult:
     device = resolve_device(config.device)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    run_name = config.run_name or f"{algo}-{config.scenario}-lambda{config.lambda_ if config.lambda_ is not None else 'default'}-seed{config.seed}"
+    target = f"-target{config.risk_target:g}" if config.risk_target else ""
+    run_name = config.run_name or (f"{algo}-{config.scenario}-lambda"
+                                   f"{config.lambda_ if config.lambda_ is not None else 'default'}{target}-seed{config.seed}")
     set_random_seed(config.seed)
 
     # 2. envs: batched numpy env (SB3 adapter), observation normalisation if the YAML says so
@@ -445,6 +450,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     # 7. summary
     summary = {"algo": algo, "env_id": config.env_id, "scenario": config.scenario, "lambda": config.lambda_,
+               "risk_target": config.risk_target,
                "seed": config.seed, "device": str(model.device), "env_backend": config.env_backend, "n_envs": n_envs, "timesteps": int(model.num_timesteps),
                "wall_s": round(wall, 2), "steps_per_s": round(model.num_timesteps / wall, 1),
                "hyperparams": {k: (v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v))

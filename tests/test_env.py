@@ -175,6 +175,30 @@ def test_cost_model_matches_latency_module():
     assert cm.skip_energy == pytest.approx(skip.energy_j[0], rel=1e-12)
 
 
+def test_risk_target_shifts_only_skip_rewards(trace_file):
+    """risk_target R adds exactly lambda * R to every skip's reward and leaves sends alone."""
+    lam, target = 2.5, 0.3
+    rng = np.random.default_rng(3)
+    actions = rng.integers(0, 2, 400)
+    rewards = {}
+    for r in (0.0, target):
+        env = gym.make("hlm_gym/HybridLM-v0", trace=trace_file, scenario="vehicular", risk_weight=lam, risk_target=r)
+        env.reset(seed=4)
+        got = []
+        for a in actions:
+            _, rew, term, trunc, info = env.step(int(a))
+            got.append((rew, info["sent"]))
+            if term or trunc:
+                env.reset()
+        rewards[r] = got
+    skips = 0
+    for (r0, sent0), (r1, sent1) in zip(rewards[0.0], rewards[target]):
+        assert sent0 == sent1
+        assert r1 == pytest.approx(r0 + (0.0 if sent0 else lam * target), abs=1e-12)
+        skips += not sent0
+    assert 0 < skips < len(actions)
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_unknown_kwarg(trace_file):
     with pytest.raises(TypeError, match=r"unknown option\(s\) 'lambda_'.*allowed: .*risk_weight"):
@@ -184,6 +208,7 @@ def test_unknown_kwarg(trace_file):
 @pytest.mark.parametrize("kw, msg", [({"risk": "huge"}, "bad option risk='huge'"),
                                      ({"verify": "later"}, "bad option verify='later'"),
                                      ({"risk_weight": -1.0}, "bad option risk_weight=-1.0"),
+                                     ({"risk_target": 1.5}, r"bad option risk_target=1.5: expected a number in \[0, 1\]"),
                                      ({"k_choices": (5,)}, "5 was not recorded")])
 def test_bad_option_values(trace_file, kw, msg):
     with pytest.raises(EnvConfigError, match=msg):

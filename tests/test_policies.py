@@ -117,8 +117,20 @@ def test_channel_aware_threshold_rises_with_uplink_cost():
     assert pol.threshold(1e7, 20)[0] > u_th
     look = ChannelAwareThreshold(sc, lam=1.0, latency_ref=0.1, max_tokens=MAX_TOKENS, fit=fit, lookahead=True)
     assert look.threshold(1e7, 0)[0] < u_th  # deferred catch-up makes skipping less attractive
+    # a risk target R shifts the threshold up by R / a (tokens safer than R are worth skipping)
+    tgt = ChannelAwareThreshold(sc, lam=1.0, latency_ref=0.1, max_tokens=MAX_TOKENS, fit=fit, target=0.3)
+    np.testing.assert_allclose(tgt.threshold(rates, 0), th + 0.3 / fit.a)
+    fast = np.log10(1 + 1e9)  # a link where u_th ~ 0.4, inside the unclipped part of beta_hat
+    u_fast = float(pol.threshold(1e9, 0)[0])
+    u_tgt = u_fast + 0.3 / fit.a
+    assert 0 < u_fast < u_tgt - 0.05 and u_tgt + 0.05 < 1
+    o = obs(3, log_rate=fast, u=np.array([u_fast + 0.02, u_tgt - 0.02, u_tgt + 0.02]))
+    np.testing.assert_array_equal(pol.act(o), [SEND, SEND, SEND])
+    np.testing.assert_array_equal(tgt.act(o), [SKIP, SKIP, SEND])
     with pytest.raises(PolicyError):
         ChannelAwareThreshold(sc, lam=0.0, latency_ref=0.1, max_tokens=MAX_TOKENS, fit=fit)
+    with pytest.raises(PolicyError, match="risk target"):
+        ChannelAwareThreshold(sc, lam=1.0, latency_ref=0.1, max_tokens=MAX_TOKENS, fit=fit, target=1.5)
 
 
 def test_specs_build_the_right_rules():
@@ -137,7 +149,11 @@ def test_specs_build_the_right_rules():
     from hlm_gym.scenarios import load_scenario
 
     ca = make_policy("channel-aware:lambda=2", scenario=load_scenario("static-good"), latency_ref=0.1, **ctx)
-    assert isinstance(ca, ChannelAwareThreshold) and ca.lam == 2.0
+    assert isinstance(ca, ChannelAwareThreshold) and ca.lam == 2.0 and ca.target == 0.0
+    ca = make_policy("channel-aware:lambda=10,target=0.3", scenario=load_scenario("static-good"), latency_ref=0.1, **ctx)
+    assert ca.lam == 10.0 and ca.target == 0.3
+    with pytest.raises(PolicyError, match="target must be in"):
+        make_policy("channel-aware:lambda=10,target=2", scenario=load_scenario("static-good"), latency_ref=0.1, **ctx)
 
 
 def test_ltt_spec_calibrates_on_given_columns():

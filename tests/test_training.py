@@ -178,9 +178,9 @@ def test_dominance_matches_risk_and_computes_gain():
 def test_compare_end_to_end_tiny(traces, tmp_path, capsys):
     from hlm_gym.compare import CompareConfig, compare
 
-    cfg = CompareConfig(scenarios=("vehicular",), lambdas=(5.0,), timesteps=256, thresholds=(0.0, 0.3, 1.0),
-                        ltt_deltas=(0.1,), episodes=8, n_envs=4, traces=str(traces), out=str(tmp_path),
-                        eval_episodes=8, overrides=dict(TINY))
+    cfg = CompareConfig(scenarios=("vehicular",), lambdas=(5.0,), risk_targets=(0.3,), timesteps=256,
+                        thresholds=(0.0, 0.3, 1.0), ltt_deltas=(0.1,), episodes=8, n_envs=4, traces=str(traces),
+                        out=str(tmp_path), eval_episodes=8, overrides=dict(TINY))
     res = compare(cfg)
     out = capsys.readouterr().out
     assert "dominance at matched risk" in out and "files written" in out
@@ -188,5 +188,25 @@ def test_compare_end_to_end_tiny(traces, tmp_path, capsys):
         assert Path(res["files"][key]).is_file() and Path(res["files"][key]).stat().st_size > 0, key
     families = {r["family"] for r in res["rows"]}
     assert families == {"ppo", "uhlm-threshold", "uhlm", "ltt", "channel-aware"}
-    assert len(res["dominance"]) == 1 and res["dominance"][0]["policy"] == "ppo:lambda=5"
+    assert [d["policy"] for d in res["dominance"]] == ["ppo:lambda=5", "ppo:lambda=10,target=0.3"]
+    assert {r["policy"] for r in res["rows"] if r["family"] == "channel-aware"} == {
+        "channel-aware:lambda=5", "channel-aware:lambda=10,target=0.3"}
+    summary = json.loads((tmp_path / "runs" / "vehicular" / "lambda10-target0.3" / "summary.json").read_text())
+    assert summary["risk_target"] == 0.3 and summary["lambda"] == 10.0
     assert Path(res["files"]["pareto_vehicular"]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_parallel_training_equals_sequential(traces, tmp_path):
+    """compare --jobs N trains in worker processes with the same results as one at a time."""
+    from hlm_gym.compare import _train_all
+
+    def configs(root):
+        return [_config(traces, tmp_path / root / str(i), risk_target=t, timesteps=128, eval_freq=128)
+                for i, t in enumerate((None, 0.3))]
+
+    seq = _train_all(configs("seq"), 1, None)
+    par = _train_all(configs("par"), 2, None)
+    for a, b in zip(seq, par):
+        sa = json.loads((Path(a["model"]).parent / "summary.json").read_text())
+        sb = json.loads((Path(b["model"]).parent / "summary.json").read_text())
+        assert sa["last"] == sb["last"] and sa["timesteps"] == sb["timesteps"] == 128

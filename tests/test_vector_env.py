@@ -39,6 +39,7 @@ def assert_same_step(r1, r2, n, step):
 
 CONFIGS = [
     {},
+    {"scenario": "vehicular", "risk_weight": 2.0, "risk_target": 0.3},
     {"verify": "deferred", "max_episode_steps": 200},
     {"verify": "deferred", "max_episode_steps": 20},  # truncation by the time limit
     {"risk": "error", "scenario": "vehicular", "risk_weight": 0.3},

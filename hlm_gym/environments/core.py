@@ -48,6 +48,10 @@ class EnvConfig:
     ``scenario_overrides``: dotted scenario overrides, e.g. ``{"link.mean_snr_db": 10.0}``
     (keyword arguments whose name contains a dot are added here too).
     ``risk_weight``: lambda, the weight of the rejection risk in the reward.
+    ``risk_target``: R, the per-skipped-token risk at which a skip's risk term is zero: a skip
+    is charged ``lambda * (risk - R)``. ``R = 0`` (default) prices expected rejections per token
+    (the error rate); ``R > 0`` makes the return the Lagrangian of "mean ``beta`` of the skipped
+    tokens <= R" (the ``risk`` metric), so tokens safer than R earn a bonus when skipped.
     ``risk``: ``beta`` (the skipped draft's rejection probability) or ``error`` (1 if the
     skipped draft would have been rejected with the recorded uniform).
     ``verify``: ``none`` (U-HLM: skipped tokens are never verified) or ``deferred``
@@ -72,6 +76,7 @@ class EnvConfig:
     scenario: Any = "pedestrian"
     scenario_overrides: Mapping[str, Any] = field(default_factory=dict)
     risk_weight: float = 1.0
+    risk_target: float = 0.0
     risk: str = "beta"
     verify: str = "none"
     mode: str = "trace"
@@ -102,6 +107,8 @@ class EnvConfig:
         if not (isinstance(self.risk_weight, (int, float)) and math.isfinite(self.risk_weight)
                 and self.risk_weight >= 0):
             bad("risk_weight", "expected a finite number >= 0")
+        if not (isinstance(self.risk_target, (int, float)) and 0.0 <= self.risk_target <= 1.0):
+            bad("risk_target", "expected a number in [0, 1] (a rejection probability)")
         if not isinstance(self.skip_window, int) or self.skip_window < 1:
             bad("skip_window", "expected a positive integer")
         if self.latency_ref_s is not None and not self.latency_ref_s > 0:

@@ -62,9 +62,13 @@ class HybridLMEnv(gym.Env):
     **Action** ``Discrete(2)``: 0 = skip, 1 = send (``HybridLMCompressed-v0``:
     ``Discrete(1 + len(k_choices))``, ``i > 0`` = send the top-``k_choices[i-1]`` entries).
 
-    **Reward** ``-(latency_s / latency_ref_s) - risk_weight * risk``, with ``risk`` the
-    skipped draft's rejection probability ``beta`` (``risk="beta"``) or ``1`` if it would have
-    been rejected with the recorded uniform (``risk="error"``); 0 for a send.
+    **Reward** ``-(latency_s / latency_ref_s) - risk_weight * (risk - risk_target)`` for a
+    skip and ``-(latency_s / latency_ref_s)`` for a send, with ``risk`` the skipped draft's
+    rejection probability ``beta`` (``risk="beta"``) or ``1`` if it would have been rejected
+    with the recorded uniform (``risk="error"``). With ``risk_target = 0`` (default) the return
+    trades latency against expected rejections per token (the error rate); with
+    ``risk_target = R > 0`` it is the Lagrangian of "mean rejection probability of the skipped
+    tokens <= R", the ``risk`` that the evaluation harness reports.
     ``latency_ref_s`` defaults to the latency of a full-upload send with no pending tokens at
     the scenario's nominal mean SNR, so an always-send episode at the mean SNR scores about
     -1 per token.
@@ -134,6 +138,7 @@ class HybridLMEnv(gym.Env):
         self._episode_draw = EpisodeDraw.of(sim)
         self._inv_ref = 1.0 / sim.latency_ref
         self._lam = float(config.risk_weight)
+        self._target = float(config.risk_target)
         self._risk_error = config.risk == "error"
         self._deferred = config.verify == "deferred"
         self._max_tokens = float(sim.max_tokens)
@@ -215,7 +220,7 @@ class HybridLMEnv(gym.Env):
             beta = float(self._beta_full[r])
             err = not self._acc_full[r]
             risk = (1.0 if err else 0.0) if self._risk_error else beta
-            reward = -(lat * self._inv_ref) - self._lam * risk
+            reward = -(lat * self._inv_ref) - self._lam * (risk - self._target)
             self._pending += 1
             self._skips += 1
             self._risk_sum += beta

@@ -81,6 +81,7 @@ class HybridLMTorchVectorEnv(VectorEnv):
         self._inv_ref = 1.0 / sim.latency_ref
         self._skip_reward0 = -(c.dev_s * self._inv_ref)
         self._lam = float(config.risk_weight)
+        self._target = float(config.risk_target)
         self._risk_error = config.risk == "error"
         self._deferred = config.verify == "deferred"
         self._mt = float(sim.max_tokens)
@@ -169,7 +170,7 @@ class HybridLMTorchVectorEnv(VectorEnv):
         beta_full = self._beta_full[r]
         err = skip & ~self._acc_full[r]
         risk = err.to(F64) if self._risk_error else beta_full
-        rewards = torch.where(skip, self._skip_reward0 - self._lam * risk, -(lat_send * self._inv_ref))
+        rewards = torch.where(skip, self._skip_reward0 - self._lam * (risk - self._target), -(lat_send * self._inv_ref))
         ro = r * self._n_opts + o if self.compressed else r
         acc_o = self._acc_flat[ro]
         beta_o = self._beta_flat[ro]

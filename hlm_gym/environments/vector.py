@@ -60,6 +60,7 @@ class HybridLMVectorEnv(VectorEnv):
         self._pend_bits = np.asarray(c.pend_bits, dtype=np.float64)
         self._inv_ref = 1.0 / sim.latency_ref
         self._lam = float(config.risk_weight)
+        self._target = float(config.risk_target)
         self._risk_error = config.risk == "error"
         self._deferred = config.verify == "deferred"
         self._mt = float(sim.max_tokens)
@@ -183,7 +184,7 @@ class HybridLMVectorEnv(VectorEnv):
         acc_full_r = self._acc_full.take(r)
         err = skip & ~acc_full_r
         risk = err.astype(np.float64) if self._risk_error else beta_full
-        rewards = np.where(skip, self._skip_reward0 - self._lam * risk, -(lat_send * self._inv_ref))
+        rewards = np.where(skip, self._skip_reward0 - self._lam * (risk - self._target), -(lat_send * self._inv_ref))
         if self.compressed:
             ro = r * self._n_opts + o
             acc_o = self._acc_flat.take(ro)

@@ -32,6 +32,10 @@ So the rule is U-HLM's threshold with the intercept shifted by the normalised co
 of risk) grows; as ``DeltaL / (lambda L_ref) -> 0`` it tends to the risk-averse ``-b/a``. When
 ``DeltaL / L_ref >= lambda * beta_hat(1)`` no token is worth sending.
 
+With a risk target ``R`` (the environment's ``risk_target``: a skip costs
+``lambda * (beta - R)``) the same comparison gives ``lambda * (beta_hat(u) - R) > DeltaL / L_ref``,
+i.e. the intercept ``b`` becomes ``b - R``.
+
 ``lookahead=True`` refines the myopic comparison with the cost a skip defers: a skipped token's
 id and catch-up ride on the next upload. Comparing "send now, then send" with "skip now, then
 send" at the same rate replaces DeltaL(R, p) by DeltaL(R, p) + DeltaL(R, 0) - DeltaL(R, p + 1).
@@ -55,7 +59,7 @@ __all__ = ["ChannelAwareThreshold"]
 
 
 class ChannelAwareThreshold(Policy):
-    """Send iff ``lambda * clip(a u + b, 0, 1) > DeltaL(rate, pending) / latency_ref`` (see the module docstring).
+    """Send iff ``lambda * (clip(a u + b, 0, 1) - target) > DeltaL(rate, pending) / latency_ref`` (module docstring).
 
     ``scenario``: a :class:`hlm_gym.scenarios.Scenario` (payload and compute figures);
     ``a``, ``b``: the U-HLM fit (or pass ``fit=UHLMFit``); ``lam``: the environment's risk weight;
@@ -68,7 +72,7 @@ class ChannelAwareThreshold(Policy):
 
     def __init__(self, scenario: Any, *, lam: float, latency_ref: float, max_tokens: int, a: float | None = None,
                  b: float | None = None, fit: Any = None, vocab_size: int | None = None, topk: int | None = None,
-                 lookahead: bool = False) -> None:
+                 lookahead: bool = False, target: float = 0.0) -> None:
         if fit is not None:
             a, b = fit.a, fit.b
         if a is None or b is None:
@@ -86,6 +90,9 @@ class ChannelAwareThreshold(Policy):
         self.vocab_size = vocab_size
         self.topk = topk
         self.lookahead = bool(lookahead)
+        if not 0.0 <= target <= 1.0:
+            raise PolicyError(f"risk target must be in [0, 1], got {target}")
+        self.target = float(target)
         self.fit = fit
 
     def downlink_rate_bps(self, rate_bps: np.ndarray, snr_db: Any = None) -> np.ndarray:
@@ -120,17 +127,18 @@ class ChannelAwareThreshold(Policy):
         return cost
 
     def threshold(self, rate_bps: Any, pending: Any = 0, snr_db: Any = None) -> np.ndarray:
-        """``u_th(R, p) = (DeltaL / (lambda L_ref) - b) / a`` (send iff ``u > u_th``)."""
-        return (self.send_cost_s(rate_bps, pending, snr_db) / (self.lam * self.latency_ref) - self.b) / self.a
+        """``u_th(R, p) = (DeltaL / (lambda L_ref) - b + target) / a`` (send iff ``u > u_th``)."""
+        return (self.send_cost_s(rate_bps, pending, snr_db) / (self.lam * self.latency_ref) - self.b
+                + self.target) / self.a
 
     def _act(self, obs: np.ndarray) -> np.ndarray:
         rate = np.power(10.0, obs[:, OBS_INDEX["log_rate"]]) - 1.0
         pending = np.rint(obs[:, OBS_INDEX["pending"]] * self.max_tokens)
         beta_hat = np.clip(self.a * obs[:, OBS_INDEX["u"]] + self.b, 0.0, 1.0)
-        gain = self.lam * beta_hat
+        gain = self.lam * (beta_hat - self.target)
         cost = self.send_cost_s(rate, pending, obs[:, OBS_INDEX["snr_db"]]) / self.latency_ref
         return np.where(gain > cost, SEND, SKIP).astype(np.int64)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "lambda": self.lam, "latency_ref": self.latency_ref, "a": self.a, "b": self.b,
+        return {"name": self.name, "lambda": self.lam, "latency_ref": self.latency_ref, "a": self.a, "b": self.b, "target": self.target,
                 "scenario": getattr(self.scenario, "name", None), "lookahead": self.lookahead}

@@ -14,7 +14,7 @@ spec                            policy
 ``ltt[:delta=D,eps=E,risk=R,cal=C]``  threshold on u calibrated by Learn-then-Test on the traces'
                                 split C (validation [default], train or train+validation;
                                 defaults delta=0.05, eps=0.1, risk=skipped)
-``channel-aware[:lambda=L]``    the channel-aware analytic rule (lambda defaults to the env's)
+``channel-aware[:lambda=L,target=R]``  the channel-aware analytic rule (lambda defaults to the env's, R to 0)
 ``ppo:PATH`` / ``sb3:PATH``     a saved Stable-Baselines3 model (.zip), deterministic actions
 ==============================  ==============================================================
 
@@ -38,7 +38,7 @@ from hlm_gym.policies.rules import AlwaysSend, BiLDFallback, CALMSoftmax, NeverS
 __all__ = ["make_policy", "make_draft_policy", "validate_spec", "load_sb3_policy", "SB3Policy", "VALID_FORMS", "parse_spec"]
 
 VALID_FORMS = ("always, never, random:R, threshold:U, uhlm[:averse|prone], bild[:A], calm[:L], "
-               "ltt[:delta=D,eps=E,risk=skipped|token,cal=validation|train|train+validation], channel-aware[:lambda=L,lookahead=0|1], ppo:PATH.zip")
+               "ltt[:delta=D,eps=E,risk=skipped|token,cal=validation|train|train+validation], channel-aware[:lambda=L,target=R,lookahead=0|1], ppo:PATH.zip")
 _ALIASES = {"hlm": "always", "send": "always", "slm": "never", "slm-only": "never", "rand": "random",
             "rand-hlm": "random", "u-hlm": "uhlm", "channel": "channel-aware", "sb3": "ppo"}
 
@@ -147,7 +147,7 @@ def make_policy(spec: str, **context: Any) -> Policy:
         pol.ltt = res  # type: ignore[attr-defined]
         return pol
     if kind == "channel-aware":
-        kw = _kwargs(spec, arg, {"lambda": "lam", "lam": "lam", "lookahead": "lookahead"})
+        kw = _kwargs(spec, arg, {"lambda": "lam", "lam": "lam", "lookahead": "lookahead", "target": "target"})
         lam = _number(spec, kw["lam"], "lambda", unit=False) if "lam" in kw else context.get("lambda_")
         if lam is None or not lam > 0:
             raise _err(spec, "channel-aware needs lambda > 0 (lambda=L or the environment's)")
@@ -166,7 +166,8 @@ def make_policy(spec: str, **context: Any) -> Policy:
         return ChannelAwareThreshold(scenario, lam=float(lam), latency_ref=float(latency_ref),
                                      max_tokens=int(max_tokens), fit=_fit(context),
                                      vocab_size=context.get("vocab_size"),
-                                     lookahead=kw.get("lookahead", "0") in ("1", "true", "yes"))
+                                     lookahead=kw.get("lookahead", "0") in ("1", "true", "yes"),
+                                     target=_number(spec, kw["target"], "target") if "target" in kw else 0.0)
     if kind == "ppo":
         if not arg:
             raise _err(spec, "ppo needs a model path, e.g. ppo:runs/model.zip")
@@ -205,9 +206,11 @@ def validate_spec(spec: str) -> None:
             raise _err(spec, "risk must be skipped or token")
         return
     if kind == "channel-aware":
-        kw = _kwargs(spec, arg, {"lambda": "lam", "lam": "lam", "lookahead": "lookahead"})
+        kw = _kwargs(spec, arg, {"lambda": "lam", "lam": "lam", "lookahead": "lookahead", "target": "target"})
         if "lam" in kw and not _number(spec, kw["lam"], "lambda", unit=False) > 0:
             raise _err(spec, "lambda must be > 0")
+        if "target" in kw:
+            _number(spec, kw["target"], "target")
         return
     if kind == "ppo":
         if not arg:
