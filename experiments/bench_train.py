@@ -1,12 +1,12 @@
 """PPO training throughput (steps/s) of ``hlm-gym train`` by device and environment backend, in one run.
 
     python experiments/bench_train.py [--timesteps 65536] [--n-envs 256] [--devices cpu,cuda]
-                                      [--scenario vehicular] [--out runs/bench_train]
+                                      [--scenario vehicular] [--hp batch_size=4096] [--out runs/bench_train]
 
 For every device in ``--devices`` (``cuda`` is skipped with a note when torch sees no GPU)
 and both environment backends (``numpy``: the batched numpy env on the CPU; ``torch``: the
 batched torch env on the device), it trains PPO with the shipped ``agents/ppo.yml``
-hyperparameters at ``--n-envs`` environments for ``--timesteps`` steps, with one evaluation
+hyperparameters (``--hp KEY=VALUE`` overrides one) at ``--n-envs`` environments for ``--timesteps`` steps, with one evaluation
 at the end (after one short untimed warm-up run), and prints the steps/s of each run and its ratio to the CPU/numpy run. The runs
 are the same code path as ``hlm-gym train`` (``hlm_gym.training.train``); steps/s is
 ``summary.json``'s (timesteps over the whole run's wall time, evaluation included).
@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 
 from hlm_gym.paths import atomic_write_text
 from hlm_gym.training import TrainConfig, train
@@ -32,8 +33,16 @@ def main() -> None:
     ap.add_argument("--devices", default="cpu,cuda")
     ap.add_argument("--scenario", default="vehicular")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one PPO hyperparameter of agents/ppo.yml (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_train"))
     args = ap.parse_args()
+    overrides = {}
+    for item in args.hp:
+        key, eq, val = item.partition("=")
+        if not eq:
+            ap.error(f"--hp expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(val)
     if args.threads:
         torch.set_num_threads(args.threads)
     # one short untimed run first: imports, allocator and SB3 set-up would otherwise count
@@ -50,9 +59,9 @@ def main() -> None:
             cfg = TrainConfig(algo="ppo", scenario=args.scenario, lambda_=5.0, device=device, env_backend=backend,
                               n_envs=args.n_envs, timesteps=args.timesteps, seed=0,
                               out=str(args.out / f"{device}-{backend}"), eval_freq=args.timesteps,
-                              eval_episodes=32, reference=False)
+                              eval_episodes=32, reference=False, overrides=dict(overrides))
             s = train(cfg).summary
-            rows.append({"device": device, "env_backend": backend, "n_envs": args.n_envs,
+            rows.append({"device": device, "env_backend": backend, "n_envs": args.n_envs, "overrides": overrides,
                          "timesteps": s["timesteps"], "wall_s": s["wall_s"], "steps_per_s": s["steps_per_s"]})
             print(f"{device:>6} {backend:>6}: {s['steps_per_s']:>10,.0f} steps/s ({s['timesteps']} steps, "
                   f"{s['wall_s']:.1f} s)", flush=True)

@@ -173,6 +173,16 @@ def test_dominance_matches_risk_and_computes_gain():
     assert d["ppo:lambda=5"]["dominates_10pct"] is True
     assert d["ppo:lambda=5"]["matched_points"] == ""  # nothing within 10% of 0.03
     assert d["ppo:lambda=1"]["in_range"] is False and d["ppo:lambda=1"]["gain"] is None
+    assert d["ppo:lambda=5"]["on_learned_front"] and d["ppo:lambda=1"]["on_learned_front"]
+    rows.append({"scenario": "s", "family": "ppo", "policy": "ppo:lambda=3", "lambda": 3.0, "risk": 0.035,
+                 "tokens_per_s": 29.0})  # more risk and fewer tokens/s than lambda=5: dominated by PPO itself
+    d = {x["policy"]: x for x in dominance(rows, "s")}
+    assert not d["ppo:lambda=3"]["on_learned_front"] and d["ppo:lambda=5"]["on_learned_front"]
+    # the ceiling is the fastest policy evaluated (40 tokens/s): a reference above 40 / 1.1 cannot be beaten by 10%
+    assert d["ppo:lambda=5"]["attainable"] is True
+    rows.append({"scenario": "s", "family": "uhlm-threshold", "policy": "threshold:1", "risk": 0.5, "tokens_per_s": 38.0})
+    d = {x["policy"]: x for x in dominance(rows, "s")}
+    assert d["ppo:lambda=1"]["analytic_tokens_per_s"] == 38.0 and d["ppo:lambda=1"]["attainable"] is False
 
 
 def test_compare_end_to_end_tiny(traces, tmp_path, capsys):
@@ -194,6 +204,9 @@ def test_compare_end_to_end_tiny(traces, tmp_path, capsys):
     summary = json.loads((tmp_path / "runs" / "vehicular" / "lambda10-target0.3" / "summary.json").read_text())
     assert summary["risk_target"] == 0.3 and summary["lambda"] == 10.0
     assert Path(res["files"]["pareto_vehicular"]).read_bytes()[:4] == b"\x89PNG"
+    md = Path(res["files"]["results_md"]).read_text()
+    assert "`hlm-gym compare --scenarios vehicular --lambdas 5 --risk-targets 0.3 --thresholds 0,0.3,1" in md
+    assert "learned-front points where a 10% gain is attainable" in out
 
 
 def test_parallel_training_equals_sequential(traces, tmp_path):
