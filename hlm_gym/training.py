@@ -485,7 +485,8 @@ def _json_default(o: Any) -> Any:
 def format_summary(result: TrainResult) -> str:
     """The end-of-run summary printed by ``hlm-gym train``."""
     s = result.summary
-    lines = [f"trained {s['algo']} on {s['env_id']} scenario {s['scenario']} lambda {s['lambda']} seed {s['seed']}: "
+    target = f" risk target {s['risk_target']:g}" if s.get("risk_target") else ""
+    lines = [f"trained {s['algo']} on {s['env_id']} scenario {s['scenario']} lambda {s['lambda']}{target} seed {s['seed']}: "
              f"{s['timesteps']} steps in {s['wall_s']:.1f} s ({s['steps_per_s']:.0f} steps/s, {s['device']})"]
 
     def row(label: str, m: Optional[dict]) -> None:

@@ -73,6 +73,24 @@ class HybridLMEnv(gym.Env):
     the scenario's nominal mean SNR, so an always-send episode at the mean SNR scores about
     -1 per token.
 
+    **Starting state**: ``reset`` draws one uniform integer from the env's generator
+    (:class:`hlm_gym.environments.core.EpisodeDraw`) that picks a prompt of the split, a channel
+    realisation of the bank and a start time in it; the first observation describes the first
+    draft of that prompt's response. No pending tokens, position 0.
+
+    **Episode end**: ``terminated`` when the response ends (its last recorded token, EOS or
+    the trace's token limit); ``truncated`` by Gymnasium's ``TimeLimit`` after
+    ``max_episode_steps`` decisions (registered default 128, the shipped traces' response
+    limit; with ``verify="deferred"`` the rewinds add decisions, so long episodes can reach it
+    before the response ends).
+
+    **Arguments**: keyword options of :class:`hlm_gym.environments.core.EnvConfig` (``scenario``,
+    ``split``, ``risk_weight``, ``risk_target``, ``risk``, ``verify``, ``mode``, ...); an
+    unknown name or a bad value raises an error naming it and what is allowed.
+
+    **Version history**: ``v0``: first release; ``risk_target`` added to the reward (default
+    0 keeps the original reward).
+
     **Latency/energy** per token: :mod:`hlm_gym.latency`'s account with the instantaneous
     uplink/downlink rates at the decision time (device compute; for a send also the upload of
     the distribution and the pending ids, the LLM's verification and catch-up, the downlink).
