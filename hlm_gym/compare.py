@@ -18,8 +18,10 @@ For each scenario (time-varying by default: pedestrian, vehicular, cell-edge-fas
    (relative) of r, or, when there is none, the U-HLM front (the upper envelope of the sweep,
    tokens/s against risk) linearly interpolated at r; the gain is ``T / T_analytic - 1``. A PPO
    point with no sweep point within 10% and a risk outside the front's range is reported as
-   out of range and not counted. The same check is repeated with the error rate as the risk
-   axis.
+   out of range and not counted. Each point is also flagged as on the learned front or not
+   (dominated by another PPO point) and as attainable or not (a 10% gain over its reference is
+   possible at all: near risk 0.5 the reference is skipping every token). The same check is
+   repeated with the error rate as the risk axis.
 
 Outputs in ``--out`` (all written atomically): ``results.csv``, ``results.md`` (table and
 dominance), ``dominance.csv``, ``pareto-<scenario>.png``, ``compare.json``, the training runs
@@ -41,7 +43,7 @@ import numpy as np
 
 from hlm_gym.paths import atomic_write_bytes, atomic_write_text
 
-__all__ = ["DEFAULTS", "CompareConfig", "compare", "dominance", "analytic_front"]
+__all__ = ["DEFAULTS", "CompareConfig", "compare", "command_line", "dominance", "analytic_front"]
 
 DEFAULTS: dict[str, Any] = {
     "scenarios": ("pedestrian", "vehicular", "cell-edge-fast-fading"),
