@@ -100,7 +100,8 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
                    help=f"risk weight of the risk-target runs (default {d['target_lambda']:g})")
     p.add_argument("--timesteps", type=positive_int, default=None,
                    help=f"PPO steps per run (default {d['timesteps']}; --full: {d['full_timesteps']})")
-    p.add_argument("--full", action="store_true", help="the GPU-size budget (more steps and lambdas)")
+    p.add_argument("--full", action="store_true",
+                   help="the large budget (more steps, lambdas and risk targets; use --jobs on a many-core machine)")
     p.add_argument("--thresholds", type=_float_list, default=None, help="U-HLM u_th sweep (comma-separated)")
     p.add_argument("--ltt-deltas", type=_float_list, default=None, help="Learn-then-Test risk levels delta")
     p.add_argument("--episodes", type=positive_int, default=None, help="test episodes per policy and scenario")
@@ -189,7 +190,7 @@ def add_train_commands(subparsers) -> None:
                                           "TensorBoard logs, validation evaluations, best and last checkpoints.")
     _configure_train(p)
     p = subparsers.add_parser("compare", help="the main job: learned PPO vs analytic thresholds on the test split",
-                              description="Train PPO over a sweep of lambda, sweep the U-HLM, Learn-then-Test and "
+                              description="Train PPO over sweeps of the reward (risk weights lambda; risk targets R), sweep the U-HLM, Learn-then-Test and "
                                           "channel-aware thresholds, evaluate all on the test split per scenario; "
                                           "write a table (terminal/Markdown/CSV), Pareto plots and TensorBoard logs.")
     _configure_compare(p)
