@@ -52,7 +52,9 @@ DEFAULTS: dict[str, Any] = {
     "risk_targets": (0.2, 0.3, 0.4, 0.45),
     "full_risk_targets": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45),
     "target_lambda": 10.0,
-    "timesteps": 40_000,
+    # 100k: over three seeds the risk-target runs were >= 10% ahead in the mid-risk band in 14 of 20
+    # cases at 100k steps and 11 of 20 at 40k (docs/training.md)
+    "timesteps": 100_000,
     "full_timesteps": 1_000_000,
     # u is recorded on a 0.05 grid and 39% of tokens have u = 1: the top of the sweep is dense
     "thresholds": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0),
@@ -84,7 +86,7 @@ class CompareConfig:
     traces: Optional[str] = None
     out: str = "runs/compare"
     progress: bool = False
-    jobs: int = 1  # PPO runs trained at once (worker processes, one torch thread each)
+    jobs: int = 0  # PPO runs trained at once (worker processes, one torch thread each); 0: auto
     algo: str = "ppo"
     env_id: str = "hlm_gym/HybridLM-v0"
     eval_episodes: int = DEFAULTS["eval_episodes"]
@@ -175,6 +177,14 @@ def dominance(rows: list[dict[str, Any]], scenario: str, metric: str = "risk") -
 
 
 # ------------------------------------------------------------------------------------ run
+def auto_jobs(n_runs: int) -> int:
+    """Training processes when ``jobs`` is 0: one per CPU core, at most 4 and at most the runs."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores, n_runs))
+
+
 def _train_config(config: CompareConfig, rc: dict[str, Any], out: Path, scenario: str, lam: float,
                   target: float):
     """The :class:`~hlm_gym.training.TrainConfig` of one PPO run of the sweep."""
@@ -290,8 +300,8 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         raise TrainingError(f"target_lambda must be > 0 for risk-target runs, got {rc['target_lambda']}")
     if not rc["ppo_runs"]:
         raise TrainingError("no PPO runs: give at least one lambda or risk target")
-    if not (isinstance(config.jobs, int) and config.jobs >= 1):
-        raise TrainingError(f"jobs must be a positive integer, got {config.jobs!r}")
+    if not (isinstance(config.jobs, int) and config.jobs >= 0):
+        raise TrainingError(f"jobs must be a positive integer or 0 (auto), got {config.jobs!r}")
 
     # the U-HLM family "skip iff u <= u_th" includes u_th = -inf: send everything (risk 0)
     analytic_specs = ([(ANALYTIC_FAMILY, "always", None, -math.inf)]
@@ -312,7 +322,8 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         # 1. PPO over the reward sweep (trained on train, best checkpoint by validation reward)
         jobs = [(sc, lam, target, _train_config(config, rc, out, sc, lam, target))
                 for sc in rc["scenarios"] for lam, target in rc["ppo_runs"]]
-        for (sc, lam, target, _), info in zip(jobs, _train_all([j[3] for j in jobs], config.jobs, bar)):
+        n_workers = config.jobs or auto_jobs(len(jobs))
+        for (sc, lam, target, _), info in zip(jobs, _train_all([j[3] for j in jobs], n_workers, bar)):
             runs.append({"scenario": sc, "lambda": lam, "risk_target": target} | info)
         for sc in rc["scenarios"]:
             for run in (r for r in runs if r["scenario"] == sc):

@@ -115,8 +115,9 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
                    metavar="KEY=VALUE", help="override one PPO hyperparameter of agents/ppo.yml (repeatable)")
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--jobs", type=positive_int, default=1,
-                   help="PPO runs trained at once, in worker processes of one torch thread each (default 1)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="PPO runs trained at once, in worker processes of one torch thread each "
+                        "(default 0: one per CPU core, at most 4)")
     p.set_defaults(func=_run_compare)
 
 

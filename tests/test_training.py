@@ -201,7 +201,7 @@ def test_compare_end_to_end_tiny(traces, tmp_path, capsys):
 
     cfg = CompareConfig(scenarios=("vehicular",), lambdas=(5.0,), risk_targets=(0.3,), timesteps=256,
                         thresholds=(0.0, 0.3, 1.0), ltt_deltas=(0.1,), episodes=8, n_envs=4, traces=str(traces),
-                        out=str(tmp_path), eval_episodes=8, overrides=dict(TINY))
+                        out=str(tmp_path), eval_episodes=8, overrides=dict(TINY), jobs=1)
     res = compare(cfg)
     out = capsys.readouterr().out
     assert "dominance at matched risk" in out and "files written" in out
