@@ -87,6 +87,7 @@ class CompareConfig:
     out: str = "runs/compare"
     progress: bool = False
     jobs: int = 0  # PPO runs trained at once (worker processes, one torch thread each); 0: auto
+    resume: bool = False  # reuse runs in `out` that finished with the same settings
     algo: str = "ppo"
     env_id: str = "hlm_gym/HybridLM-v0"
     eval_episodes: int = DEFAULTS["eval_episodes"]
@@ -209,28 +210,48 @@ def _train_job(cfg: Any, threads: int = 0) -> dict[str, Any]:
 
     res = train(cfg)
     return {"model": str(res.files.get("model_best", res.files["model_last"])), "wall_s": res.summary["wall_s"],
-            "steps_per_s": res.summary["steps_per_s"], "tensorboard": str(res.files["tensorboard"])}
+            "steps_per_s": res.summary["steps_per_s"], "tensorboard": str(res.files["tensorboard"]), "reused": False}
 
 
-def _train_all(configs: list[Any], jobs: int, bar: Any) -> list[dict[str, Any]]:
-    """Train every run, ``jobs`` at a time in worker processes (one torch thread each) when ``jobs > 1``."""
-    if jobs <= 1:
-        infos = []
-        for cfg in configs:
+def finished_run(cfg: Any) -> Optional[dict[str, Any]]:
+    """What :func:`_train_job` returns for ``cfg``, from a finished run in ``cfg.out`` whose
+    ``summary.json`` records the same settings and whose model file exists; else None."""
+    from hlm_gym.training import config_dict
+
+    try:
+        s = json.loads((Path(cfg.out) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    files = s.get("files") or {}
+    model = files.get("model_best") or files.get("model_last")
+    if s.get("config") != config_dict(cfg) or not model or not Path(model).is_file():
+        return None
+    return {"model": model, "wall_s": s.get("wall_s"), "steps_per_s": s.get("steps_per_s"),
+            "tensorboard": files.get("tensorboard", ""), "reused": True}
+
+
+def _train_all(configs: list[Any], jobs: int, bar: Any, resume: bool = False) -> list[dict[str, Any]]:
+    """Train every run, ``jobs`` at a time in worker processes (one torch thread each) when ``jobs > 1``;
+    with ``resume``, runs already finished with the same settings are reused, not retrained."""
+    infos: list[Optional[dict[str, Any]]] = [finished_run(cfg) if resume else None for cfg in configs]
+    todo = [i for i, info in enumerate(infos) if info is None]
+    if bar is not None:
+        bar.update(len(configs) - len(todo))
+    if jobs <= 1 or len(todo) <= 1:
+        for i in todo:
             if bar is not None:
-                bar.set_description(f"train {cfg.scenario} {Path(cfg.out).name}")
-            infos.append(_train_job(cfg))
+                bar.set_description(f"train {configs[i].scenario} {Path(configs[i].out).name}")
+            infos[i] = _train_job(configs[i])
             if bar is not None:
                 bar.update(1)
-        return infos
+        return infos  # type: ignore[return-value]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    infos: list[Optional[dict[str, Any]]] = [None] * len(configs)
     if bar is not None:
-        bar.set_description(f"train {len(configs)} runs, {jobs} at a time")
+        bar.set_description(f"train {len(todo)} runs, {jobs} at a time")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_job, cfg, 1): i for i, cfg in enumerate(configs)}
+        futures = {pool.submit(_train_job, configs[i], 1): i for i in todo}
         for fut in as_completed(futures):
             infos[futures[fut]] = fut.result()
             if bar is not None:
@@ -323,7 +344,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         jobs = [(sc, lam, target, _train_config(config, rc, out, sc, lam, target))
                 for sc in rc["scenarios"] for lam, target in rc["ppo_runs"]]
         n_workers = config.jobs or auto_jobs(len(jobs))
-        for (sc, lam, target, _), info in zip(jobs, _train_all([j[3] for j in jobs], n_workers, bar)):
+        for (sc, lam, target, _), info in zip(jobs, _train_all([j[3] for j in jobs], n_workers, bar, config.resume)):
             runs.append({"scenario": sc, "lambda": lam, "risk_target": target} | info)
         for sc in rc["scenarios"]:
             for run in (r for r in runs if r["scenario"] == sc):

@@ -118,6 +118,9 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=0,
                    help="PPO runs trained at once, in worker processes of one torch thread each "
                         "(default 0: one per CPU core, at most 4)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the training runs in --out that finished with the same settings "
+                        "(their summary.json says so); train only the others")
     p.set_defaults(func=_run_compare)
 
 
@@ -134,7 +137,7 @@ def _run_compare(args: argparse.Namespace) -> int:
                         episodes=args.episodes, seed=args.seed, device=args.device,
                         env_backend=args.env_backend, n_envs=args.n_envs,
                         traces=args.traces, out=args.out, progress=True, overrides=dict(args.overrides),
-                        jobs=args.jobs)
+                        jobs=args.jobs, resume=args.resume)
     _guard(compare, cfg)
     return 0
 

@@ -450,7 +450,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     # 7. summary
     summary = {"algo": algo, "env_id": config.env_id, "scenario": config.scenario, "lambda": config.lambda_,
-               "risk_target": config.risk_target,
+               "risk_target": config.risk_target, "config": config_dict(config),
                "seed": config.seed, "device": str(model.device), "env_backend": config.env_backend, "n_envs": n_envs, "timesteps": int(model.num_timesteps),
                "wall_s": round(wall, 2), "steps_per_s": round(model.num_timesteps / wall, 1),
                "hyperparams": {k: (v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v))
@@ -514,4 +514,9 @@ def _f(x: Any) -> str:
 
 
 def config_dict(config: TrainConfig) -> dict[str, Any]:
-    return asdict(config)
+    """The settings that determine a run's result, as JSON values (``summary.json``'s ``config``;
+    ``hlm-gym compare --resume`` reuses a run whose recorded config equals this)."""
+    d = asdict(config)
+    for key in ("progress_bar", "verbose"):
+        d.pop(key)
+    return json.loads(json.dumps(d, default=str))

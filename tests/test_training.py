@@ -234,3 +234,26 @@ def test_parallel_training_equals_sequential(traces, tmp_path):
         sa = json.loads((Path(a["model"]).parent / "summary.json").read_text())
         sb = json.loads((Path(b["model"]).parent / "summary.json").read_text())
         assert sa["last"] == sb["last"] and sa["timesteps"] == sb["timesteps"] == 128
+
+
+def test_compare_resume_reuses_finished_runs(traces, tmp_path, monkeypatch, capsys):
+    """--resume trains only the runs whose summary.json does not record the same settings."""
+    import hlm_gym.training as training
+    from hlm_gym.compare import CompareConfig, compare
+
+    cfg = dict(scenarios=("vehicular",), lambdas=(5.0,), risk_targets=(0.3,), timesteps=256, thresholds=(0.0, 1.0),
+               ltt_deltas=(0.1,), episodes=8, n_envs=4, traces=str(traces), out=str(tmp_path), eval_episodes=8,
+               overrides=dict(TINY), jobs=1)
+    first = compare(CompareConfig(**cfg))
+    assert [r["reused"] for r in first["runs"]] == [False, False]
+
+    def no_training(config):
+        raise AssertionError(f"trained {config.out} again")
+
+    monkeypatch.setattr(training, "train", no_training)
+    again = compare(CompareConfig(**cfg, resume=True))
+    assert [r["reused"] for r in again["runs"]] == [True, True]
+    assert [r["tokens_per_s"] for r in again["rows"]] == [r["tokens_per_s"] for r in first["rows"]]
+    with pytest.raises(AssertionError, match="trained .* again"):  # other settings: retrained
+        compare(CompareConfig(**(cfg | {"timesteps": 128}), resume=True))
+    capsys.readouterr()
