@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hlm_gym.compare import ANALYTIC_FAMILY, DEFAULTS, dominance, format_dominance
+from hlm_gym.compare import ANALYTIC_FAMILY, DEFAULTS, dominance, format_dominance, result_row
 from hlm_gym.evaluation import evaluate, make_eval_env
-from hlm_gym.observation import OBS_INDEX, SEND, SKIP
 from hlm_gym.paths import atomic_write_text
 from hlm_gym.policies.channel_aware import ChannelAwareThreshold
 from hlm_gym.policies.data import trace_columns
@@ -57,19 +56,8 @@ class EmpiricalChannelAware(ChannelAwareThreshold):
         super().__init__(*args, **kwargs)
         self.table = table
 
-    def _act(self, obs: np.ndarray) -> np.ndarray:
-        rate = np.power(10.0, obs[:, OBS_INDEX["log_rate"]]) - 1.0
-        pending = np.rint(obs[:, OBS_INDEX["pending"]] * self.max_tokens)
-        idx = np.clip(np.rint(obs[:, OBS_INDEX["u"]] / BIN).astype(int), 0, len(self.table) - 1)
-        gain = self.lam * (self.table[idx] - self.target)
-        cost = self.send_cost_s(rate, pending, obs[:, OBS_INDEX["snr_db"]]) / self.latency_ref
-        return np.where(gain > cost, SEND, SKIP).astype(np.int64)
-
-
-def row(scenario: str, family: str, policy: str, summary: dict) -> dict:
-    return {"scenario": scenario, "family": family, "policy": policy, "risk": summary["risk"]["mean"],
-            "error_rate": summary["error_rate"]["mean"], "tokens_per_s": summary["tokens_per_s"]["mean"],
-            "skip_rate": summary["skip_rate"]["mean"]}
+    def beta_hat(self, u: np.ndarray) -> np.ndarray:
+        return self.table[np.clip(np.rint(u / BIN).astype(int), 0, len(self.table) - 1)]
 
 
 def main() -> None:
@@ -88,17 +76,17 @@ def main() -> None:
         env = make_eval_env(sc, "test", 1.0, 16)
         sim = env.unwrapped.sim
         ev = {"scenario": sc, "episodes": args.episodes, "seed": 20_000, "env": env}
-        rows.append(row(sc, ANALYTIC_FAMILY, "always", evaluate("always", **ev).summary))
+        rows.append(result_row(sc, ANALYTIC_FAMILY, "always", evaluate("always", **ev)))
         for u in DEFAULTS["thresholds"]:
-            rows.append(row(sc, ANALYTIC_FAMILY, f"threshold:{u:g}", evaluate(f"threshold:{u:g}", **ev).summary))
+            rows.append(result_row(sc, ANALYTIC_FAMILY, f"threshold:{u:g}", evaluate(f"threshold:{u:g}", **ev)))
         for target in (float(t) for t in args.targets.split(",")):
             for mu in (float(m) for m in args.mus.split(",")):
                 pol = EmpiricalChannelAware(sim.scenario, lam=mu, latency_ref=sim.latency_ref, max_tokens=sim.max_tokens,
                                             fit=fit, vocab_size=sim.vocab_size, target=target, table=table)
                 # family "ppo" so that compare's dominance check treats these points as the candidates
-                rows.append(row(sc, "ppo", f"myopic:mu={mu:g},target={target:g}", evaluate(pol, **ev).summary))
+                rows.append(result_row(sc, "ppo", f"myopic:mu={mu:g},target={target:g}", evaluate(pol, **ev)))
         for a in (float(x) for x in args.bild.split(",")):
-            rows.append(row(sc, "ppo", f"bild:{a:g}", evaluate(f"bild:{a:g}", **ev).summary))
+            rows.append(result_row(sc, "ppo", f"bild:{a:g}", evaluate(f"bild:{a:g}", **ev)))
         env.close()
         print(format_dominance(dominance(rows, sc)), flush=True)
     scenarios = list(dict.fromkeys(r["scenario"] for r in rows))

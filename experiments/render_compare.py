@@ -33,7 +33,6 @@ def main() -> None:
     tuples = ("scenarios", "lambdas", "risk_targets", "thresholds", "ltt_deltas")
     config = CompareConfig(**{k: (tuple(v) if k in tuples and v is not None else v)
                               for k, v in saved.items() if k in fields})
-    rows = [r | {k: float(r[k]) for k in ("risk", "error_rate", "tokens_per_s") if r.get(k) is not None} for r in rows]
     dom = [d for metric in ("risk", "error_rate") for sc in rc["scenarios"] for d in dominance(rows, sc, metric)]
     args.out.mkdir(parents=True, exist_ok=True)
     files = write_outputs(args.out, rows, dom, runs, rc, config, wall)

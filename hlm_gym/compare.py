@@ -43,7 +43,7 @@ import numpy as np
 
 from hlm_gym.paths import atomic_write_bytes, atomic_write_text
 
-__all__ = ["DEFAULTS", "CompareConfig", "compare", "command_line", "dominance", "analytic_front"]
+__all__ = ["DEFAULTS", "CompareConfig", "compare", "command_line", "dominance", "analytic_front", "result_row"]
 
 DEFAULTS: dict[str, Any] = {
     "scenarios": ("pedestrian", "vehicular", "cell-edge-fast-fading"),
@@ -264,8 +264,9 @@ def _reward_label(lam: float, target: float) -> str:
     return f"lambda={lam:g}" + (f",target={target:g}" if target else "")
 
 
-def _row(scenario: str, family: str, policy: str, res: Any, lam: Optional[float] = None,
-         param: Any = None) -> dict[str, Any]:
+def result_row(scenario: str, family: str, policy: str, res: Any, lam: Optional[float] = None,
+               param: Any = None) -> dict[str, Any]:
+    """One results-table row of an :class:`~hlm_gym.evaluation.EvaluationResult` (means and 95% half-widths)."""
     s = res.summary
     row = {"scenario": scenario, "family": family, "policy": policy, "lambda": lam, "param": param}
     for m in ("tokens_per_s", "risk", "error_rate", "skip_rate", "transmission_rate", "energy_j_per_token"):
@@ -341,18 +342,18 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     fit = fit_from_traces(config.traces, "train")  # the U-HLM fit, once (used by uhlm and channel-aware)
     try:
         # 1. PPO over the reward sweep (trained on train, best checkpoint by validation reward)
-        jobs = [(sc, lam, target, _train_config(config, rc, out, sc, lam, target))
-                for sc in rc["scenarios"] for lam, target in rc["ppo_runs"]]
-        n_workers = config.jobs or auto_jobs(len(jobs))
-        for (sc, lam, target, _), info in zip(jobs, _train_all([j[3] for j in jobs], n_workers, bar, config.resume)):
-            runs.append({"scenario": sc, "lambda": lam, "risk_target": target} | info)
+        configs = [_train_config(config, rc, out, sc, lam, target)
+                   for sc in rc["scenarios"] for lam, target in rc["ppo_runs"]]
+        infos = _train_all(configs, config.jobs or auto_jobs(len(configs)), bar, config.resume)
+        for cfg, info in zip(configs, infos):
+            runs.append({"scenario": cfg.scenario, "lambda": cfg.lambda_, "risk_target": cfg.risk_target or 0.0} | info)
         for sc in rc["scenarios"]:
             for run in (r for r in runs if r["scenario"] == sc):
                 label = _reward_label(run["lambda"], run["risk_target"])
                 if bar is not None:
                     bar.set_description(f"test {sc} ppo {label}")
                 r = evaluate(f"ppo:{run['model']}", scenario=sc, lambda_=run["lambda"], **ev)
-                rows.append(_row(sc, "ppo", f"ppo:{label}", r, run["lambda"], run["risk_target"]))
+                rows.append(result_row(sc, "ppo", f"ppo:{label}", r, run["lambda"], run["risk_target"]))
                 if bar is not None:
                     bar.update(1)
             # 2. the analytic rules on the same test episodes
@@ -361,7 +362,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
                     bar.set_description(f"test {sc} {spec}")
                 try:
                     r = evaluate(spec, scenario=sc, lambda_=lam, policy_context={"fit": fit}, **ev)
-                    rows.append(_row(sc, family, spec, r, lam, param))
+                    rows.append(result_row(sc, family, spec, r, lam, param))
                 except PolicyError as exc:  # e.g. U-HLM thresholds undefined when beta does not grow with u
                     rows.append(_undefined_row(sc, family, spec, lam, param, exc))
                 if bar is not None:

@@ -131,11 +131,14 @@ class ChannelAwareThreshold(Policy):
         return (self.send_cost_s(rate_bps, pending, snr_db) / (self.lam * self.latency_ref) - self.b
                 + self.target) / self.a
 
+    def beta_hat(self, u: np.ndarray) -> np.ndarray:
+        """``E[beta | u]`` as the rule prices it: the U-HLM fit ``clip(a u + b, 0, 1)``."""
+        return np.clip(self.a * u + self.b, 0.0, 1.0)
+
     def _act(self, obs: np.ndarray) -> np.ndarray:
         rate = np.power(10.0, obs[:, OBS_INDEX["log_rate"]]) - 1.0
         pending = np.rint(obs[:, OBS_INDEX["pending"]] * self.max_tokens)
-        beta_hat = np.clip(self.a * obs[:, OBS_INDEX["u"]] + self.b, 0.0, 1.0)
-        gain = self.lam * (beta_hat - self.target)
+        gain = self.lam * (self.beta_hat(obs[:, OBS_INDEX["u"]]) - self.target)
         cost = self.send_cost_s(rate, pending, obs[:, OBS_INDEX["snr_db"]]) / self.latency_ref
         return np.where(gain > cost, SEND, SKIP).astype(np.int64)
 
