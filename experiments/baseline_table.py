@@ -49,7 +49,7 @@ def _csv_text(rows: list[dict]) -> str:
 
 def _trace_label(traces) -> str:
     from hlm_gym.policies.data import resolve_trace_path
-    from hlm_gym.traces import read_meta
+    from hlm_gym.traces.store import read_meta
 
     path = resolve_trace_path(traces, "test")
     meta = read_meta(path)
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
 
         args.traces = str(split_trace_file(args.split_from, Path("runs/baseline_table/split_traces"), seed=args.seed))
 
-    from hlm_gym.evaluation import evaluate, make_eval_env
+    from hlm_gym.harness.evaluation import evaluate, make_eval_env
     from hlm_gym.paths import atomic_write_text
     from hlm_gym.policies.data import trace_columns
     from hlm_gym.policies.fit import fit_uhlm

@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
         try:
             import torch
 
-            from hlm_gym.environments.torch_vector import HybridLMTorchVectorEnv
+            from hlm_gym.environments.hybrid_lm.torch_vector import HybridLMTorchVectorEnv
 
             torch.set_num_threads(1)
             devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

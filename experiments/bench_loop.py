@@ -21,9 +21,9 @@ import time
 
 import torch
 
-from hlm_gym.decoding import DecoderConfig, HybridSession
-from hlm_gym.models import load_pair
-from hlm_gym.prompts import chat_input_ids, sharegpt_prompts
+from hlm_gym.lm.decoding import DecoderConfig, HybridSession
+from hlm_gym.lm.models import load_pair
+from hlm_gym.lm.prompts import chat_input_ids, sharegpt_prompts
 
 
 def median_step_s(model, context: torch.Tensor, n: int) -> float:

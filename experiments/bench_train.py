@@ -8,7 +8,7 @@ and both environment backends (``numpy``: the batched numpy env on the CPU; ``to
 batched torch env on the device), it trains PPO with the shipped ``agents/ppo.yml``
 hyperparameters (``--hp KEY=VALUE`` overrides one) at ``--n-envs`` environments for ``--timesteps`` steps, with one evaluation
 at the end (after one short untimed warm-up run), and prints the steps/s of each run and its ratio to the CPU/numpy run. The runs
-are the same code path as ``hlm-gym train`` (``hlm_gym.training.train``); steps/s is
+are the same code path as ``hlm-gym train`` (``hlm_gym.harness.training.train``); steps/s is
 ``summary.json``'s (timesteps over the whole run's wall time, evaluation included).
 Writes ``bench_train.json`` into ``--out``.
 """
@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from hlm_gym.paths import atomic_write_text
-from hlm_gym.training import TrainConfig, train
+from hlm_gym.harness.training import TrainConfig, train
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
                                    [--episodes 200] [--out runs/headroom]
 
 Two hand-made ablations, each checked against the U-HLM ``u`` threshold sweep on the test split
-by the same matched-risk rule as ``hlm-gym compare`` (:func:`hlm_gym.compare.dominance`):
+by the same matched-risk rule as ``hlm-gym compare`` (:func:`hlm_gym.harness.compare.dominance`):
 
 * **channel only** (``myopic:mu=M,target=R``): the myopic optimum of the risk-target reward
   (``hlm_gym.policies.channel_aware``), send iff ``mu * (E[beta | u] - R) > DeltaL / L_ref``,
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hlm_gym.compare import ANALYTIC_FAMILY, DEFAULTS, dominance, format_dominance, result_row
-from hlm_gym.evaluation import evaluate, make_eval_env
+from hlm_gym.harness.compare import ANALYTIC_FAMILY, DEFAULTS, dominance, format_dominance, result_row
+from hlm_gym.harness.evaluation import evaluate, make_eval_env
 from hlm_gym.paths import atomic_write_text
 from hlm_gym.policies.channel_aware import ChannelAwareThreshold
 from hlm_gym.policies.data import trace_columns

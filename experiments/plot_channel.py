@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hlm_gym.paths import atomic_write_bytes  # noqa: E402
-from hlm_gym.rate import RateModel  # noqa: E402
-from hlm_gym.scenarios import list_scenarios, load_scenario  # noqa: E402
+from hlm_gym.wireless.rate import RateModel  # noqa: E402
+from hlm_gym.wireless.scenarios import list_scenarios, load_scenario  # noqa: E402
 
 
 def sample_period(sc, duration: float, dt: Optional[float]) -> float:

@@ -14,7 +14,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from hlm_gym.compare import CompareConfig, dominance, write_outputs
+from hlm_gym.harness.compare import CompareConfig, dominance, write_outputs
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import csv
 import json
 from pathlib import Path
 
-from hlm_gym.compare import CompareConfig, compare
+from hlm_gym.harness.compare import CompareConfig, compare
 from hlm_gym.paths import atomic_write_text
 
 

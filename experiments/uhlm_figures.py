@@ -6,7 +6,7 @@
    line ``beta = a u + b`` and the risk-averse / risk-prone thresholds.
 2. ``uhlm_sweep.png`` / ``uhlm_sweep.csv``: token throughput, risk and transmission rate of the
    rule "send iff u > u_th" as ``u_th`` sweeps [0, 1], per scenario, on the test split
-   (mean and 95% t-interval over episodes, from :mod:`hlm_gym.evaluation`).
+   (mean and 95% t-interval over episodes, from :mod:`hlm_gym.harness.evaluation`).
 
 Usage::
 
@@ -96,7 +96,7 @@ def sweep(traces, scenarios: list[str], thresholds: np.ndarray, episodes: int, s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hlm_gym.evaluation import evaluate, make_eval_env
+    from hlm_gym.harness.evaluation import evaluate, make_eval_env
     from hlm_gym.paths import atomic_write_text
     from hlm_gym.policies.rules import UncertaintyThreshold
 

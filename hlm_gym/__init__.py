@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from hlm_gym.registration import register_envs as _register_envs
+from hlm_gym.environments.registration import register_envs as _register_envs
 
 _register_envs()

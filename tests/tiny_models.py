@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hlm_gym.models import ModelPair
+from hlm_gym.lm.models import ModelPair
 
 VOCAB = 64
 EOS = 2
@@ -44,7 +44,7 @@ def tiny_pair() -> ModelPair:
 
 
 def tiny_prompts(n: int, seed: int = 0, split: str = "train"):
-    from hlm_gym.traces import TracePrompt
+    from hlm_gym.traces.builder import TracePrompt
 
     g = torch.Generator().manual_seed(1234)
     out = []
@@ -58,8 +58,8 @@ def tiny_prompts(n: int, seed: int = 0, split: str = "train"):
 def build_tiny_trace(path, n_prompts: int = 12, max_new_tokens: int = 24, mode: str = "sample",
                      k_choices=(4, 16), batch_size: int = 4, seed: int = 0):
     """A small trace file of the tiny pair (about a second to build)."""
-    from hlm_gym.decoding import DecoderConfig
-    from hlm_gym.traces import build_traces
+    from hlm_gym.lm.decoding import DecoderConfig
+    from hlm_gym.traces.builder import build_traces
 
     torch.set_num_threads(1)
     pair = tiny_pair()

@@ -1,6 +1,6 @@
 """The policy interface shared by every baseline, the learned agents and the evaluation harness.
 
-A policy maps a batch of observations (the layout of :mod:`hlm_gym.observation`) to actions
+A policy maps a batch of observations (the layout of :mod:`hlm_gym.environments.hybrid_lm.observation`) to actions
 (``SKIP = 0``, ``SEND = 1``), vectorised in numpy:
 
 * ``act(obs)``: ``obs`` of shape ``(n, obs_dim)`` or ``(obs_dim,)`` -> ``int64`` actions of
@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hlm_gym.observation import OBS_INDEX, OBS_NAMES, SEND, SKIP
+from hlm_gym.environments.hybrid_lm.observation import OBS_INDEX, OBS_NAMES, SEND, SKIP
 
 __all__ = ["Policy", "PolicyError", "as_batch", "as_draft_policy", "draft_observation", "SEND", "SKIP"]
 
@@ -104,10 +104,10 @@ def draft_observation(signals: dict[str, float], *, position: int, pending: int,
 
 def as_draft_policy(policy: Policy, *, max_tokens: int, channel: Any = None, skip_window: int = 16,
                     snr_db: float = 30.0, rate_bps: float = 1e8) -> Callable[[Any], bool]:
-    """Adapt ``policy`` to :meth:`hlm_gym.decoding.HybridDecoder.generate` (``draft -> bool send``).
+    """Adapt ``policy`` to :meth:`hlm_gym.lm.decoding.HybridDecoder.generate` (``draft -> bool send``).
 
     ``channel`` is optional: an object with ``snr_db()`` and ``uplink_rate_bps()`` returning
-    arrays (a one-link :class:`hlm_gym.channel.Channel`) or a callable returning
+    arrays (a one-link :class:`hlm_gym.wireless.channel.Channel`) or a callable returning
     ``(snr_db, rate_bps)``; without one the fixed ``snr_db``/``rate_bps`` are observed.
     ``skip_frac`` is tracked over the last ``skip_window`` decisions of this adapter, so make a
     new adapter per response.

@@ -6,7 +6,7 @@ The HybridLM environments reward each token with
 
     r = -latency / L_ref - lambda * risk,
 
-where ``latency`` is the token's latency from :func:`hlm_gym.latency.token_cost` and ``risk``
+where ``latency`` is the token's latency from :func:`hlm_gym.wireless.cost.token_cost` and ``risk``
 is the rejection probability ``beta`` of the draft when it is kept unverified (skipped) and 0
 when it is sent (speculative sampling makes a verified token exact). At a decision the device
 knows its signals (``u``), the pending count ``p`` (skipped tokens since the last upload) and an
@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from hlm_gym.observation import OBS_INDEX, SEND, SKIP
+from hlm_gym.environments.hybrid_lm.observation import OBS_INDEX, SEND, SKIP
 from hlm_gym.policies.base import Policy, PolicyError
 
 __all__ = ["ChannelAwareThreshold"]
@@ -61,7 +61,7 @@ __all__ = ["ChannelAwareThreshold"]
 class ChannelAwareThreshold(Policy):
     """Send iff ``lambda * (clip(a u + b, 0, 1) - target) > DeltaL(rate, pending) / latency_ref`` (module docstring).
 
-    ``scenario``: a :class:`hlm_gym.scenarios.Scenario` (payload and compute figures);
+    ``scenario``: a :class:`hlm_gym.wireless.scenarios.Scenario` (payload and compute figures);
     ``a``, ``b``: the U-HLM fit (or pass ``fit=UHLMFit``); ``lam``: the environment's risk weight;
     ``latency_ref``: the environment's latency normaliser (seconds); ``max_tokens``: the
     environment's response length limit (to recover the pending count); ``vocab_size`` and
@@ -102,7 +102,7 @@ class ChannelAwareThreshold(Policy):
         sc = self.scenario
         if snr_db is None:
             return rate_bps * (sc.downlink_bandwidth_hz / sc.link.bandwidth_hz)
-        from hlm_gym.rate import RateModel
+        from hlm_gym.wireless.rate import RateModel
 
         snr = np.broadcast_to(np.asarray(snr_db, dtype=np.float64), rate_bps.shape) + sc.downlink_offset_db
         with np.errstate(over="ignore"):

@@ -1,4 +1,4 @@
-"""Trace columns for fitting and calibrating policies (a thin layer over :mod:`hlm_gym.traces`)."""
+"""Trace columns for fitting and calibrating policies (a thin layer over :mod:`hlm_gym.traces.store`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ _COLUMNS = ("u", "entropy", "top1_prob", "margin", "saturation", "beta", "p_draf
 def resolve_trace_path(traces: Any, split: str) -> Path:
     """The trace file of ``split``: the shipped default (``traces=None``), a file, or a folder
     holding ``embedded-<split>.parquet`` or ``<anything>-<split>.parquet``/``<split>.parquet``."""
-    from hlm_gym.traces import default_trace_path
+    from hlm_gym.traces.store import default_trace_path
 
     if traces is None:
         return default_trace_path(split)
@@ -36,7 +36,7 @@ def trace_columns(traces: Any = None, split: str = "train") -> dict[str, np.ndar
     """float64/bool numpy columns of a trace set's ``split``.
 
     ``traces``: ``None`` (shipped default traces), a path (file or folder), a loaded
-    :class:`hlm_gym.traces.Traces`, or a mapping of columns (used as is; ``prompt`` is the
+    :class:`hlm_gym.traces.store.Traces`, or a mapping of columns (used as is; ``prompt`` is the
     response id, ``episode`` accepted as an alias). The returned ``prompt`` column identifies
     responses (the i.i.d. units of Learn-then-Test).
     """
@@ -48,7 +48,7 @@ def trace_columns(traces: Any = None, split: str = "train") -> dict[str, np.ndar
         if missing:
             raise PolicyError(f"trace columns lack {missing}")
         return cols
-    from hlm_gym.traces import Traces, load_traces
+    from hlm_gym.traces.store import Traces, load_traces
 
     tr = traces if isinstance(traces, Traces) else load_traces(resolve_trace_path(traces, split))
     if isinstance(traces, Traces) or traces is not None:
@@ -80,7 +80,7 @@ def split_trace_file(src: str | os.PathLike, out_dir: str | os.PathLike,
     import pyarrow.parquet as pq
 
     from hlm_gym.paths import atomic_write_bytes
-    from hlm_gym.traces import META_KEY, read_meta
+    from hlm_gym.traces.store import META_KEY, read_meta
 
     meta = read_meta(src)
     table = pq.read_table(src)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hlm_gym.observation import OBS_INDEX, SEND, SKIP
+from hlm_gym.environments.hybrid_lm.observation import OBS_INDEX, SEND, SKIP
 from hlm_gym.policies.base import Policy, PolicyError
 
 __all__ = ["AlwaysSend", "NeverSend", "RandomSkip", "UncertaintyThreshold", "BiLDFallback", "CALMSoftmax",

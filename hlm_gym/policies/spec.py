@@ -155,7 +155,7 @@ def make_policy(spec: str, **context: Any) -> Policy:
         if scenario is None:
             raise _err(spec, "channel-aware needs a scenario")
         if isinstance(scenario, str):
-            from hlm_gym.scenarios import load_scenario
+            from hlm_gym.wireless.scenarios import load_scenario
 
             scenario = load_scenario(scenario)
         latency_ref = context.get("latency_ref")

@@ -1,0 +1,175 @@
+"""``hlm-gym slm build`` and ``hlm-gym slm report`` (argparse sub-commands)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _int_list(text: str) -> list[int]:
+    out = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        if "-" in part[1:]:
+            lo, hi = part.split("-", 1)
+            out.extend(range(int(lo), int(hi) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+def _vocab_size(text: str) -> int | None:
+    if text.strip().lower() == "full":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {n}")
+    return n
+
+
+def add_slm_commands(subparsers) -> None:
+    """Add ``slm build`` and ``slm report`` to an argparse sub-parser collection."""
+    from hlm_gym.lm.distill import BuildConfig
+
+    d = BuildConfig()
+    slm = subparsers.add_parser("slm", help="build or evaluate the distilled on-device SLM")
+    sub = slm.add_subparsers(dest="slm_command", required=True)
+
+    b = sub.add_parser("build", help="distil the SLM from the embedded LLM and export the artifact")
+    b.add_argument("--layers", type=_int_list, default=d.layers,
+                   help="teacher layers to keep, e.g. '0-5,26-29' (default %(default)s)")
+    b.add_argument("--rank", type=int, default=d.rank, help="adapter rank (default %(default)s)")
+    b.add_argument("--mlp-width", type=_vocab_size, default=d.mlp_width, metavar="N|full",
+                   help="keep the N most important MLP neurons of each layer (width pruning), or "
+                        "'full' (default %(default)s)")
+    b.add_argument("--vocab", type=_vocab_size, default=d.vocab, metavar="N|full",
+                   help="keep the N most frequent training tokens in the SLM's LM head, or "
+                        "'full' for the whole vocabulary (default %(default)s)")
+    b.add_argument("--alpha", type=float, default=None, help="adapter alpha (default 2*rank)")
+    b.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)")
+    b.add_argument("--batch-size", type=int, default=d.batch_size)
+    b.add_argument("--seq-len", type=int, default=d.seq_len)
+    b.add_argument("--lr", type=float, default=d.lr)
+    b.add_argument("--warmup", type=int, default=d.warmup)
+    b.add_argument("--tv-weight", type=float, default=d.tv_weight,
+                   help="weight of the total-variation term added to the forward KL")
+    b.add_argument("--seed", type=int, default=d.seed)
+    b.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    b.add_argument("--eval-every", type=int, default=d.eval_every)
+    b.add_argument("--eval-sequences", type=int, default=d.eval_sequences)
+    b.add_argument("--out", type=Path, default=Path("runs/slm"),
+                   help="run folder for checkpoints and logs (default %(default)s)")
+    b.add_argument("--export", type=Path, default=None,
+                   help="where to write the artifact (default: OUT/artifact; pass "
+                        "hlm_gym/data/slm to replace the shipped one)")
+    b.add_argument("--export-only", action="store_true",
+                   help="export the run's latest checkpoint without training further")
+    b.add_argument("--no-calibrate", action="store_true",
+                   help="skip fitting the draft temperature on validation turns before export")
+    b.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    b.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="stop after this much training time, with the LR schedule stretched "
+                        "over it (whichever of --steps and --time-budget comes first)")
+    b.add_argument("--resume", action="store_true", help="continue the run in --out")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=cmd_build)
+
+    r = sub.add_parser("report", help="evaluate an SLM against the LLM on held-out ShareGPT turns")
+    r.add_argument("--slm", default=None, help="artifact folder (default: the shipped one)")
+    r.add_argument("--prompts", type=int, default=100, help="held-out test turns (default %(default)s)")
+    r.add_argument("--max-tokens", type=int, default=256, help="tokens per turn, prompt + reply")
+    r.add_argument("--generated", type=int, default=0,
+                   help="also measure on this many test prompts continued by the LLM (sampling, T=1)")
+    r.add_argument("--gen-tokens", type=int, default=128, help="tokens the LLM generates per prompt")
+    r.add_argument("--context", type=int, default=256, help="context length for the FLOP count")
+    r.add_argument("--latency-steps", type=int, default=50)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--out", type=Path, default=Path("runs/slm_report"),
+                   help="folder for report.json and beta_vs_u.png (default %(default)s)")
+    r.set_defaults(func=cmd_report)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def cmd_build(args) -> int:
+    from hlm_gym.lm.distill import BuildConfig, DistillError, build, export_artifact, load_checkpoint_student
+    from hlm_gym.lm.models import EMBEDDED_LLM, ModelLoadError, load_model
+
+    alpha = args.alpha if args.alpha is not None else 2.0 * args.rank
+    cfg = BuildConfig(layers=args.layers, rank=args.rank, alpha=alpha, steps=args.steps,
+                      batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                      warmup=args.warmup, tv_weight=args.tv_weight, seed=args.seed,
+                      ckpt_every=args.ckpt_every, eval_every=args.eval_every,
+                      eval_sequences=args.eval_sequences, device=_device(args.device),
+                      threads=args.threads, vocab=args.vocab, mlp_width=args.mlp_width,
+                      time_budget_s=args.time_budget * 60 if args.time_budget else None)
+    try:
+        llm = load_model(EMBEDDED_LLM, device=cfg.device)
+        if args.export_only:
+            student, cfg, state = load_checkpoint_student(args.out, llm)
+            summary = {"steps": state["step"], "tokens_seen": state["tokens_seen"],
+                       "train_seconds": state.get("train_seconds")}
+        else:
+            student, cfg, summary = build(cfg, args.out, resume=args.resume, llm=llm,
+                                          progress=not args.no_progress)
+        if not args.no_calibrate:
+            from hlm_gym.lm.distill import _eval_prompts, calibrate_temperature, packed_sequences
+
+            c_ids, c_mask = packed_sequences(llm.tokenizer, _eval_prompts(), cfg.seq_len,
+                                             cfg.eval_sequences, cfg.seed + 2)
+            teacher = llm.model
+            student = student.to(next(teacher.parameters()).device).eval()
+            cal = calibrate_temperature(teacher, student, c_ids.to(cfg.device), c_mask.to(cfg.device))
+            summary = {**summary, "calibration": cal}
+            print(f"draft temperature {cal['temperature']} (validation acceptance "
+                  f"{cal['acceptance_by_temperature'][1.0]:.4f} at T=1 -> "
+                  f"{cal['acceptance_by_temperature'][cal['temperature']]:.4f})")
+        export_dir = args.export if args.export is not None else Path(args.out) / "artifact"
+        meta = export_artifact(student.cpu(), cfg, llm if cfg.device == "cpu" else load_model(EMBEDDED_LLM),
+                               export_dir, summary)
+    except (DistillError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    chk = meta["check"]
+    print(f"exported {export_dir}: {len(cfg.layers)} layers {cfg.layers}, rank {cfg.rank}, "
+          f"check acceptance {chk['acceptance']:.4f} ({chk['positions']} positions)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from hlm_gym.lm.models import ModelLoadError
+    from hlm_gym.lm.slm_report import ReportError, run_report
+
+    try:
+        run_report(slm_dir=args.slm, n_prompts=args.prompts, max_tokens=args.max_tokens,
+                   context=args.context, latency_steps=args.latency_steps, seed=args.seed,
+                   out_dir=args.out, threads=args.threads, generated=args.generated,
+                   gen_tokens=args.gen_tokens)
+    except (ReportError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="hlm-gym")
+    add_slm_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""``hlm-gym traces build`` and ``hlm-gym traces info`` (argparse sub-commands).
+
+Run standalone as ``python -m hlm_gym.cli.traces traces build ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    import torch
+
+    from hlm_gym.lm.decoding import DecoderConfig
+    from hlm_gym.lm.models import load_pair
+    from hlm_gym.traces.builder import build_traces, sharegpt_trace_prompts
+    from hlm_gym.traces.store import TraceError, default_trace_path
+
+    if args.prompts < 1:
+        raise TraceError(f"--prompts must be a positive integer, got {args.prompts}")
+    torch.set_num_threads(args.threads)
+    config = DecoderConfig(mode=args.mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                           k=args.k, theta_max=args.theta_max)
+    pair = load_pair(slm=args.slm, llm=args.llm, device=args.device)
+    vocab = pair.vocab_size
+    k_choices = tuple(k for k in args.k_choices if k < vocab)
+    out = args.out or default_trace_path(args.split)
+    prompts = sharegpt_trace_prompts(pair.tokenizer, args.split, args.prompts, args.seed, offset=args.offset,
+                                     max_prompt_tokens=args.max_prompt_tokens)
+    if not prompts:
+        raise TraceError(f"no prompts in split {args.split!r} after offset {args.offset}")
+    # decode prompts of similar length together (less padding); seeds stay tied to the prompt
+    prompts = sorted(prompts, key=lambda p: len(p.ids))
+    print(f"tracing {len(prompts)} {args.split} prompts with {pair.slm_name} / {pair.llm_name} -> {out}",
+          flush=True)
+    build_traces(pair, prompts, config, out, k_choices=k_choices, batch_size=args.batch_size,
+                 extra_meta={"slm_spec": args.slm or "embedded-slm", "llm_spec": args.llm or "embedded",
+                             "seed": args.seed, "split": args.split, "prompt_offset": args.offset,
+                             "max_prompt_tokens": args.max_prompt_tokens,
+                             "build_command": "hlm-gym traces " + " ".join(sys.argv[sys.argv.index("build"):])
+                             if "build" in sys.argv else " ".join(sys.argv)},
+                 log=lambda msg: print(msg, flush=True))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from hlm_gym.traces.store import load_traces, summarize
+
+    print(json.dumps(summarize(load_traces(args.path)), indent=2))
+    return 0
+
+
+def add_traces_commands(subparsers) -> None:
+    """Add ``traces build`` and ``traces info`` to an argparse sub-parser collection."""
+    from hlm_gym.traces.store import DEFAULT_K_CHOICES, SPLITS
+
+    tr = subparsers.add_parser("traces", help="record or inspect per-token traces of the hybrid loop")
+    sub = tr.add_subparsers(dest="traces_command", required=True)
+    b = sub.add_parser("build", help="run the always-send loop over prompts and record per-token traces")
+    b.add_argument("--slm", default=None, help="SLM spec (default: embedded-slm)")
+    b.add_argument("--llm", default=None, help="LLM spec (default: embedded)")
+    b.add_argument("--split", choices=SPLITS, default="train")
+    b.add_argument("--prompts", type=int, default=400, help="number of prompts (default %(default)s)")
+    b.add_argument("--offset", type=int, default=0, help="skip this many prompts of the split first")
+    b.add_argument("--max-new-tokens", type=int, default=128)
+    b.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="leave out prompts longer than this many tokens (chat template included)")
+    b.add_argument("--mode", choices=("sample", "greedy"), default="sample")
+    b.add_argument("--temperature", type=float, default=1.0)
+    b.add_argument("--k", type=int, default=20, help="temperature samples of the uncertainty u")
+    b.add_argument("--theta-max", type=float, default=2.0)
+    b.add_argument("--k-choices", type=_int_tuple, default=DEFAULT_K_CHOICES,
+                   help="CU-HLM top-k sizes to record (default %(default)s; V is always implied)")
+    b.add_argument("--seed", type=int, default=0,
+                   help="base seed; the i-th prompt of the split (file order) uses seed + i")
+    b.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
+    b.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--out", default=None, help="output .parquet (default: the shipped file of the split)")
+    b.set_defaults(func=_cmd_build)
+    i = sub.add_parser("info", help="summarise a trace file")
+    i.add_argument("path")
+    i.set_defaults(func=_cmd_info)
+
+
+def main(argv=None) -> int:
+    from hlm_gym.traces.store import TraceError
+
+    parser = argparse.ArgumentParser(prog="hlm-gym")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_traces_commands(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (TraceError, ValueError) as exc:
+        print(f"hlm-gym: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""environments/hybrid_lm"""

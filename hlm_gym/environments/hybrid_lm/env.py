@@ -1,0 +1,476 @@
+"""``hlm_gym/HybridLM-v0`` and ``hlm_gym/HybridLMCompressed-v0``: the U-HLM decision problem.
+
+One episode is one response. Per token the agent decides whether to **skip** (keep the SLM's
+draft: no upload, no LLM) or **send** (upload the SLM's distribution, the LLM verifies the
+draft and maybe resamples it), on a time-varying wireless channel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from hlm_gym.environments.hybrid_lm.simulation import EnvConfig, EnvConfigError, EpisodeDraw, Simulation, build_simulation, make_config
+from hlm_gym.environments.hybrid_lm.observation import OBS_HIGH, OBS_LOW, OBS_NAMES
+
+EXTRA_KWARGS = ("render_mode",)
+EPISODE_KEYS = ("tokens_per_s", "transmission_rate", "skip_rate", "risk", "error_rate", "tokens", "time_s")
+
+
+def check_action(action, n: int) -> int:
+    """The action as an int, or a ``ValueError`` naming it and the valid range."""
+    if isinstance(action, (bool, np.bool_)):
+        ok = False
+    elif isinstance(action, (int, np.integer)):
+        ok = True
+    elif isinstance(action, np.ndarray) and action.shape in ((), (1,)) and np.issubdtype(action.dtype, np.integer):
+        action = action.reshape(())[()]
+        ok = True
+    else:
+        ok = False
+    if not ok or not 0 <= int(action) < n:
+        raise ValueError(f"invalid action {action!r}: expected an integer in 0..{n - 1} "
+                         f"(0 = skip, {'1 = send' if n == 2 else 'i > 0 = send with the i-th top-k size'})")
+    return int(action)
+
+
+class HybridLMEnv(gym.Env):
+    """Skip or send each SLM draft of one response over a wireless uplink.
+
+    **Observation** ``Box(float32, shape=(10,))`` (layout of :mod:`hlm_gym.environments.hybrid_lm.observation`):
+
+    =====  ==============  ===========================================================  ==========
+    index  name            meaning                                                      bounds
+    =====  ==============  ===========================================================  ==========
+    0      ``u``           U-HLM temperature-perturbation uncertainty of the draft      [0, 1]
+    1      ``entropy``     SLM entropy / ``log V``                                      [0, 1]
+    2      ``top1_prob``   SLM top-1 probability                                        [0, 1]
+    3      ``margin``      SLM top-1 minus top-2 probability                            [0, 1]
+    4      ``saturation``  cosine of the SLM's last two hidden states                   [-1, 1]
+    5      ``snr_db``      uplink SNR (dB, clipped) at the decision time                [-50, 80]
+    6      ``log_rate``    ``log10(1 + uplink rate in bit/s)`` at the decision time     [0, 12]
+    7      ``pending``     skipped tokens since the last send / ``max_tokens``          [0, 1]
+    8      ``position``    tokens of the response so far / ``max_tokens``               [0, 1]
+    9      ``skip_frac``   skipped decisions among the last ``skip_window`` / window    [0, 1]
+    =====  ==============  ===========================================================  ==========
+
+    **Action** ``Discrete(2)``: 0 = skip, 1 = send (``HybridLMCompressed-v0``:
+    ``Discrete(1 + len(k_choices))``, ``i > 0`` = send the top-``k_choices[i-1]`` entries).
+
+    **Reward** ``-(latency_s / latency_ref_s) - risk_weight * (risk - risk_target)`` for a
+    skip and ``-(latency_s / latency_ref_s)`` for a send, with ``risk`` the skipped draft's
+    rejection probability ``beta`` (``risk="beta"``) or ``1`` if it would have been rejected
+    with the recorded uniform (``risk="error"``). With ``risk_target = 0`` (default) the return
+    trades latency against expected rejections per token (the error rate); with
+    ``risk_target = R > 0`` it is the Lagrangian of "mean rejection probability of the skipped
+    tokens <= R", the ``risk`` that the evaluation harness reports.
+    ``latency_ref_s`` defaults to the latency of a full-upload send with no pending tokens at
+    the scenario's nominal mean SNR, so an always-send episode at the mean SNR scores about
+    -1 per token.
+
+    **Starting state**: ``reset`` draws one uniform integer from the env's generator
+    (:class:`hlm_gym.environments.hybrid_lm.simulation.EpisodeDraw`) that picks a prompt of the split, a channel
+    realisation of the bank and a start time in it; the first observation describes the first
+    draft of that prompt's response. No pending tokens, position 0.
+
+    **Episode end**: ``terminated`` when the response ends (its last recorded token, EOS or
+    the trace's token limit); ``truncated`` by Gymnasium's ``TimeLimit`` after
+    ``max_episode_steps`` decisions (registered default 128, the shipped traces' response
+    limit; with ``verify="deferred"`` the rewinds add decisions, so long episodes can reach it
+    before the response ends).
+
+    **Arguments**: keyword options of :class:`hlm_gym.environments.hybrid_lm.simulation.EnvConfig` (``scenario``,
+    ``split``, ``risk_weight``, ``risk_target``, ``risk``, ``verify``, ``mode``, ...); an
+    unknown name or a bad value raises an error naming it and what is allowed.
+
+    **Version history**: ``v0``: first release; ``risk_target`` added to the reward (default
+    0 keeps the original reward).
+
+    **Latency/energy** per token: :mod:`hlm_gym.wireless.cost`'s account with the instantaneous
+    uplink/downlink rates at the decision time (device compute; for a send also the upload of
+    the distribution and the pending ids, the LLM's verification and catch-up, the downlink).
+    The simulated clock advances by each token's latency; the channel is the scenario's
+    (a bank of realisations sampled every ``channel_dt_s``, see
+    :mod:`hlm_gym.environments.hybrid_lm.simulation`; each episode starts at a random realisation and time).
+
+    **info** per step: ``latency_s``, ``uplink_bits``, ``sent``, ``rejected`` (the LLM
+    replaced a draft at this send), ``beta``, ``error`` (a skipped draft that would have been
+    rejected), ``snr_db``, ``rate_bps``, ``energy_j``; at the end of an episode also
+    ``tokens_per_s`` (simulated), ``transmission_rate`` (sends / decisions), ``skip_rate``,
+    ``risk`` (mean beta of skipped drafts), ``error_rate`` (unverified drafts in the final
+    response that would have been rejected / response tokens), ``tokens``, ``time_s``.
+
+    **Trace mode** (default) replays a recorded always-send trajectory (``hlm_gym.traces.store``):
+    a skip keeps the recorded draft; whether it would have been rejected uses the recorded
+    uniform; after a skipped draft that would have been rejected the replay still continues on
+    the recorded (LLM-conditioned) prefix — an approximation live mode does not make. With
+    ``verify="deferred"`` skipped drafts are verified at the next send as one speculative
+    block (each pending position uploads its distribution too): the first rejected position
+    gets the LLM's recorded token, the rest of the block is discarded, the replay rewinds to
+    the position after it (the time already spent is kept), and the last token of a response
+    is always sent — the output is exact. In the compressed variant a draft rejected under
+    top-k truncation but accepted under the full distribution counts as rejected; the replay
+    continues on the recorded prefix.
+
+    **Live mode** (``mode="live"``) runs :class:`hlm_gym.lm.decoding.HybridSession` with the real
+    pair on the trace's prompts and per-prompt seeds (so an always-send episode reproduces the
+    trace). Skipped drafts are not verified, so ``beta``/``risk``/``error_rate`` of skipped
+    tokens are NaN; ``verify="deferred"`` is not available live.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    compressed = False
+
+    def __init__(self, render_mode: Optional[str] = None, **kwargs: Any) -> None:
+        config, extra = make_config(kwargs, extra_allowed=("pair",))
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise EnvConfigError(f"bad option render_mode={render_mode!r}: expected None or 'ansi'")
+        if config.mode == "live" and config.verify == "deferred":
+            raise EnvConfigError("bad option verify='deferred': deferred verification is only available in "
+                                 "trace mode")
+        self.config: EnvConfig = config
+        self.render_mode = render_mode
+        self.sim: Simulation = build_simulation(config, self.compressed)
+        sim = self.sim
+        self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, dtype=np.float32)
+        self.action_space = spaces.Discrete(1 + len(sim.topk) if self.compressed else 2)
+        self._n_actions = int(self.action_space.n)
+        t = sim.tables
+        self._sig = t.signals
+        self._acc = t.accepted
+        self._beta = t.beta
+        self._beta_full = t.beta_full
+        self._acc_full = t.accepted_full
+        self._end = t.end
+        self._next_rej = t.next_rej
+        b = sim.bank
+        self._dt = b.dt
+        self._G = b.points
+        self._bank_rows = [(b.snr_obs[i], b.log_rate[i], b.up_rate[i], b.up_wait[i], b.up_inv[i], b.dl_wait[i],
+                            b.dl_air[i]) for i in range(b.size)]
+        self._episode_draw = EpisodeDraw.of(sim)
+        self._inv_ref = 1.0 / sim.latency_ref
+        self._lam = float(config.risk_weight)
+        self._target = float(config.risk_target)
+        self._risk_error = config.risk == "error"
+        self._deferred = config.verify == "deferred"
+        self._max_tokens = float(sim.max_tokens)
+        self._W = config.skip_window
+        self._obs = np.zeros(len(OBS_NAMES), dtype=np.float32)
+        self._live = None
+        if config.mode == "live":
+            self._live = _LivePair(self, extra.get("pair"))
+        self._row = -1
+
+    # ------------------------------------------------------------------ episode
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+        super().reset(seed=seed)
+        ep = self._episode_draw
+        prompt, brow, j0 = ep.split(int(self.np_random.integers(0, ep.total)))
+        if options and "prompt" in options:
+            prompt = int(options["prompt"])
+            if not 0 <= prompt < self.sim.traces.n_prompts:
+                raise ValueError(f"options['prompt']={prompt} out of range 0..{self.sim.traces.n_prompts - 1}")
+        self._prompt = prompt
+        self._bank = self._bank_rows[brow]
+        self._j0 = j0
+        t = self.sim.tables
+        self._start = int(t.starts[prompt])
+        self._row = self._start
+        self._t = 0.0
+        self._pending = 0
+        self._steps = self._sends = self._skips = self._errors = 0
+        self._risk_sum = 0.0
+        self._ring = [0] * self._W
+        self._ring_i = 0
+        self._ring_n = 0
+        self._out: list[tuple[int, str]] = []
+        self._done = False
+        if self._live is not None:
+            self._live.start(prompt)
+        return self._observe(), {"prompt": prompt, "prompt_id": self.sim.traces.meta["prompts"][prompt]["id"]}
+
+    def _grid(self) -> int:
+        return (self._j0 + int(self._t / self._dt)) % self._G
+
+    def _observe(self) -> np.ndarray:
+        obs = self._obs
+        if self._live is not None:
+            obs[:5] = self._live.signals()
+        else:
+            obs[:5] = self._sig[self._row]
+        g = self._grid()
+        bank = self._bank
+        obs[5] = bank[0][g]
+        obs[6] = bank[1][g]
+        mt = self._max_tokens
+        p = self._pending / mt
+        obs[7] = p if p < 1.0 else 1.0
+        pos = (self._row - self._start) / mt
+        obs[8] = pos if pos < 1.0 else 1.0
+        obs[9] = self._ring_n / self._W
+        return obs.copy()
+
+    # ------------------------------------------------------------------ step
+    def step(self, action):
+        a = check_action(action, self._n_actions)
+        if self._row < 0 or self._done:
+            raise RuntimeError("call reset() before step() (the episode has ended)")
+        if self._live is not None:
+            return self._step_live(a)
+        r = self._row
+        g = self._grid()
+        bank = self._bank
+        snr = float(bank[0][g])
+        rate = float(bank[2][g])
+        deferred = self._deferred
+        if a == 0 and deferred and self._end[r]:
+            a = self._n_actions - 1 if self.compressed else 1  # the last token is always verified
+        if a == 0:
+            lat = self.sim.cost.dev_s
+            energy = self.sim.cost.skip_energy
+            bits = 0.0
+            beta = float(self._beta_full[r])
+            err = not self._acc_full[r]
+            risk = (1.0 if err else 0.0) if self._risk_error else beta
+            reward = -(lat * self._inv_ref) - self._lam * (risk - self._target)
+            self._pending += 1
+            self._skips += 1
+            self._risk_sum += beta
+            self._out.append((r, "skipped-wrong" if err else "skipped"))
+            self._row = r + 1
+            terminated = bool(self._end[r])
+            rejected = False
+            skip = 1
+        else:
+            o = a - 1 if self.compressed else 0
+            p = self._pending
+            lat, bits, energy = self.sim.cost.send(o, p, float(bank[3][g]), float(bank[4][g]), float(bank[5][g]),
+                                                   float(bank[6][g]))
+            beta = float(self._beta[r, o])
+            err = False
+            reward = -(lat * self._inv_ref)
+            rejected = False
+            terminated = False
+            if deferred and p > 0:
+                c = int(self._next_rej[o, r - p])
+                if c < r:  # rewind: the LLM's token at c, the rest of the block discarded
+                    del self._out[len(self._out) - (r - c):]
+                    self._out.append((c, "rejected"))
+                    self._row = c + 1
+                    rejected = True
+                    terminated = bool(self._end[c])
+            if not rejected:
+                rejected = not self._acc[r, o]
+                self._out.append((r, "rejected" if rejected else "accepted"))
+                self._row = r + 1
+                terminated = bool(self._end[r])
+            self._pending = 0
+            self._sends += 1
+            skip = 0
+        self._t += lat
+        self._steps += 1
+        self._ring_n += skip - self._ring[self._ring_i]
+        self._ring[self._ring_i] = skip
+        self._ring_i = (self._ring_i + 1) % self._W
+        info = {"latency_s": lat, "uplink_bits": bits, "sent": a != 0, "rejected": rejected, "beta": beta,
+                "error": err, "snr_db": snr, "rate_bps": rate, "energy_j": energy}
+        if terminated:
+            self._done = True
+            info.update(self._episode_info())
+            obs = self._terminal_obs()
+        else:
+            obs = self._observe()
+        return obs, reward, terminated, False, info
+
+    def _terminal_obs(self) -> np.ndarray:
+        self._row -= 1  # observe the last row's signals (the episode has no next draft)
+        try:
+            return self._observe()
+        finally:
+            self._row += 1
+
+    def _episode_info(self) -> dict:
+        n_tok = self._row - self._start
+        if self._deferred:
+            errors = 0
+        else:
+            errors = sum(1 for _, s in self._out if s == "skipped-wrong")
+        return {"tokens_per_s": n_tok / self._t if self._t > 0 else 0.0,
+                "transmission_rate": self._sends / self._steps, "skip_rate": self._skips / self._steps,
+                "risk": self._risk_sum / self._skips if self._skips else 0.0,
+                "error_rate": errors / n_tok if n_tok else 0.0, "tokens": n_tok, "time_s": self._t}
+
+    # ------------------------------------------------------------------ live mode
+    def _step_live(self, a: int):
+        live = self._live
+        g = self._grid()
+        bank = self._bank
+        snr, rate = float(bank[0][g]), float(bank[2][g])
+        if a == 0:
+            rec = live.commit(False, None)
+            lat, energy, bits = self.sim.cost.dev_s, self.sim.cost.skip_energy, 0.0
+            beta = math.nan
+            risk = 0.0 if self._lam == 0 else math.nan
+            reward = -(lat * self._inv_ref) - (self._lam * risk if self._lam else 0.0)
+            self._pending += 1
+            self._skips += 1
+            self._out.append((rec.token, "skipped"))
+            rejected, skip = False, 1
+        else:
+            o = a - 1 if self.compressed else 0
+            p = self._pending
+            k = self.sim.topk[o]
+            rec = live.commit(True, None if k >= self.sim.vocab_size else k)
+            lat, bits, energy = self.sim.cost.send(o, p, float(bank[3][g]), float(bank[4][g]), float(bank[5][g]),
+                                                   float(bank[6][g]))
+            beta = float(rec.beta)
+            reward = -(lat * self._inv_ref)
+            rejected = not rec.accepted
+            self._out.append((rec.token, "rejected" if rejected else "accepted"))
+            self._pending = 0
+            self._sends += 1
+            skip = 0
+        self._row += 1
+        self._t += lat
+        self._steps += 1
+        self._ring_n += skip - self._ring[self._ring_i]
+        self._ring[self._ring_i] = skip
+        self._ring_i = (self._ring_i + 1) % self._W
+        terminated = live.done
+        info = {"latency_s": lat, "uplink_bits": bits, "sent": a != 0, "rejected": rejected, "beta": beta,
+                "error": False, "snr_db": snr, "rate_bps": rate, "energy_j": energy, "token": rec.token}
+        if terminated:
+            self._done = True
+            n_tok = self._row - self._start
+            skipped = self._skips
+            info.update({"tokens_per_s": n_tok / self._t if self._t > 0 else 0.0,
+                         "transmission_rate": self._sends / self._steps, "skip_rate": self._skips / self._steps,
+                         "risk": math.nan if skipped else 0.0, "error_rate": math.nan if skipped else 0.0,
+                         "tokens": n_tok, "time_s": self._t})
+            obs = self._observe_live_terminal()
+        else:
+            obs = self._observe()
+        return obs, reward, terminated, False, info
+
+    def _observe_live_terminal(self) -> np.ndarray:
+        obs = self._obs
+        obs[:5] = self._live.last_signals
+        g = self._grid()
+        obs[5], obs[6] = self._bank[0][g], self._bank[1][g]
+        obs[7] = min(self._pending / self._max_tokens, 1.0)
+        obs[8] = min((self._row - self._start) / self._max_tokens, 1.0)
+        obs[9] = self._ring_n / self._W
+        return obs.copy()
+
+    # ------------------------------------------------------------------ render
+    def render(self):
+        if self.render_mode != "ansi":
+            return None
+        return render_ansi(self)
+
+    @property
+    def output_tokens(self) -> list[int]:
+        """Token ids of the response so far (after any rewinds)."""
+        if self._live is not None:
+            return [tok for tok, _ in self._out]
+        t = self.sim.tables
+        out = []
+        for row, status in self._out:
+            out.append(int(t.token[row]) if status in ("accepted", "rejected") else int(t.draft[row]))
+        return out
+
+
+class HybridLMCompressedEnv(HybridLMEnv):
+    """CU-HLM: the action also picks the top-k size of the uploaded distribution.
+
+    ``Discrete(1 + len(k_choices))``: 0 = skip, ``i > 0`` = send the top-``k_choices[i-1]``
+    entries (``k >= V``: the full distribution); acceptance uses the recorded per-k outcome
+    with the same uniform; the payload is ``k (b_prob + ceil(log2 V))`` bits. Everything else
+    as :class:`HybridLMEnv`.
+    """
+
+    compressed = True
+
+
+MARKS = {"accepted": ("", ""), "rejected": ("<", ">"), "skipped": ("[", "]"), "skipped-wrong": ("[!", "]")}
+
+
+def render_ansi(env: HybridLMEnv) -> str:
+    """The response so far: ``text`` accepted, ``<text>`` resampled by the LLM, ``[text]`` skipped,
+    ``[!text]`` skipped although it would have been rejected."""
+    pieces = []
+    if env._live is not None:
+        tok = env._live.pair.tokenizer
+        for token, status in env._out:
+            left, right = MARKS[status]
+            pieces.append(f"{left}{tok.decode([token])}{right}")
+    else:
+        t, traces = env.sim.tables, env.sim.traces
+        for row, status in env._out:
+            token = int(t.token[row]) if status in ("accepted", "rejected") else int(t.draft[row])
+            left, right = MARKS[status]
+            pieces.append(f"{left}{traces.token_text(token)}{right}")
+    head = (f"prompt {env._prompt}  tokens {len(env._out)}  sent {env._sends}/{env._steps}  "
+            f"t={env._t:.3f}s  (text, <resampled>, [skipped], [!skipped-wrong])\n")
+    return head + "".join(pieces) + "\n"
+
+
+class _LivePair:
+    """The real model pair behind ``mode="live"`` (loaded once per environment)."""
+
+    def __init__(self, env: HybridLMEnv, pair=None) -> None:
+        import torch
+
+        from hlm_gym.lm.decoding import DecoderConfig
+        from hlm_gym.lm.models import load_pair
+
+        meta = env.sim.traces.meta
+        cfg = env.config
+        self.pair = pair if pair is not None else load_pair(
+            slm=cfg.slm or meta.get("slm_spec"), llm=cfg.llm or meta.get("llm_spec"), device=cfg.device)
+        for role in ("slm", "llm"):
+            want, got = meta.get(f"{role}_fingerprint"), getattr(self.pair, f"{role}_fingerprint", None)
+            if want and got and want != got:
+                import warnings
+
+                warnings.warn(f"live mode: the {role.upper()} ({got[:12]}...) is not the one the trace "
+                              f"{env.sim.traces.path} was recorded with ({want[:12]}...); live and trace mode "
+                              "will not agree. Rebuild the traces with 'hlm-gym traces build'.", stacklevel=3)
+        self.config = DecoderConfig(mode=meta["mode"], max_new_tokens=int(meta["max_new_tokens"]),
+                                    temperature=float(meta["temperature"]), k=int(meta["k"]),
+                                    theta_max=float(meta["theta_max"]), stop_at_eos=bool(meta.get("stop_at_eos", True)))
+        self.env = env
+        self.session = None
+        self.last_signals = np.zeros(5, dtype=np.float32)
+        self._log_v = math.log(env.sim.vocab_size)
+        self._torch = torch
+
+    def start(self, prompt: int) -> None:
+        from hlm_gym.lm.decoding import HybridSession
+
+        traces = self.env.sim.traces
+        ids = self._torch.as_tensor(traces.prompt_token_ids(prompt))
+        seed = int(traces.meta["prompts"][prompt]["seed"])
+        self.session = HybridSession(self.pair, ids, self.config, seed)
+
+    def signals(self) -> np.ndarray:
+        s = self.session.draft().signals
+        v = np.array([s["u"], s["entropy"] / self._log_v, s["top1_prob"], s["margin"],
+                      0.0 if math.isnan(s["saturation"]) else s["saturation"]], dtype=np.float32)
+        v = np.clip(v, OBS_LOW[:5], OBS_HIGH[:5])
+        self.last_signals = v
+        return v
+
+    def commit(self, send: bool, topk: Optional[int]):
+        self.session.config = dataclasses.replace(self.config, topk_upload=topk)
+        return self.session.commit(send)
+
+    @property
+    def done(self) -> bool:
+        return self.session.done

@@ -1,0 +1,547 @@
+"""The simulation core shared by every HybridLM environment (no Gymnasium types here).
+
+* :class:`EnvConfig`: the ONE place holding the defaults of all constructor options;
+  :func:`make_config` turns keyword arguments into it (unknown names raise ``TypeError``).
+* :class:`ChannelBank`: ``R`` realisations of the scenario's channel
+  (:class:`hlm_gym.wireless.channel.Channel`), sampled on a time grid of step ``dt`` with ``G``
+  points, turned into the per-grid-point quantities of the token cost account of
+  :mod:`hlm_gym.wireless.cost` (instantaneous-rate path). Built once per (scenario, grid, seed)
+  and shared by all environments of a process. Each episode picks a realisation and a start
+  point with the environment's ``np_random``; the channel seen at simulated time ``t`` is the
+  grid value at ``floor(t / dt)`` (sample-and-hold), cyclic over the ``G * dt`` seconds of a
+  realisation.
+* :class:`CostModel`: the per-token account (latency, bits, energy) as closed-form scalar
+  arithmetic on the bank's quantities, used identically by the scalar, numpy and torch
+  implementations (so they give bit-identical trajectories).
+* :class:`TraceTables`: the per-row arrays of a trace the environments replay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from hlm_gym.environments.hybrid_lm.observation import OBS_HIGH, OBS_LOW
+
+SNR_CLIP = (float(OBS_LOW[5]), float(OBS_HIGH[5]))
+LOG_RATE_CLIP = (float(OBS_LOW[6]), float(OBS_HIGH[6]))
+RISKS = ("beta", "error")
+VERIFIES = ("none", "deferred")
+MODES = ("trace", "live")
+
+
+class EnvConfigError(ValueError):
+    """An environment option has a bad value."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Options of the HybridLM environments (all are constructor keyword arguments).
+
+    ``trace``: path of a trace file (default: the shipped file of ``split``).
+    ``split``: ``train``, ``validation`` or ``test`` (the shipped trace set).
+    ``scenario``: a scenario name (``hlm_gym.wireless.scenarios.list_scenarios()``), YAML path or dict.
+    ``scenario_overrides``: dotted scenario overrides, e.g. ``{"link.mean_snr_db": 10.0}``
+    (keyword arguments whose name contains a dot are added here too).
+    ``risk_weight``: lambda, the weight of the rejection risk in the reward.
+    ``risk_target``: R, the per-skipped-token risk at which a skip's risk term is zero: a skip
+    is charged ``lambda * (risk - R)``. ``R = 0`` (default) prices expected rejections per token
+    (the error rate); ``R > 0`` makes the return the Lagrangian of "mean ``beta`` of the skipped
+    tokens <= R" (the ``risk`` metric), so tokens safer than R earn a bonus when skipped.
+    ``risk``: ``beta`` (the skipped draft's rejection probability) or ``error`` (1 if the
+    skipped draft would have been rejected with the recorded uniform).
+    ``verify``: ``none`` (U-HLM: skipped tokens are never verified) or ``deferred``
+    (verified at the next send as one speculative block; exact output).
+    ``mode``: ``trace`` (replay recorded traces) or ``live`` (the real models in the loop).
+    ``k_choices``: top-k sizes of the compressed action (``HybridLMCompressed-v0``;
+    default: the trace's recorded sizes plus ``V``).
+    ``skip_window``: decisions in the ``skip_frac`` observation.
+    ``latency_ref_s``: reward normalisation (default: the latency of a full-upload send with
+    no pending tokens at the scenario's nominal mean SNR).
+    ``channel_dt_s``: grid step of the channel bank (default: coherence time / 4, clipped to
+    [0.5 ms, 20 ms]); ``channel_bank_points``: grid points per realisation (default: the power
+    of two covering ``BANK_SECONDS`` of channel, within [4096, 65536]); ``channel_bank_size``:
+    realisations (default: ``BANK_TOTAL_POINTS / points``, within [8, 64]);
+    ``channel_seed``: seed of the bank.
+    ``prompts``: restrict episodes to these prompt indices of the trace (default: all).
+    ``slm``, ``llm``, ``device``: the live pair (default: the trace's specs), live mode only.
+    """
+
+    trace: Optional[str] = None
+    split: str = "train"
+    scenario: Any = "pedestrian"
+    scenario_overrides: Mapping[str, Any] = field(default_factory=dict)
+    risk_weight: float = 1.0
+    risk_target: float = 0.0
+    risk: str = "beta"
+    verify: str = "none"
+    mode: str = "trace"
+    k_choices: Optional[tuple[int, ...]] = None
+    skip_window: int = 16
+    latency_ref_s: Optional[float] = None
+    channel_dt_s: Optional[float] = None
+    channel_bank_size: Optional[int] = None
+    channel_bank_points: Optional[int] = None
+    channel_seed: int = 0
+    prompts: Optional[tuple[int, ...]] = None
+    slm: Optional[str] = None
+    llm: Optional[str] = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        def bad(name, msg):
+            raise EnvConfigError(f"bad option {name}={getattr(self, name)!r}: {msg}")
+
+        if self.split not in ("train", "validation", "test"):
+            bad("split", "expected 'train', 'validation' or 'test'")
+        if self.risk not in RISKS:
+            bad("risk", f"expected one of {RISKS}")
+        if self.verify not in VERIFIES:
+            bad("verify", f"expected one of {VERIFIES}")
+        if self.mode not in MODES:
+            bad("mode", f"expected one of {MODES}")
+        if not (isinstance(self.risk_weight, (int, float)) and math.isfinite(self.risk_weight)
+                and self.risk_weight >= 0):
+            bad("risk_weight", "expected a finite number >= 0")
+        if not (isinstance(self.risk_target, (int, float)) and 0.0 <= self.risk_target <= 1.0):
+            bad("risk_target", "expected a number in [0, 1] (a rejection probability)")
+        if not isinstance(self.skip_window, int) or self.skip_window < 1:
+            bad("skip_window", "expected a positive integer")
+        if self.latency_ref_s is not None and not self.latency_ref_s > 0:
+            bad("latency_ref_s", "expected a positive number or None")
+        if self.channel_dt_s is not None and not self.channel_dt_s > 0:
+            bad("channel_dt_s", "expected a positive number or None")
+        if self.channel_bank_size is not None and self.channel_bank_size < 1:
+            bad("channel_bank_size", "expected a positive integer or None")
+        if self.channel_bank_points is not None and self.channel_bank_points < 2:
+            bad("channel_bank_points", "expected an integer >= 2 or None")
+        if self.k_choices is not None and (len(self.k_choices) == 0 or any(int(k) < 1 for k in self.k_choices)):
+            bad("k_choices", "expected a non-empty sequence of positive integers")
+
+
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(EnvConfig))
+
+
+def make_config(kwargs: Mapping[str, Any], extra_allowed: tuple[str, ...] = ()) -> tuple[EnvConfig, dict]:
+    """Split keyword arguments into an :class:`EnvConfig` and the ``extra_allowed`` ones.
+
+    Names containing a dot are scenario overrides. Any other unknown name raises ``TypeError``
+    naming it and listing the allowed options.
+    """
+    kw = dict(kwargs)
+    overrides = dict(kw.pop("scenario_overrides", None) or {})
+    for name in [k for k in kw if "." in k]:
+        overrides[name] = kw.pop(name)
+    extra = {k: kw.pop(k) for k in list(kw) if k in extra_allowed}
+    unknown = sorted(set(kw) - set(CONFIG_FIELDS))
+    if unknown:
+        allowed = ", ".join(sorted(set(CONFIG_FIELDS) | set(extra_allowed)))
+        raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for the HybridLM environment; "
+                        f"allowed: {allowed} (and dotted scenario overrides such as 'link.mean_snr_db')")
+    if kw.get("k_choices") is not None:
+        kw["k_choices"] = tuple(int(k) for k in kw["k_choices"])
+    if kw.get("prompts") is not None:
+        kw["prompts"] = tuple(int(k) for k in kw["prompts"])
+    if kw.get("trace") is not None:
+        kw["trace"] = str(kw["trace"])
+    return EnvConfig(scenario_overrides=overrides, **kw), extra
+
+
+# ------------------------------------------------------------------------------ scenario
+def load_env_scenario(config: EnvConfig):
+    from hlm_gym.wireless.scenarios import load_scenario
+
+    return load_scenario(config.scenario, **dict(config.scenario_overrides))
+
+
+BANK_SECONDS = 20.0
+BANK_TOTAL_POINTS = 1 << 19
+
+
+def bank_shape(config: EnvConfig, dt: float) -> tuple[int, int]:
+    """(realisations, grid points) of the channel bank for grid step ``dt``."""
+    points = config.channel_bank_points
+    if points is None:
+        need = int(math.ceil(BANK_SECONDS / dt))
+        points = min(max(1 << max(need - 1, 1).bit_length(), 4096), 65536)
+    size = config.channel_bank_size
+    if size is None:
+        size = min(max(BANK_TOTAL_POINTS // points, 8), 64)
+    return int(size), int(points)
+
+
+def auto_dt(scenario) -> float:
+    tc = scenario.coherence_time_s
+    if not math.isfinite(tc):
+        return 0.02
+    return float(min(max(tc / 4.0, 5e-4), 0.02))
+
+
+# ------------------------------------------------------------------------------ channel bank
+@dataclass
+class ChannelBank:
+    """Grid samples of ``R`` channel realisations, as the quantities the cost account needs.
+
+    Arrays are ``(R, G)``: ``snr_obs`` (uplink SNR dB, clipped, float32), ``log_rate``
+    (``log10(1 + uplink rate)``, clipped, float32), ``up_rate`` (bit/s), ``up_wait``
+    (outage wait charged, s), ``up_inv`` (1 / effective uplink rate, s/bit), ``dl_wait``
+    and ``dl_air`` (downlink wait and airtime of the returned token, s).
+    """
+
+    dt: float
+    snr_obs: np.ndarray
+    log_rate: np.ndarray
+    up_rate: np.ndarray
+    up_wait: np.ndarray
+    up_inv: np.ndarray
+    dl_wait: np.ndarray
+    dl_air: np.ndarray
+    mean_snr_db: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return self.snr_obs.shape[0]
+
+    @property
+    def points(self) -> int:
+        return self.snr_obs.shape[1]
+
+
+_BANK_CACHE: dict[tuple, ChannelBank] = {}
+
+
+def _effective_rates(scenario, rate: np.ndarray, bw: float) -> tuple[np.ndarray, np.ndarray]:
+    """(wait, 1/rate) per latency.token_cost's instantaneous-rate path (outage: capped wait, fallback rate)."""
+    from hlm_gym.wireless.rate import RateModel
+
+    rm = RateModel(scenario.rate)
+    slot_cap = scenario.rate.max_wait_slots * scenario.rate.slot_s
+    outage = rate <= 0
+    r_eff = np.where(outage, rm.fallback_rate_bps(bw), rate)
+    return np.where(outage, slot_cap, 0.0), 1.0 / r_eff
+
+
+def channel_bank(scenario, dt: float, size: int, points: int, seed: int, vocab_size: int) -> ChannelBank:
+    """The (cached) :class:`ChannelBank` of a scenario."""
+    key = (repr(scenario.to_dict()), float(dt), int(size), int(points), int(seed), int(vocab_size))
+    bank = _BANK_CACHE.get(key)
+    if bank is not None:
+        return bank
+    from hlm_gym.wireless.cost import token_id_bits
+    from hlm_gym.wireless.rate import RateModel
+
+    ch = scenario.make_channel(n_links=size, rng=np.random.default_rng(seed))
+    times = np.tile(np.arange(points, dtype=float) * dt, size)
+    idx = np.repeat(np.arange(size), points)
+    up_db = ch.snr_db_at(times, idx).reshape(size, points)
+    dl_db = ch.snr_db_at(times, idx, downlink=True).reshape(size, points)
+    rm = RateModel(scenario.rate)
+    with np.errstate(over="ignore"):
+        up_rate = rm.rate_bps(10.0 ** (up_db / 10.0), scenario.link.bandwidth_hz)
+        dl_rate = rm.rate_bps(10.0 ** (dl_db / 10.0), scenario.downlink_bandwidth_hz)
+    up_wait, up_inv = _effective_rates(scenario, up_rate, scenario.link.bandwidth_hz)
+    dl_wait, dl_inv = _effective_rates(scenario, dl_rate, scenario.downlink_bandwidth_hz)
+    dl_bits = float(token_id_bits(vocab_size) + scenario.payload.downlink_header_bits)
+    bank = ChannelBank(
+        dt=float(dt),
+        snr_obs=np.clip(np.nan_to_num(up_db, neginf=SNR_CLIP[0]), *SNR_CLIP).astype(np.float32),
+        log_rate=np.clip(np.log10(1.0 + up_rate), *LOG_RATE_CLIP).astype(np.float32),
+        up_rate=up_rate, up_wait=up_wait, up_inv=up_inv, dl_wait=dl_wait, dl_air=dl_bits * dl_inv,
+        mean_snr_db=np.asarray(ch.mean_snr_db()),
+    )
+    if len(_BANK_CACHE) > 16:
+        _BANK_CACHE.clear()
+    _BANK_CACHE[key] = bank
+    return bank
+
+
+# ------------------------------------------------------------------------------ cost account
+@dataclass(frozen=True)
+class CostModel:
+    """Closed-form per-token account, equal to :func:`hlm_gym.wireless.cost.token_cost` (rate path).
+
+    Send with ``p`` pending tokens and option ``o`` (top-k size) at grid point ``g``::
+
+        up_bits  = bits0[o] + p * pend_bits[o]
+        up_air   = up_bits * up_inv[g]
+        srv      = t_verify + (p > 0) * (prefill_a + prefill_b * p)
+        latency  = dev_s + ((up_wait[g] + dl_wait[g]) + (up_air + dl_air[g]) + srv)
+        energy   = p_tx * up_air + p_rx * dl_air[g] + p_dev * dev_s + p_idle * (waits + srv)
+
+    Skip: ``latency = dev_s``, ``energy = p_dev * dev_s``, no bits. ``pend_bits[o]`` is one
+    token id per pending token, plus (``verify="deferred"``) one distribution each, since a
+    speculative block needs ``q`` at every drafted position.
+    """
+
+    dev_s: float
+    t_verify: float
+    prefill_a: float
+    prefill_b: float
+    bits0: tuple[float, ...]
+    pend_bits: tuple[float, ...]
+    dl_bits: float
+    p_tx: float
+    p_rx: float
+    p_dev: float
+    p_idle: float
+    topk: tuple[int, ...]
+
+    @staticmethod
+    def build(scenario, vocab_size: int, topk: tuple[int, ...], deferred: bool) -> "CostModel":
+        from hlm_gym.wireless.cost import compute_times, distribution_bits, token_id_bits
+
+        pay = scenario.payload
+        ib = token_id_bits(vocab_size)
+        dev, _ = compute_times(scenario.compute, sent=np.array([False]), n=1)
+        bits0, pend = [], []
+        for k in topk:
+            dist = float(distribution_bits(pay, None if k >= vocab_size else np.array([k]), vocab_size).reshape(-1)[0])
+            bits0.append(dist + (ib if pay.send_draft_id else 0) + pay.uplink_header_bits)
+            pend.append(float(ib) + (dist if deferred else 0.0))
+        en = scenario.energy
+        p_tx = 10.0 ** ((scenario.link.tx_power_dbm - 30.0) / 10.0) / en.pa_efficiency + en.tx_circuit_power_w
+        c = scenario.compute
+        return CostModel(dev_s=float(dev[0]), t_verify=float(c.t_llm_verify_s), prefill_a=float(c.t_llm_prefill_a_s),
+                         prefill_b=float(c.t_llm_prefill_b_s), bits0=tuple(bits0), pend_bits=tuple(pend),
+                         dl_bits=float(ib + pay.downlink_header_bits), p_tx=float(p_tx), p_rx=float(en.rx_power_w),
+                         p_dev=float(c.device_power_w), p_idle=float(en.idle_power_w), topk=tuple(topk))
+
+    def send(self, o: int, p: int, up_wait: float, up_inv: float, dl_wait: float, dl_air: float):
+        """(latency, uplink bits, energy) of a send (scalar Python floats)."""
+        up_bits = self.bits0[o] + p * self.pend_bits[o]
+        up_air = up_bits * up_inv
+        srv = self.t_verify + (self.prefill_a + self.prefill_b * p if p > 0 else 0.0)
+        waits = up_wait + dl_wait
+        lat = self.dev_s + ((waits + (up_air + dl_air)) + srv)
+        energy = ((self.p_tx * up_air + self.p_rx * dl_air) + self.p_dev * self.dev_s) + self.p_idle * (waits + srv)
+        return lat, up_bits, energy
+
+    @property
+    def skip_latency(self) -> float:
+        return self.dev_s
+
+    @property
+    def skip_energy(self) -> float:
+        return self.p_dev * self.dev_s
+
+
+def reference_latency(scenario, cost: CostModel, vocab_size: int) -> float:
+    """Latency of a full-upload send with no pending tokens at the scenario's nominal mean SNR."""
+    from hlm_gym.wireless.rate import RateModel
+
+    rm = RateModel(scenario.rate)
+    snr = 10.0 ** (scenario.nominal_mean_snr_db / 10.0)
+    up = rm.rate_bps(np.array([snr]), scenario.link.bandwidth_hz)
+    dl = rm.rate_bps(np.array([snr * 10.0 ** (scenario.downlink_offset_db / 10.0)]), scenario.downlink_bandwidth_hz)
+    uw, ui = _effective_rates(scenario, up, scenario.link.bandwidth_hz)
+    dw, di = _effective_rates(scenario, dl, scenario.downlink_bandwidth_hz)
+    o = len(cost.topk) - 1  # the full distribution is the last option
+    lat, _, _ = cost.send(o, 0, float(uw[0]), float(ui[0]), float(dw[0]), float(cost.dl_bits * di[0]))
+    return float(lat)
+
+
+# ------------------------------------------------------------------------------ trace tables
+@dataclass
+class TraceTables:
+    """Per-row arrays of a trace for the environments (rows as in :class:`hlm_gym.traces.store.Traces`).
+
+    ``signals`` is ``(n, 5)`` float32 in observation units (entropy divided by ``log V``);
+    ``accepted``/``beta`` are ``(n, O)`` per top-k option (the last option is the full
+    distribution); ``next_rej[o][r]`` is the first row ``>= r`` of the same prompt whose draft
+    is rejected under option ``o`` (or a large sentinel).
+    """
+
+    signals: np.ndarray
+    accepted: np.ndarray
+    beta: np.ndarray
+    beta_full: np.ndarray
+    accepted_full: np.ndarray
+    draft: np.ndarray
+    token: np.ndarray
+    end: np.ndarray
+    starts: np.ndarray
+    stops: np.ndarray
+    next_rej: np.ndarray
+    topk: tuple[int, ...]
+    max_tokens: int
+
+
+def trace_tables(traces, topk: tuple[int, ...]) -> TraceTables:
+    """Build :class:`TraceTables` for options ``topk`` (each a recorded ``k`` or ``>= V``)."""
+    from hlm_gym.traces.store import TraceError
+
+    c = traces.columns
+    V = traces.vocab_size
+    sig = np.stack([c["u"].astype(np.float32),
+                    (c["entropy"].astype(np.float64) / math.log(V)).astype(np.float32),
+                    c["top1_prob"].astype(np.float32), c["margin"].astype(np.float32),
+                    np.nan_to_num(c["saturation"].astype(np.float32), nan=0.0)], axis=1)
+    sig = np.clip(sig, OBS_LOW[:5], OBS_HIGH[:5]).astype(np.float32)
+    acc_cols, beta_cols = [], []
+    for k in topk:
+        if k >= V:
+            acc_cols.append(c["accepted"].astype(bool))
+            beta_cols.append(c["beta"].astype(np.float64))
+        elif k in traces.k_choices:
+            acc_cols.append(c[f"accepted_k{k}"].astype(bool))
+            beta_cols.append(c[f"beta_k{k}"].astype(np.float64))
+        else:
+            raise TraceError(f"top-k size {k} was not recorded in {traces.path}; recorded: "
+                             f"{list(traces.k_choices)} (and V={V})")
+    acc = np.stack(acc_cols, axis=1)
+    n = len(acc)
+    starts_row = np.repeat(traces.offsets[:-1], traces.lengths)
+    stops_row = np.repeat(traces.offsets[1:], traces.lengths)
+    big = np.int64(1 << 40)
+    next_rej = np.empty((len(topk), n), dtype=np.int64)
+    for o in range(len(topk)):
+        nr = np.full(n + 1, big, dtype=np.int64)
+        rej = ~acc[:, o]
+        for r in range(n - 1, -1, -1):  # once per trace load
+            nr[r] = r if rej[r] else (nr[r + 1] if r + 1 < stops_row[r] else big)
+        next_rej[o] = nr[:n]
+    del starts_row
+    return TraceTables(signals=sig, accepted=acc, beta=np.stack(beta_cols, axis=1),
+                       beta_full=c["beta"].astype(np.float64),
+                       accepted_full=c["accepted"].astype(bool), draft=c["draft"].astype(np.int64),
+                       token=c["token"].astype(np.int64), end=c["end"].astype(bool),
+                       starts=traces.offsets[:-1].astype(np.int64), stops=traces.offsets[1:].astype(np.int64),
+                       next_rej=next_rej, topk=tuple(topk), max_tokens=int(traces.meta["max_new_tokens"]))
+
+
+def resolve_topk(config: EnvConfig, traces, compressed: bool) -> tuple[int, ...]:
+    """The top-k options: ``(V,)`` for the binary env, ``k_choices`` (default recorded + V) otherwise."""
+    V = traces.vocab_size
+    if not compressed:
+        return (V,)
+    ks = config.k_choices if config.k_choices is not None else tuple(traces.k_choices) + (V,)
+    ks = tuple(min(int(k), V) for k in ks)
+    for k in ks:
+        if k < V and k not in traces.k_choices:
+            raise EnvConfigError(f"bad option k_choices={config.k_choices!r}: {k} was not recorded in the trace "
+                                 f"(recorded: {list(traces.k_choices)}, plus V={V})")
+    return ks
+
+
+def load_env_traces(config: EnvConfig):
+    """The :class:`hlm_gym.traces.store.Traces` an environment replays (restricted to ``prompts``)."""
+    from hlm_gym.traces.store import default_trace_path, load_traces, TraceError
+
+    path = config.trace if config.trace is not None else default_trace_path(config.split)
+    if config.trace is None and not path.is_file():
+        raise TraceError(f"the shipped trace file {path} is missing; build it with 'hlm-gym traces build "
+                         f"--split {config.split}' or pass trace=PATH")
+    tr = _TRACE_CACHE.get(str(path))
+    if tr is None or tr[0] != _mtime(path):
+        tr = (_mtime(path), load_traces(path))
+        _TRACE_CACHE[str(path)] = tr
+    traces = tr[1]
+    if config.prompts is not None:
+        bad = [i for i in config.prompts if not 0 <= i < traces.n_prompts]
+        if bad:
+            raise EnvConfigError(f"bad option prompts: indices {bad} out of range 0..{traces.n_prompts - 1}")
+        traces = traces.subset(config.prompts)
+    return traces
+
+
+def _mtime(path) -> float:
+    import os
+
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1
+
+
+_TRACE_CACHE: dict[str, tuple] = {}
+_TABLE_CACHE: dict[tuple, TraceTables] = {}
+
+
+def cached_tables(traces, topk: tuple[int, ...], key: tuple) -> TraceTables:
+    t = _TABLE_CACHE.get(key)
+    if t is None:
+        if len(_TABLE_CACHE) > 16:
+            _TABLE_CACHE.clear()
+        t = _TABLE_CACHE[key] = trace_tables(traces, topk)
+    return t
+
+
+@dataclass
+class Simulation:
+    """Everything an environment instance shares with others of the same options."""
+
+    config: EnvConfig
+    scenario: Any
+    traces: Any
+    tables: TraceTables
+    bank: ChannelBank
+    cost: CostModel
+    latency_ref: float
+    topk: tuple[int, ...]
+    max_tokens: int
+    vocab_size: int
+
+
+def build_simulation(config: EnvConfig, compressed: bool) -> Simulation:
+    scenario = load_env_scenario(config)
+    traces = load_env_traces(config)
+    V = traces.vocab_size
+    topk = resolve_topk(config, traces, compressed)
+    key = (traces.path, _mtime(traces.path), config.prompts, topk)
+    tables = cached_tables(traces, topk, key)
+    dt = config.channel_dt_s or auto_dt(scenario)
+    size, points = bank_shape(config, dt)
+    bank = channel_bank(scenario, dt, size, points, config.channel_seed, V)
+    cost = CostModel.build(scenario, V, topk, deferred=config.verify == "deferred")
+    ref = config.latency_ref_s or reference_latency(scenario, CostModel.build(scenario, V, (V,), False), V)
+    return Simulation(config, scenario, traces, tables, bank, cost, float(ref), topk, tables.max_tokens, V)
+
+
+def sub_env_seeds(seed, n: int) -> list:
+    """Per-sub-env seeds of a batched reset: ``seed + i`` like gymnasium's vector envs, a list as is."""
+    if seed is None:
+        return [None] * n
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed) + i for i in range(n)]
+    seeds = list(seed)
+    if len(seeds) != n:
+        raise ValueError(f"expected {n} seeds, got {len(seeds)}")
+    return seeds
+
+
+@dataclass(frozen=True)
+class EpisodeDraw:
+    """How one uniform integer picks an episode's prompt, channel realisation and start phase.
+
+    Every environment (single, numpy batched, torch batched) draws ``d`` uniform in
+    ``0..total - 1`` from its generator and splits it with :meth:`split`, so the three
+    implementations start identical episodes from identical generators.
+    """
+
+    n_prompts: int
+    bank_size: int
+    points: int
+
+    @classmethod
+    def of(cls, sim: "Simulation") -> "EpisodeDraw":
+        return cls(int(sim.traces.n_prompts), int(sim.bank.size), int(sim.bank.points))
+
+    @property
+    def total(self) -> int:
+        return self.n_prompts * self.bank_size * self.points
+
+    def split(self, draw):
+        """``(prompt, bank row, start phase)`` of a draw (a Python int or an integer array)."""
+        prompt, rest = divmod(draw, self.bank_size * self.points)
+        brow, j0 = divmod(rest, self.points)
+        return prompt, brow, j0
+
+    def draw(self, gens: list, idx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One draw from each generator ``gens[i]`` for ``i`` in ``idx``, split (int64 arrays)."""
+        draws = np.fromiter((gens[i].integers(0, self.total) for i in idx), dtype=np.int64, count=len(idx))
+        return self.split(draws)
+

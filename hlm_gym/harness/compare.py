@@ -1,0 +1,601 @@
+"""``hlm-gym compare``: learned PPO policies against the analytic thresholds, the project's main job.
+
+For each scenario (time-varying by default: pedestrian, vehicular, cell-edge-fast-fading):
+
+1. train PPO (:func:`hlm_gym.harness.training.train`) on the training split, keeping the best
+   checkpoint by validation reward, for two sweeps of the reward: each risk weight lambda with
+   ``risk_target`` 0 (the return prices the *error rate*, expected rejections per token), and
+   each risk target R at ``target_lambda`` (the return is the Lagrangian of "mean rejection
+   probability of the skipped tokens <= R", the *risk* that the matched-risk check compares);
+2. evaluate, on the **test** split through the evaluation harness
+   (:func:`hlm_gym.harness.evaluation.evaluate`, the same episodes for every policy): each PPO model,
+   the U-HLM threshold swept over ``u_th`` (``threshold:U``, and ``always`` as ``u_th = -inf``) plus the fitted risk-averse and
+   risk-prone thresholds (``uhlm``, ``uhlm:prone``), Learn-then-Test thresholds
+   (``ltt:delta=D``) and the channel-aware rule at each PPO run's reward
+   (``channel-aware:lambda=L[,target=R]``);
+3. the dominance check: for each PPO point (risk r, tokens/s T), the analytic reference
+   ``T_analytic``: the best tokens/s among the ``u_th`` sweep points whose risk is within 10%
+   (relative) of r, or, when there is none, the U-HLM front (the upper envelope of the sweep,
+   tokens/s against risk) linearly interpolated at r; the gain is ``T / T_analytic - 1``. A PPO
+   point with no sweep point within 10% and a risk outside the front's range is reported as
+   out of range and not counted. Each point is also flagged as on the learned front or not
+   (dominated by another PPO point) and as attainable or not (a 10% gain over its reference is
+   possible at all: near risk 0.5 the reference is skipping every token). The same check is
+   repeated with the error rate as the risk axis.
+
+Outputs in ``--out`` (all written atomically): ``results.csv``, ``results.md`` (table and
+dominance), ``dominance.csv``, ``pareto-<scenario>.png``, ``compare.json``, the training runs
+(``runs/<scenario>/lambda<L>/``, TensorBoard logs under ``tb/`` there).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from hlm_gym.paths import atomic_write_bytes, atomic_write_text
+
+__all__ = ["DEFAULTS", "CompareConfig", "compare", "command_line", "dominance", "analytic_front", "result_row"]
+
+DEFAULTS: dict[str, Any] = {
+    "scenarios": ("pedestrian", "vehicular", "cell-edge-fast-fading"),
+    "lambdas": (1.0, 2.0, 3.0, 5.0),
+    "full_lambdas": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),
+    "risk_targets": (0.2, 0.3, 0.4, 0.45),
+    "full_risk_targets": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45),
+    "target_lambda": 10.0,
+    # 100k: over three seeds the risk-target runs were >= 10% ahead in the mid-risk band in 14 of 20
+    # cases at 100k steps and 11 of 20 at 40k (docs/training.md)
+    "timesteps": 100_000,
+    "full_timesteps": 1_000_000,
+    # u is recorded on a 0.05 grid and 39% of tokens have u = 1: the top of the sweep is dense
+    "thresholds": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0),
+    "ltt_deltas": (0.02, 0.05, 0.1),
+    "episodes": 200,
+    "full_episodes": 500,
+    "eval_episodes": 48,
+}
+MATCH_TOL = 0.10  # matched risk: within 10% relative
+GAIN_TARGET = 0.10  # the issue's claim: >= 10% more tokens/s at matched risk
+ANALYTIC_FAMILY = "uhlm-threshold"
+
+
+@dataclass
+class CompareConfig:
+    scenarios: tuple[str, ...] = DEFAULTS["scenarios"]
+    lambdas: Optional[tuple[float, ...]] = None  # error-rate runs (risk_target 0); () for none
+    risk_targets: Optional[tuple[float, ...]] = None  # matched-risk runs at target_lambda; () for none
+    target_lambda: float = DEFAULTS["target_lambda"]
+    timesteps: Optional[int] = None
+    full: bool = False
+    thresholds: Optional[tuple[float, ...]] = None
+    ltt_deltas: Optional[tuple[float, ...]] = None
+    episodes: Optional[int] = None
+    seed: int = 0
+    device: str = "cpu"
+    env_backend: str = "numpy"  # PPO training environments: "numpy" (CPU) or "torch" (on `device`)
+    n_envs: Optional[int] = None
+    traces: Optional[str] = None
+    out: str = "runs/compare"
+    progress: bool = False
+    jobs: int = 0  # PPO runs trained at once (worker processes, one torch thread each); 0: auto
+    resume: bool = False  # reuse runs in `out` that finished with the same settings
+    algo: str = "ppo"
+    env_id: str = "hlm_gym/HybridLM-v0"
+    eval_episodes: int = DEFAULTS["eval_episodes"]
+    overrides: Optional[dict] = None  # PPO hyperparameter overrides (on top of agents/ppo.yml)
+
+    def resolved(self) -> dict[str, Any]:
+        full = self.full
+
+        def pick(value, key):
+            return tuple(value) if value is not None else tuple(DEFAULTS[("full_" if full else "") + key])
+
+        lambdas, targets = pick(self.lambdas, "lambdas"), pick(self.risk_targets, "risk_targets")
+        return {"scenarios": tuple(self.scenarios),
+                "lambdas": lambdas, "risk_targets": targets, "target_lambda": float(self.target_lambda),
+                # the PPO runs: (lambda, risk_target)
+                "ppo_runs": tuple((float(lam), 0.0) for lam in lambdas)
+                            + tuple((float(self.target_lambda), float(t)) for t in targets),
+                "timesteps": int(self.timesteps or (DEFAULTS["full_timesteps"] if full else DEFAULTS["timesteps"])),
+                "thresholds": tuple(self.thresholds or DEFAULTS["thresholds"]),
+                "ltt_deltas": tuple(self.ltt_deltas or DEFAULTS["ltt_deltas"]),
+                "episodes": int(self.episodes or (DEFAULTS["full_episodes"] if full else DEFAULTS["episodes"]))}
+
+
+# ------------------------------------------------------------------------------------ front
+def analytic_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Upper envelope ``tokens/s(risk)`` of ``(risk, tokens/s)`` points: sorted by risk, each point
+    kept only if it beats every point of lower or equal risk (a non-decreasing staircase)."""
+    pts = sorted((float(r), float(t)) for r, t in points if math.isfinite(r) and math.isfinite(t))
+    front: list[tuple[float, float]] = []
+    for r, t in pts:
+        if front and r == front[-1][0]:
+            if t > front[-1][1]:
+                front[-1] = (r, t)
+            continue
+        if not front or t > front[-1][1]:
+            front.append((r, t))
+    return front
+
+
+def front_at(front: Sequence[tuple[float, float]], risk: float) -> Optional[float]:
+    """The front's tokens/s at ``risk`` (linear interpolation; None outside its risk range)."""
+    if not front:
+        return None
+    rs = np.array([p[0] for p in front])
+    ts = np.array([p[1] for p in front])
+    if risk < rs[0] * (1 - MATCH_TOL) - 1e-12 or risk > rs[-1] * (1 + MATCH_TOL) + 1e-12:
+        return None
+    return float(np.interp(risk, rs, ts))
+
+
+def dominance(rows: list[dict[str, Any]], scenario: str, metric: str = "risk") -> list[dict[str, Any]]:
+    """One record per PPO point of ``scenario``: matched analytic tokens/s and the gain.
+
+    ``metric``: the risk axis, ``risk`` (mean rejection probability of skipped tokens, the
+    primary check) or ``error_rate`` (skipped tokens that would have been rejected / tokens).
+    ``on_learned_front``: no other PPO point of the scenario has at most its risk and more tokens/s
+    (the points that make up the learned front; the others are dominated by PPO itself).
+    ``attainable``: a 10% gain over the reference is possible at all, i.e. the reference is at
+    most the scenario's ceiling / 1.1, the ceiling being the highest tokens/s of any policy
+    evaluated (skipping every token: device-only decoding). Near the always-skip end the
+    reference within 10% risk *is* always-skip, which no policy can beat."""
+    mine = [r for r in rows if r["scenario"] == scenario]
+    ppo = [r for r in mine if r["family"] == "ppo"]
+    analytic = [r for r in mine if r["family"] == ANALYTIC_FAMILY]
+    front = analytic_front([(r[metric], r["tokens_per_s"]) for r in analytic])
+    ceiling = max((r["tokens_per_s"] for r in mine if math.isfinite(r["tokens_per_s"])), default=math.inf)
+    out = []
+    for r in ppo:
+        risk, tps = r[metric], r["tokens_per_s"]
+        on_front = not any(o is not r and o[metric] <= risk and o["tokens_per_s"] > tps for o in ppo)
+        matched = [a for a in analytic if abs(a[metric] - risk) <= MATCH_TOL * max(abs(risk), 1e-12)]
+        best_matched = max(matched, key=lambda a: a["tokens_per_s"]) if matched else None
+        interp = front_at(front, risk)
+        # the reference: the best sweep point within 10% risk; the interpolated front only if there is none
+        ref = best_matched["tokens_per_s"] if best_matched else interp
+        gain = tps / ref - 1 if ref and ref > 0 else None
+        gain_matched = tps / best_matched["tokens_per_s"] - 1 if best_matched else None
+        out.append({"scenario": scenario, "metric": metric, "policy": r["policy"], "lambda": r.get("lambda"), "risk": risk,
+                    "tokens_per_s": tps, "analytic_tokens_per_s": ref, "front_tokens_per_s": interp, "gain": gain,
+                    "matched_points": ";".join(a["policy"] for a in matched),
+                    "best_matched_policy": best_matched["policy"] if best_matched else "",
+                    "best_matched_tokens_per_s": best_matched["tokens_per_s"] if best_matched else None,
+                    "gain_vs_best_matched": gain_matched,
+                    "in_range": ref is not None, "on_learned_front": on_front,
+                    "attainable": bool(ref is not None and ref * (1 + GAIN_TARGET) <= ceiling * (1 + 1e-9)),
+                    "dominates_10pct": bool(gain is not None and gain >= GAIN_TARGET)})
+    return out
+
+
+# ------------------------------------------------------------------------------------ run
+def auto_jobs(n_runs: int) -> int:
+    """Training processes when ``jobs`` is 0: one per CPU core, at most 4 and at most the runs."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores, n_runs))
+
+
+def _train_config(config: CompareConfig, rc: dict[str, Any], out: Path, scenario: str, lam: float,
+                  target: float):
+    """The :class:`~hlm_gym.harness.training.TrainConfig` of one PPO run of the sweep."""
+    from hlm_gym.harness.training import TrainConfig
+
+    name = _reward_label(lam, target).replace("=", "").replace(",", "-")
+    return TrainConfig(algo=config.algo, env_id=config.env_id, scenario=scenario, lambda_=lam,
+                       risk_target=target or None, device=config.device, env_backend=config.env_backend,
+                       n_envs=config.n_envs, timesteps=rc["timesteps"], seed=config.seed,
+                       out=str(out / "runs" / scenario / name), traces=config.traces,
+                       eval_episodes=config.eval_episodes, run_name=f"ppo-{name}",
+                       overrides=dict(config.overrides or {}))
+
+
+def _train_job(cfg: Any, threads: int = 0) -> dict[str, Any]:
+    """Train one run (in this process or a worker); what the comparison keeps of it."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from hlm_gym.harness.training import train
+
+    res = train(cfg)
+    return {"model": str(res.files.get("model_best", res.files["model_last"])), "wall_s": res.summary["wall_s"],
+            "steps_per_s": res.summary["steps_per_s"], "tensorboard": str(res.files["tensorboard"]), "reused": False}
+
+
+def finished_run(cfg: Any) -> Optional[dict[str, Any]]:
+    """What :func:`_train_job` returns for ``cfg``, from a finished run in ``cfg.out`` whose
+    ``summary.json`` records the same settings and whose model file exists; else None."""
+    from hlm_gym.harness.training import config_dict
+
+    try:
+        s = json.loads((Path(cfg.out) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    files = s.get("files") or {}
+    model = files.get("model_best") or files.get("model_last")
+    if s.get("config") != config_dict(cfg) or not model or not Path(model).is_file():
+        return None
+    return {"model": model, "wall_s": s.get("wall_s"), "steps_per_s": s.get("steps_per_s"),
+            "tensorboard": files.get("tensorboard", ""), "reused": True}
+
+
+def _train_all(configs: list[Any], jobs: int, bar: Any, resume: bool = False) -> list[dict[str, Any]]:
+    """Train every run, ``jobs`` at a time in worker processes (one torch thread each) when ``jobs > 1``;
+    with ``resume``, runs already finished with the same settings are reused, not retrained."""
+    infos: list[Optional[dict[str, Any]]] = [finished_run(cfg) if resume else None for cfg in configs]
+    todo = [i for i, info in enumerate(infos) if info is None]
+    if bar is not None:
+        bar.update(len(configs) - len(todo))
+    if jobs <= 1 or len(todo) <= 1:
+        for i in todo:
+            if bar is not None:
+                bar.set_description(f"train {configs[i].scenario} {Path(configs[i].out).name}")
+            infos[i] = _train_job(configs[i])
+            if bar is not None:
+                bar.update(1)
+        return infos  # type: ignore[return-value]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    if bar is not None:
+        bar.set_description(f"train {len(todo)} runs, {jobs} at a time")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_job, configs[i], 1): i for i in todo}
+        for fut in as_completed(futures):
+            infos[futures[fut]] = fut.result()
+            if bar is not None:
+                bar.update(1)
+    return infos  # type: ignore[return-value]
+
+
+def _reward_label(lam: float, target: float) -> str:
+    """``lambda=L`` or ``lambda=L,target=R``: the reward a PPO run (or channel-aware rule) optimises."""
+    return f"lambda={lam:g}" + (f",target={target:g}" if target else "")
+
+
+def result_row(scenario: str, family: str, policy: str, res: Any, lam: Optional[float] = None,
+               param: Any = None) -> dict[str, Any]:
+    """One results-table row of an :class:`~hlm_gym.harness.evaluation.EvaluationResult` (means and 95% half-widths)."""
+    s = res.summary
+    row = {"scenario": scenario, "family": family, "policy": policy, "lambda": lam, "param": param}
+    for m in ("tokens_per_s", "risk", "error_rate", "skip_rate", "transmission_rate", "energy_j_per_token"):
+        row[m] = float(s[m]["mean"]) if m in s else math.nan
+        if m in ("tokens_per_s", "risk", "error_rate"):
+            row[m + "_ci"] = (float(s[m]["ci_high"]) - float(s[m]["ci_low"])) / 2 if m in s else math.nan
+    row["episodes"] = int(s["tokens_per_s"]["n"]) if "tokens_per_s" in s else 0
+    return row
+
+
+def _undefined_row(scenario: str, family: str, policy: str, lam: Optional[float], param: Any,
+                   exc: BaseException) -> dict[str, Any]:
+    """A policy that cannot be built on these traces: NaN metrics and the reason."""
+    row = {"scenario": scenario, "family": family, "policy": policy, "lambda": lam, "param": param, "episodes": 0,
+           "note": f"undefined: {str(exc).splitlines()[0]}"}
+    for m in ("tokens_per_s", "risk", "error_rate", "skip_rate", "transmission_rate", "energy_j_per_token",
+              "tokens_per_s_ci", "risk_ci", "error_rate_ci"):
+        row[m] = math.nan
+    return row
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="job", leave=True)
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def compare(config: CompareConfig) -> dict[str, Any]:
+    """Run the comparison; returns the rows, the dominance records and the files written."""
+    from hlm_gym.harness.evaluation import evaluate
+    from hlm_gym.policies.base import PolicyError
+    from hlm_gym.harness.training import TrainingError
+
+    t0 = time.perf_counter()
+    rc = config.resolved()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_traces(config.traces)
+    from hlm_gym.wireless.scenarios import load_scenario
+
+    for sc in rc["scenarios"]:
+        load_scenario(sc)  # fail early on a bad name
+    if any(not (lam >= 0) for lam in rc["lambdas"]):
+        raise TrainingError(f"lambdas must be numbers >= 0, got {rc['lambdas']}")
+    if any(not (0 <= t <= 1) for t in rc["risk_targets"]):
+        raise TrainingError(f"risk targets must be numbers in [0, 1], got {rc['risk_targets']}")
+    if rc["risk_targets"] and not rc["target_lambda"] > 0:
+        raise TrainingError(f"target_lambda must be > 0 for risk-target runs, got {rc['target_lambda']}")
+    if not rc["ppo_runs"]:
+        raise TrainingError("no PPO runs: give at least one lambda or risk target")
+    if not (isinstance(config.jobs, int) and config.jobs >= 0):
+        raise TrainingError(f"jobs must be a positive integer or 0 (auto), got {config.jobs!r}")
+
+    # the U-HLM family "skip iff u <= u_th" includes u_th = -inf: send everything (risk 0)
+    analytic_specs = ([(ANALYTIC_FAMILY, "always", None, -math.inf)]
+                      + [(ANALYTIC_FAMILY, f"threshold:{u:g}", None, u) for u in rc["thresholds"]]
+                      + [("uhlm", "uhlm:averse", None, "averse"), ("uhlm", "uhlm:prone", None, "prone")]
+                      + [("ltt", f"ltt:delta={d:g},eps=0.1", None, d) for d in rc["ltt_deltas"]]
+                      + [("channel-aware", "channel-aware:" + _reward_label(lam, t), lam, t)
+                         for lam, t in rc["ppo_runs"] if lam > 0])
+    n_jobs = len(rc["scenarios"]) * (2 * len(rc["ppo_runs"]) + len(analytic_specs))
+    bar = _progress(config.progress, n_jobs, "compare")
+    ev = {"split": "test", "episodes": rc["episodes"], "seed": config.seed + 20_000, "traces": config.traces}
+    rows: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    from hlm_gym.policies.fit import fit_from_traces
+
+    fit = fit_from_traces(config.traces, "train")  # the U-HLM fit, once (used by uhlm and channel-aware)
+    try:
+        # 1. PPO over the reward sweep (trained on train, best checkpoint by validation reward)
+        configs = [_train_config(config, rc, out, sc, lam, target)
+                   for sc in rc["scenarios"] for lam, target in rc["ppo_runs"]]
+        infos = _train_all(configs, config.jobs or auto_jobs(len(configs)), bar, config.resume)
+        for cfg, info in zip(configs, infos):
+            runs.append({"scenario": cfg.scenario, "lambda": cfg.lambda_, "risk_target": cfg.risk_target or 0.0} | info)
+        for sc in rc["scenarios"]:
+            for run in (r for r in runs if r["scenario"] == sc):
+                label = _reward_label(run["lambda"], run["risk_target"])
+                if bar is not None:
+                    bar.set_description(f"test {sc} ppo {label}")
+                r = evaluate(f"ppo:{run['model']}", scenario=sc, lambda_=run["lambda"], **ev)
+                rows.append(result_row(sc, "ppo", f"ppo:{label}", r, run["lambda"], run["risk_target"]))
+                if bar is not None:
+                    bar.update(1)
+            # 2. the analytic rules on the same test episodes
+            for family, spec, lam, param in analytic_specs:
+                if bar is not None:
+                    bar.set_description(f"test {sc} {spec}")
+                try:
+                    r = evaluate(spec, scenario=sc, lambda_=lam, policy_context={"fit": fit}, **ev)
+                    rows.append(result_row(sc, family, spec, r, lam, param))
+                except PolicyError as exc:  # e.g. U-HLM thresholds undefined when beta does not grow with u
+                    rows.append(_undefined_row(sc, family, spec, lam, param, exc))
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    dom = [d for sc in rc["scenarios"] for d in dominance(rows, sc)]
+    dom_err = [d for sc in rc["scenarios"] for d in dominance(rows, sc, "error_rate")]
+    wall = time.perf_counter() - t0
+    files = write_outputs(out, rows, dom + dom_err, runs, rc, config, wall)
+    print(format_table(rows))
+    print()
+    print(format_dominance(dom))
+    print()
+    print(format_dominance(dom_err))
+    print()
+    print(f"compare finished in {wall / 60:.1f} min; files written:")
+    for k, v in files.items():
+        print(f"  {k:<14} {v}")
+    return {"rows": rows, "dominance": dom, "dominance_error_rate": dom_err, "runs": runs, "files": files,
+            "wall_s": wall}
+
+
+def _check_traces(traces: Optional[str]) -> None:
+    from hlm_gym.policies.data import resolve_trace_path
+    from hlm_gym.harness.training import TrainingError
+
+    for split in ("train", "validation", "test"):
+        try:
+            p = resolve_trace_path(traces, split)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        if not Path(p).is_file():
+            raise TrainingError(f"no {split} traces at {p}: build the default trace set "
+                                f"(hlm-gym traces build ...) or pass --traces FOLDER")
+
+
+# ------------------------------------------------------------------------------------ outputs
+COLUMNS = ("scenario", "family", "policy", "lambda", "param", "tokens_per_s", "tokens_per_s_ci", "risk", "risk_ci",
+           "error_rate", "error_rate_ci", "skip_rate", "transmission_rate", "energy_j_per_token", "episodes", "note")
+DOM_COLUMNS = ("metric", "scenario", "policy", "lambda", "risk", "tokens_per_s", "analytic_tokens_per_s",
+               "front_tokens_per_s", "gain",
+               "best_matched_policy", "best_matched_tokens_per_s", "gain_vs_best_matched", "matched_points",
+               "in_range", "on_learned_front", "attainable", "dominates_10pct")
+
+
+def command_line(config: CompareConfig) -> str:
+    """The ``hlm-gym compare`` command that reproduces ``config`` (flags that differ from the defaults)."""
+    d = CompareConfig()
+
+    def nums(xs):
+        return ",".join(f"{x:g}" for x in xs) or "none"
+
+    flags = []
+    if tuple(config.scenarios) != tuple(d.scenarios):
+        flags.append(f"--scenarios {','.join(config.scenarios)}")
+    if config.full:
+        flags.append("--full")
+    for name, value in (("lambdas", config.lambdas), ("risk-targets", config.risk_targets),
+                        ("thresholds", config.thresholds), ("ltt-deltas", config.ltt_deltas)):
+        if value is not None:
+            flags.append(f"--{name} {nums(value)}")
+    for name, value, default in (("target-lambda", config.target_lambda, d.target_lambda),
+                                 ("timesteps", config.timesteps, None), ("episodes", config.episodes, None),
+                                 ("seed", config.seed, d.seed), ("device", config.device, d.device),
+                                 ("env-backend", config.env_backend, d.env_backend),
+                                 ("n-envs", config.n_envs, None), ("traces", config.traces, None),
+                                 ("jobs", config.jobs, d.jobs)):
+        if value != default:
+            flags.append(f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}")
+    flags += [f"--hp {k}={v}" for k, v in (config.overrides or {}).items()]
+    return " ".join(["hlm-gym compare", *flags])
+
+
+def _fmt(x: Any, nd: int = 4) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return str(x)
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "n/a"
+        return f"{x:.{nd}g}"
+    return str(x)
+
+
+def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
+    heads = ("scenario", "policy", "tokens/s", "risk", "error rate", "skip rate", "energy J/tok")
+
+    def cells(r):
+        return (r["scenario"], r["policy"], f"{_fmt(r['tokens_per_s'])} ± {_fmt(r['tokens_per_s_ci'], 2)}",
+                f"{_fmt(r['risk'], 3)} ± {_fmt(r['risk_ci'], 2)}", _fmt(r["error_rate"], 3), _fmt(r["skip_rate"], 3),
+                _fmt(r["energy_j_per_token"], 3))
+
+    body = [cells(r) for r in rows if not r.get("note")]
+    notes = [f"{r['scenario']}  {r['policy']}: {r['note']}" for r in rows if r.get("note")]
+    if markdown:
+        lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        lines += ["| " + " | ".join(c) + " |" for c in body]
+        return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else []))
+    widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cs, widths)) for cs in body]
+    return "\n".join(lines + notes)
+
+
+def format_dominance(dom: list[dict[str, Any]], markdown: bool = False) -> str:
+    metric = dom[0]["metric"] if dom else "risk"
+    name = "risk" if metric == "risk" else "error rate"
+    heads = ("scenario", "PPO", name, "tokens/s", f"best u_th point within 10% {name}",
+             f"U-HLM front (interpolated) at that {name}", "reference tokens/s", "gain", ">= 10%?",
+             "on learned front", "10% attainable")
+
+    def cells(d):
+        g = d["gain"]
+        return (d["scenario"], d["policy"], _fmt(d["risk"], 3), _fmt(d["tokens_per_s"]),
+                f"{d['best_matched_policy']} ({_fmt(d['best_matched_tokens_per_s'])})" if d["best_matched_policy"] else "none",
+                _fmt(d["front_tokens_per_s"]),
+                _fmt(d["analytic_tokens_per_s"]) if d["in_range"] else "out of range",
+                f"{g * 100:+.1f}%" if g is not None else "n/a", "yes" if d["dominates_10pct"] else "no",
+                "yes" if d["on_learned_front"] else "no", "yes" if d["attainable"] else "no")
+
+    body = [cells(d) for d in dom]
+    verdict = []
+    for sc in dict.fromkeys(d["scenario"] for d in dom):
+        ds = [d for d in dom if d["scenario"] == sc and d["in_range"]]
+        n_ok = sum(d["dominates_10pct"] for d in ds)
+        fr = [d for d in ds if d["on_learned_front"] and d["attainable"]]
+        verdict.append(f"{sc}: {n_ok}/{len(ds)} PPO points in the front's {name} range beat the U-HLM threshold front "
+                       f"by >= 10% tokens/s at matched {name}"
+                       + (f" (median gain {np.median([d['gain'] for d in ds]) * 100:+.1f}%)" if ds else "")
+                       + f"; learned-front points where a 10% gain is attainable: "
+                       f"{sum(d['dominates_10pct'] for d in fr)}/{len(fr)}")
+    if markdown:
+        lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        lines += ["| " + " | ".join(c) + " |" for c in body]
+        return "\n".join(lines + [""] + [f"- {v}" for v in verdict])
+    widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(heads)]
+    lines = [f"dominance at matched {name} (learned vs the analytic U-HLM threshold front, test split):",
+             "  ".join(h.ljust(w) for h, w in zip(heads, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cs, widths)) for cs in body]
+    return "\n".join(lines + verdict)
+
+
+def _csv(rows: list[dict[str, Any]], fields: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+    return buf.getvalue()
+
+
+def pareto_png(rows: list[dict[str, Any]], scenario: str) -> bytes:
+    """Tokens/s against risk (left) and error rate (right) for one scenario: PPO and the analytic rules."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), dpi=100, sharey=True)
+    mine = [r for r in rows if r["scenario"] == scenario and not r.get("note")]
+    styles = {ANALYTIC_FAMILY: ("tab:blue", "o", "U-HLM threshold sweep (u_th; always = -inf)"),
+              "uhlm": ("tab:cyan", "s", "U-HLM fitted (averse/prone)"),
+              "ltt": ("tab:green", "^", "Learn-then-Test"),
+              "channel-aware": ("tab:purple", "D", "channel-aware rule"),
+              "ppo": ("tab:red", "*", "PPO (λ and risk-target R sweeps)")}
+    for ax, metric, xlabel in ((axes[0], "risk", "risk (mean rejection probability of skipped tokens)"),
+                               (axes[1], "error_rate", "error rate (skipped tokens that would be rejected / tokens)")):
+        for fam, (colour, marker, label) in styles.items():
+            pts = sorted((r[metric], r["tokens_per_s"], r[metric + "_ci"], r["tokens_per_s_ci"], r["policy"])
+                         for r in mine if r["family"] == fam)
+            if not pts:
+                continue
+            x = [p[0] for p in pts]
+            y = [p[1] for p in pts]
+            ax.errorbar(x, y, xerr=[p[2] for p in pts], yerr=[p[3] for p in pts], fmt=marker, color=colour,
+                        label=label, ms=9 if fam == "ppo" else 5, capsize=2, lw=0.8)
+            if fam in (ANALYTIC_FAMILY, "ppo"):
+                front = analytic_front(list(zip(x, y)))
+                ax.plot([p[0] for p in front], [p[1] for p in front], "-", color=colour, lw=1.2, alpha=0.8)
+            if fam == "ppo":
+                for p in pts:
+                    tag = p[4].split(":", 1)[-1].replace("lambda=", "λ=").replace("target=", "R=")
+                    ax.annotate(tag, (p[0], p[1]), textcoords="offset points",
+                                xytext=(5, 4), fontsize=7, color=colour)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")  # the check is relative (10% more tokens/s): equal ratios, equal distances
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    axes[0].yaxis.set_major_formatter(plain)
+    axes[0].yaxis.set_minor_formatter(plain)
+    axes[0].set_ylabel("tokens/s (simulated, log scale)")
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{scenario}: learned vs analytic (test split)")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_outputs(out: Path, rows, dom, runs, rc, config: CompareConfig, wall: float) -> dict[str, Path]:
+    dom_risk = [d for d in dom if d["metric"] == "risk"]
+    dom_err = [d for d in dom if d["metric"] != "risk"]
+    files = {"results_csv": out / "results.csv", "dominance_csv": out / "dominance.csv",
+             "results_md": out / "results.md", "json": out / "compare.json"}
+    atomic_write_text(files["results_csv"], _csv(rows, COLUMNS))
+    atomic_write_text(files["dominance_csv"], _csv(dom, DOM_COLUMNS))
+    cmd = command_line(config)
+    md = ["# hlm-gym compare: learned PPO vs analytic thresholds", "",
+          f"Command: `{cmd}` (scenarios {', '.join(rc['scenarios'])}; lambdas {', '.join(map(str, rc['lambdas']))}; "
+          f"risk targets {', '.join(map(str, rc['risk_targets'])) or 'none'} at lambda {rc['target_lambda']:g}; "
+          f"{rc['timesteps']} PPO steps per run; {rc['episodes']} test episodes per policy; seed {config.seed}; "
+          f"{wall / 60:.1f} min).", "",
+          "Means over test episodes with 95% Student-t half-widths.", "", format_table(rows, markdown=True), "",
+          "## Dominance at matched risk", "",
+          "Reference: the best U-HLM sweep point (`always` = u_th -inf, `threshold:U`) whose risk is within 10% "
+          "(relative) of the PPO point's; if there is none, the U-HLM front (upper envelope of the sweep) linearly "
+          "interpolated at the PPO point's risk.", "", format_dominance(dom_risk, markdown=True), "",
+          "Secondary check, error rate as the risk axis:", "", format_dominance(dom_err, markdown=True), ""]
+    for sc in rc["scenarios"]:
+        key = f"pareto_{sc}"
+        files[key] = out / f"pareto-{sc}.png"
+        atomic_write_bytes(files[key], pareto_png(rows, sc))
+        md.append(f"![{sc}](pareto-{sc}.png)")
+    atomic_write_text(files["results_md"], "\n".join(md) + "\n")
+    doc = {"config": asdict(config) | {"resolved": rc}, "wall_s": round(wall, 1), "rows": rows, "dominance": dom,
+           "runs": runs}
+    atomic_write_text(files["json"], json.dumps(doc, indent=2, default=str) + "\n")
+    files["tensorboard"] = out / "runs"
+    return files

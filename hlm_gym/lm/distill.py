@@ -1,0 +1,702 @@
+"""Distilling the on-device SLM from the embedded LLM (``hlm-gym slm build``).
+
+Recipe
+------
+* **Student**: decoder layers chosen from the 30 of SmolLM2-135M-Instruct (default: all 30),
+  *deep-copied* so the teacher stays intact, and made cheaper in two ways:
+
+  - **MLP width pruning** (``mlp_width``, default 576 of 1536 neurons per layer): each layer
+    keeps the neurons with the largest ``E|silu(gate(x)) * up(x)| * ||W_down[:, j]||`` on a few
+    training rows (:func:`mlp_importance`), as in structured width pruning (Minitron);
+  - a **trimmed LM head** (``vocab``, default the 8192 most frequent training tokens plus the
+    special tokens): :class:`TrimmedLMHead`, as in VocabTrim for speculative-decoding drafters.
+    Tokens outside the kept set get draft probability 0 (the LLM still verifies and resamples
+    them).
+
+  Token embeddings are shared with the teacher and frozen; the student has its own copy of
+  the final RMSNorm.
+* **Trainable delta**: low-rank adapters ``W + (alpha/r) B A`` on every linear map of the
+  copied (pruned) layers (q, k, v, o, gate, up, down), plus all RMSNorm weights of the student.
+  Merged into the weights at load time, so they cost no FLOPs at inference.
+* **Objective**: forward KL(p_teacher || q_student) at temperature 1 (to the teacher's
+  distribution renormalised on the kept vocabulary when the head is trimmed), optionally
+  mixed with the total-variation distance ``1 - sum min(p, q)`` (exactly one minus the
+  speculative acceptance), on the *response* positions of chat-templated ShareGPT **train**
+  turns (prompt + reference reply, packed into fixed-length sequences).
+* **Shipping**: the adapters and norms in float16 safetensors, with the kept neuron and token
+  indices, plus a JSON config (``hlm_gym/data/slm/``); see :mod:`hlm_gym.lm.slm` for loading.
+
+The run folder holds ``checkpoint.pt`` (adapters, optimizer, step, RNG state), written
+atomically every ``--ckpt-every`` steps, and ``log.jsonl``; ``--resume`` continues from it
+with the same data order (the data stream is a deterministic function of the seed).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hlm_gym.paths import atomic_write_bytes, atomic_write_text
+
+VOCAB_KEY = "lm_head.ids"  # kept-vocabulary ids of a trimmed head, in the shipped safetensors
+MLP_KEY = "mlp.kept"  # (n_layers, width) kept MLP neurons of each student layer, in the shipped safetensors
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class DistillError(ValueError):
+    """Bad distillation settings (layer indices, rank, budget) or a broken run folder."""
+
+
+# ----------------------------------------------------------------------------- adapters
+class LoRALinear(nn.Module):
+    """``y = x W^T (+ b) + scale * (x A^T) B^T`` with ``W`` frozen and ``A``, ``B`` trainable."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator):
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.rank = rank
+        self.scale = alpha / rank
+        a = torch.empty(rank, base.in_features)
+        bound = 1.0 / math.sqrt(base.in_features)
+        a.uniform_(-bound, bound, generator=generator)
+        self.lora_A = nn.Parameter(a)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x):
+        return self.base(x) + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale
+
+    def merged_weight(self, a: torch.Tensor | None = None, b: torch.Tensor | None = None):
+        a = self.lora_A if a is None else a
+        b = self.lora_B if b is None else b
+        w = self.base.weight
+        return w + (b.to(w.dtype) @ a.to(w.dtype)) * self.scale
+
+
+class TrimmedLMHead(nn.Module):
+    """An LM head over a subset ``ids`` of the vocabulary (a VocabTrim-style draft head).
+
+    Holds the rows ``W[ids]`` of the full head, so a decode step costs ``h x len(ids)``
+    multiply-accumulates instead of ``h x V``. :meth:`forward` returns full-vocabulary logits
+    (``FILL`` outside the kept set, so those tokens get probability 0 but stay finite in
+    log space), which keeps the SLM a drop-in causal LM for verification; :meth:`kept_logits`
+    gives the ``len(ids)`` logits alone (training).
+    """
+
+    FILL = -1.0e4
+
+    def __init__(self, full_weight: torch.Tensor, ids: torch.Tensor):
+        super().__init__()
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        self.vocab_size = int(full_weight.shape[0])
+        self.register_buffer("ids", ids.clone(), persistent=False)
+        self.weight = nn.Parameter(full_weight.detach()[ids].clone(), requires_grad=False)
+
+    @property
+    def out_rows(self) -> int:
+        """Number of vocabulary rows the head multiplies by (for FLOP counts)."""
+        return int(self.ids.numel())
+
+    def kept_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.weight)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        z = self.kept_logits(h)
+        out = z.new_full((*z.shape[:-1], self.vocab_size), self.FILL)
+        out[..., self.ids] = z
+        return out
+
+
+def validate_vocab(ids, vocab_size: int) -> torch.Tensor:
+    """Check a kept-vocabulary id list (unique, in range) and return it as a sorted long tensor."""
+    t = torch.as_tensor(ids, dtype=torch.long).flatten()
+    if t.numel() == 0:
+        raise DistillError("the kept vocabulary is empty")
+    if int(t.min()) < 0 or int(t.max()) >= vocab_size:
+        raise DistillError(f"kept vocabulary ids must lie in 0..{vocab_size - 1}, "
+                           f"got range {int(t.min())}..{int(t.max())}")
+    if torch.unique(t).numel() != t.numel():
+        raise DistillError("kept vocabulary ids must be unique")
+    return torch.sort(t).values
+
+
+def frequent_vocab(tokenizer, prompts, n: int, max_prompt_tokens: int = 160,
+                   max_reply_tokens: int = 384) -> torch.Tensor:
+    """The ``n`` most frequent token ids in the chat-templated ``prompts`` (prompt + reply).
+
+    Ties are broken by token id, so the set is a deterministic function of the text. The
+    special tokens of the tokenizer are always kept (they are counted on top of ``n``).
+    """
+    if n < 1:
+        raise DistillError(f"vocabulary size must be >= 1, got {n}")
+    vocab_size = len(tokenizer)
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for prompt in prompts:
+        enc = _encode_example(tokenizer, prompt, max_prompt_tokens, max_reply_tokens)
+        if enc is not None:
+            counts += torch.bincount(torch.tensor(enc[0]), minlength=vocab_size)[:vocab_size]
+    order = torch.argsort(-counts, stable=True)  # most frequent first, ties by token id
+    special = [i for i in getattr(tokenizer, "all_special_ids", []) if 0 <= i < vocab_size]
+    keep = sorted(set(order[:n].tolist()) | set(special))
+    return torch.tensor(keep, dtype=torch.long)
+
+
+@torch.no_grad()
+def mlp_importance(model, ids: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """Per-layer, per-neuron importance of the gated MLPs of ``model`` on the token rows ``ids``.
+
+    The score of neuron ``j`` of a layer is ``E|a_j| * ||W_down[:, j]||``: the mean magnitude
+    of its activation ``silu(gate_j(x)) * up_j(x)`` times the norm of the column it writes
+    into the residual stream (the first-order size of its contribution). Shape
+    ``(n_layers, intermediate_size)``.
+    """
+    layers = model.model.layers
+    sums = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
+    count = [0]
+    hooks = []
+    for i, layer in enumerate(layers):
+        def hook(mod, inp, out, i=i):
+            a = inp[0].detach().reshape(-1, inp[0].shape[-1])
+            sums[i] += a.abs().sum(0).double().cpu()
+        hooks.append(layer.mlp.down_proj.register_forward_hook(hook))
+    try:
+        for k in range(0, ids.shape[0], chunk):
+            x = ids[k:k + chunk]
+            model.model(input_ids=x, use_cache=False)
+            count[0] += x.numel()
+    finally:
+        for h in hooks:
+            h.remove()
+    col = torch.stack([layer.mlp.down_proj.weight.detach().float().norm(dim=0).double().cpu() for layer in layers])
+    return torch.stack(sums) / max(count[0], 1) * col
+
+
+def top_neurons(importance: torch.Tensor, width: int) -> torch.Tensor:
+    """The ``width`` most important neurons of each layer (rows of ``importance``), sorted."""
+    n = importance.shape[1]
+    if not isinstance(width, int) or not 1 <= width <= n:
+        raise DistillError(f"MLP width must be an integer in 1..{n}, got {width!r}")
+    return torch.sort(torch.topk(importance, width, dim=1).indices, dim=1).values
+
+
+def _slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    w = lin.weight.detach()
+    if rows is not None:
+        w = w[rows]
+    if cols is not None:
+        w = w[:, cols]
+    out = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+    out.weight = nn.Parameter(w.clone(), requires_grad=False)
+    return out
+
+
+def validate_layers(layers: list[int], n_total: int) -> list[int]:
+    """Check a list of teacher layer indices (in range, unique, increasing)."""
+    if not layers:
+        raise DistillError("at least one layer is needed")
+    bad = [i for i in layers if not isinstance(i, int) or not 0 <= i < n_total]
+    if bad:
+        raise DistillError(f"layer indices {bad} out of range 0..{n_total - 1}")
+    if sorted(set(layers)) != list(layers):
+        raise DistillError(f"layer indices must be unique and increasing, got {layers}")
+    return list(layers)
+
+
+def validate_rank(rank: int) -> int:
+    if not isinstance(rank, int) or rank <= 0:
+        raise DistillError(f"rank must be a positive integer, got {rank!r}")
+    return rank
+
+
+def default_layers(n_student: int, n_total: int, n_last: int | None = None) -> list[int]:
+    """The first ``n_student - n_last`` layers and the last ``n_last`` layers of the teacher."""
+    if not 1 <= n_student <= n_total:
+        raise DistillError(f"number of layers must be in 1..{n_total}, got {n_student}")
+    if n_last is None:
+        n_last = n_student // 2
+    n_last = min(n_last, n_student - 1) if n_student > 1 else 0
+    first = list(range(n_student - n_last))
+    last = list(range(n_total - n_last, n_total))
+    return sorted(set(first + last))
+
+
+def build_student(llm, layers: list[int], rank: int | None, alpha: float | None = None,
+                  seed: int = 0, vocab_ids=None, mlp_keep=None):
+    """A student made of deep copies of ``llm``'s ``layers``, sharing embeddings and LM head.
+
+    With ``rank`` set, every linear map of the copied layers is wrapped in a
+    :class:`LoRALinear`. Only adapters and RMSNorm weights of the student are trainable.
+    With ``vocab_ids`` set, the LM head is a :class:`TrimmedLMHead` over those tokens. With
+    ``mlp_keep`` (``(len(layers), width)`` neuron indices, see :func:`top_neurons`), each copied
+    MLP keeps only those intermediate neurons (width pruning; ``config.intermediate_size``
+    becomes ``width``).
+    """
+    n_total = llm.config.num_hidden_layers
+    layers = validate_layers(list(layers), n_total)
+    if rank is not None:
+        validate_rank(rank)
+    alpha = float(alpha if alpha is not None else (rank or 1))
+    config = copy.deepcopy(llm.config)
+    config.num_hidden_layers = len(layers)
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = [llm.config.layer_types[i] for i in layers]
+    if vocab_ids is not None:
+        vocab_ids = validate_vocab(vocab_ids, int(llm.lm_head.weight.shape[0]))
+        config.tie_word_embeddings = False
+    if mlp_keep is not None:
+        mlp_keep = torch.as_tensor(mlp_keep, dtype=torch.long)
+        inter = int(llm.config.intermediate_size)
+        if mlp_keep.ndim != 2 or mlp_keep.shape[0] != len(layers) or mlp_keep.numel() == 0:
+            raise DistillError(f"kept MLP neurons must have shape ({len(layers)}, width), "
+                               f"got {tuple(mlp_keep.shape)}")
+        if int(mlp_keep.min()) < 0 or int(mlp_keep.max()) >= inter:
+            raise DistillError(f"kept MLP neuron indices must lie in 0..{inter - 1}")
+        config.intermediate_size = int(mlp_keep.shape[1])
+    with torch.device("meta"):
+        student = type(llm)(config)
+    student.model.embed_tokens = llm.model.embed_tokens
+    if vocab_ids is None:
+        student.lm_head = llm.lm_head
+    else:
+        student.lm_head = TrimmedLMHead(llm.lm_head.weight, vocab_ids)
+    student.model.rotary_emb = llm.model.rotary_emb
+    student.model.norm = copy.deepcopy(llm.model.norm)
+    student.model.layers = nn.ModuleList(copy.deepcopy(llm.model.layers[i]) for i in layers)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed)
+    for new_idx, layer in enumerate(student.model.layers):
+        layer.self_attn.layer_idx = new_idx
+        if mlp_keep is not None:
+            k = mlp_keep[new_idx].to(layer.mlp.down_proj.weight.device)
+            layer.mlp.gate_proj = _slice_linear(layer.mlp.gate_proj, rows=k)
+            layer.mlp.up_proj = _slice_linear(layer.mlp.up_proj, rows=k)
+            layer.mlp.down_proj = _slice_linear(layer.mlp.down_proj, cols=k)
+            layer.mlp.intermediate_size = int(k.numel())
+        if rank is not None:
+            for parent in (layer.self_attn, layer.mlp):
+                for name in LORA_TARGETS:
+                    if hasattr(parent, name):
+                        setattr(parent, name, LoRALinear(getattr(parent, name), rank, alpha, gen))
+    for name, p in student.named_parameters():
+        if "lora_" in name or "norm" in name and "embed" not in name:
+            if name.startswith("lm_head") or "embed_tokens" in name:
+                continue
+            p.requires_grad_(True)
+    student.hlm_mlp_keep = None if mlp_keep is None else mlp_keep.cpu()  # exported with the delta
+    return student.eval()
+
+
+def delta_state(student) -> dict[str, torch.Tensor]:
+    """The trainable tensors (adapters and norms) of a student, by parameter name."""
+    return {n: p.detach() for n, p in student.named_parameters() if p.requires_grad}
+
+
+def merge_student(student) -> None:
+    """Fold every :class:`LoRALinear` of ``student`` into a plain ``nn.Linear`` (in place)."""
+    for layer in student.model.layers:
+        for parent in (layer.self_attn, layer.mlp):
+            for name in LORA_TARGETS:
+                mod = getattr(parent, name, None)
+                if isinstance(mod, LoRALinear):
+                    with torch.no_grad():
+                        lin = mod.base
+                        lin.weight = nn.Parameter(mod.merged_weight(), requires_grad=False)
+                    setattr(parent, name, lin)
+    for p in student.parameters():
+        p.requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------- data
+def _encode_example(tokenizer, prompt, max_prompt_tokens: int, max_reply_tokens: int):
+    from hlm_gym.lm.prompts import chat_input_ids
+
+    p_ids = chat_input_ids(tokenizer, prompt.text).tolist()
+    if len(p_ids) > max_prompt_tokens or not prompt.reference.strip():
+        return None
+    r_ids = tokenizer(prompt.reference, add_special_tokens=False).input_ids[:max_reply_tokens]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(end, int) and end >= 0 and end != tokenizer.unk_token_id:
+        r_ids = r_ids + [end]
+    ids = p_ids + r_ids
+    # position t predicts token t+1: the response is predicted from len(p_ids)-1 to len(ids)-2
+    mask = [0] * len(ids)
+    for t in range(len(p_ids) - 1, len(ids) - 1):
+        mask[t] = 1
+    return ids, mask
+
+
+def packed_sequences(tokenizer, prompts, seq_len: int, n_sequences: int, seed: int,
+                     max_prompt_tokens: int = 160, max_reply_tokens: int = 384):
+    """``n_sequences`` packed rows (ids, response mask) of ``seq_len`` tokens, deterministic in ``seed``.
+
+    Examples (chat-templated prompt + reference reply) are shuffled with ``seed`` and
+    concatenated; the stream is cut into rows of ``seq_len`` tokens.
+    """
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    ids_stream: list[int] = []
+    mask_stream: list[int] = []
+    need = seq_len * n_sequences
+    for i in order:
+        enc = _encode_example(tokenizer, prompts[i], max_prompt_tokens, max_reply_tokens)
+        if enc is None:
+            continue
+        ids_stream += enc[0]
+        mask_stream += enc[1]
+        if len(ids_stream) >= need:
+            break
+    n_rows = len(ids_stream) // seq_len
+    if n_rows == 0:
+        raise DistillError("not enough training text for one sequence")
+    ids = torch.tensor(ids_stream[: n_rows * seq_len]).view(n_rows, seq_len)
+    mask = torch.tensor(mask_stream[: n_rows * seq_len], dtype=torch.bool).view(n_rows, seq_len)
+    mask[:, -1] = False  # the last position's target lies in the next row
+    return ids, mask
+
+
+# ----------------------------------------------------------------------------- metrics
+def final_hidden(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    return model.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def distill_loss(t_logits: torch.Tensor, s_logits: torch.Tensor, tv_weight: float = 0.0,
+                 kept: torch.Tensor | None = None):
+    """Mean forward KL(p||q) (+ ``tv_weight`` * TV) over rows, and the mean acceptance sum min(p, q).
+
+    With ``kept`` (the ids of a trimmed student head), ``s_logits`` holds only those columns;
+    the KL is taken to the teacher's distribution renormalised on the kept set (the mass
+    outside it cannot be matched), and the acceptance counts the kept tokens only.
+    """
+    t_logp = torch.log_softmax(t_logits.float(), dim=-1)
+    s_logp = torch.log_softmax(s_logits.float(), dim=-1)
+    if kept is not None:
+        t_logp = t_logp[:, kept]
+    p = t_logp.exp()
+    if kept is None:
+        kl = (p * (t_logp - s_logp)).sum(-1).mean()
+    else:  # KL to the teacher renormalised on the kept tokens
+        mass = p.sum(-1, keepdim=True).clamp_min(1e-12)
+        kl = ((p / mass) * (t_logp - mass.log() - s_logp)).sum(-1).mean()
+    accept = torch.minimum(p, s_logp.exp()).sum(-1)
+    loss = kl
+    if tv_weight:
+        loss = loss + tv_weight * (1.0 - accept).mean()
+    return loss, kl.detach(), accept.detach().mean()
+
+
+@torch.no_grad()
+def acceptance_on(teacher, student, ids: torch.Tensor, mask: torch.Tensor, chunk: int = 4):
+    """Mean acceptance ``sum_v min(p_v, q_v)`` and greedy agreement over the masked positions."""
+    acc_sum, agree_sum, n = 0.0, 0.0, 0
+    for i in range(0, ids.shape[0], chunk):
+        x, m = ids[i:i + chunk], mask[i:i + chunk]
+        if not m.any():
+            continue
+        th = final_hidden(teacher, x)[m]
+        sh = final_hidden(student, x)[m]
+        p = torch.softmax(teacher.lm_head(th).float(), -1)
+        q = torch.softmax(student.lm_head(sh).float(), -1)
+        acc_sum += torch.minimum(p, q).sum(-1).sum().item()
+        agree_sum += (p.argmax(-1) == q.argmax(-1)).sum().item()
+        n += int(m.sum())
+    return acc_sum / max(n, 1), agree_sum / max(n, 1), n
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass
+class BuildConfig:
+    layers: list[int] = field(default_factory=lambda: list(range(30)))
+    rank: int = 16
+    alpha: float = 32.0
+    steps: int = 2000
+    batch_size: int = 2
+    seq_len: int = 256
+    lr: float = 3e-3
+    warmup: int = 20
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    tv_weight: float = 0.0
+    seed: int = 0
+    ckpt_every: int = 25
+    eval_every: int = 50
+    eval_sequences: int = 12
+    device: str = "cpu"
+    threads: int | None = None
+    time_budget_s: float | None = None
+    vocab: int | None = 8192
+    mlp_width: int | None = 576
+    calib_sequences: int = 8
+
+
+def progress_fraction(step: int, seconds: float, cfg: "BuildConfig") -> float:
+    """How far the run is: by steps, or by wall time when ``time_budget_s`` is set (whichever is further)."""
+    frac = step / max(1, cfg.steps)
+    if cfg.time_budget_s:
+        frac = max(frac, seconds / cfg.time_budget_s)
+    return min(1.0, frac)
+
+
+def lr_at(step: int, cfg: BuildConfig, seconds: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.time_budget_s:
+        frac = max(frac, seconds / cfg.time_budget_s)
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+
+
+def _save_torch(path: Path, obj) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@functools.lru_cache(maxsize=None)
+def _train_prompts():
+    from hlm_gym.lm.prompts import sharegpt_prompts
+
+    return tuple(sharegpt_prompts("train"))
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_prompts():
+    from hlm_gym.lm.prompts import sharegpt_prompts
+
+    return tuple(sharegpt_prompts("validation", limit=400))
+
+
+def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
+          progress: bool = True, log=print):
+    """Run (or resume) a distillation into ``run_dir``; returns the trained student (with adapters)."""
+    from tqdm.auto import tqdm
+
+    from hlm_gym.lm.models import EMBEDDED_LLM, load_model
+
+    run_dir = Path(run_dir)
+    validate_rank(cfg.rank)
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 8:
+        raise DistillError("steps and batch size must be >= 1 and seq_len >= 8")
+    ckpt_path = run_dir / "checkpoint.pt"
+    state = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise DistillError(f"--resume: no checkpoint at {ckpt_path}")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        saved = BuildConfig(**state["config"])
+        # the run's recipe is fixed by its first start; only the step budget and device may change
+        saved.steps, saved.device, saved.threads = cfg.steps, cfg.device, cfg.threads
+        saved.ckpt_every, saved.eval_every = cfg.ckpt_every, cfg.eval_every
+        saved.time_budget_s = cfg.time_budget_s
+        cfg = saved
+    elif ckpt_path.exists():
+        raise DistillError(f"{run_dir} already holds a run; pass --resume or choose another --out")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DistillError("--device cuda requested but CUDA is not available")
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    if llm is None:
+        llm = load_model(EMBEDDED_LLM, device=device)
+    teacher, tokenizer = llm.model.to(device).eval(), llm.tokenizer
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    validate_layers(cfg.layers, teacher.config.num_hidden_layers)
+    vocab_ids = None
+    if cfg.vocab is not None:
+        vocab_ids = (state["vocab_ids"] if state is not None and state.get("vocab_ids") is not None
+                     else frequent_vocab(tokenizer, _train_prompts(), cfg.vocab))
+    mlp_keep = None
+    if cfg.mlp_width is not None:
+        if state is not None and state.get("mlp_keep") is not None:
+            mlp_keep = state["mlp_keep"]
+        else:
+            cal_ids, _ = packed_sequences(tokenizer, _train_prompts(), cfg.seq_len, cfg.calib_sequences,
+                                          cfg.seed + 3)
+            mlp_keep = top_neurons(mlp_importance(teacher, cal_ids.to(device))[cfg.layers], cfg.mlp_width)
+    student = build_student(teacher, cfg.layers, cfg.rank, cfg.alpha, seed=cfg.seed,
+                            vocab_ids=vocab_ids, mlp_keep=mlp_keep).to(device)
+    kept = None if vocab_ids is None else student.lm_head.ids
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    step = 0
+    if state is not None:
+        student.load_state_dict(state["delta"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        torch.set_rng_state(state["rng"])
+
+    ids, mask = packed_sequences(tokenizer, _train_prompts(), cfg.seq_len,
+                                 cfg.steps * cfg.batch_size, cfg.seed)
+    ev_ids, ev_mask = packed_sequences(tokenizer, _eval_prompts(), cfg.seq_len,
+                                       cfg.eval_sequences, cfg.seed + 1)
+    n_rows = ids.shape[0]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2))
+    log_path = run_dir / "log.jsonl"
+    if state is not None and log_path.is_file():
+        # drop records written after the checkpoint by an interrupted process
+        kept_lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines()
+                      if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(log_path, "".join(ln + "\n" for ln in kept_lines))
+    log_fh = open(log_path, "a", encoding="utf-8")
+    use_amp = device.type == "cuda"
+    tokens_seen = int(state["tokens_seen"]) if state else 0
+    train_seconds = float(state.get("train_seconds", 0.0)) if state else 0.0
+
+    def save_ckpt():
+        _save_torch(ckpt_path, {
+            "config": asdict(cfg), "delta": {k: v.cpu() for k, v in delta_state(student).items()},
+            "optimizer": opt.state_dict(), "step": step, "rng": torch.get_rng_state(),
+            "tokens_seen": tokens_seen, "train_seconds": train_seconds,
+            "vocab_ids": None if kept is None else kept.cpu(),
+            "mlp_keep": None if mlp_keep is None else mlp_keep.cpu(),
+        })
+
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="distil", dynamic_ncols=True)
+    ema_acc = None
+    t_last = time.time()
+    while step < cfg.steps and progress_fraction(step, train_seconds, cfg) < 1.0:
+        rows = [(step * cfg.batch_size + j) % n_rows for j in range(cfg.batch_size)]
+        x, m = ids[rows].to(device), mask[rows].to(device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg, train_seconds)
+        student.train()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with torch.no_grad():
+                t_logits = teacher.lm_head(final_hidden(teacher, x)[m])
+            s_hidden = final_hidden(student, x)[m]
+            s_logits = (student.lm_head(s_hidden) if kept is None
+                        else student.lm_head.kept_logits(s_hidden))
+        loss, kl, acc = distill_loss(t_logits, s_logits, cfg.tv_weight, kept)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        tokens_seen += int(x.numel())
+        now = time.time()
+        train_seconds += now - t_last
+        t_last = now
+        ema_acc = acc.item() if ema_acc is None else 0.95 * ema_acc + 0.05 * acc.item()
+        bar.update(1)
+        bar.set_postfix(kl=f"{kl.item():.3f}", acc=f"{ema_acc:.3f}", lr=f"{lr_at(step - 1, cfg, train_seconds):.1e}")
+        rec = {"step": step, "kl": round(kl.item(), 5), "acc": round(acc.item(), 5),
+               "tokens": tokens_seen, "seconds": round(train_seconds, 1)}
+        done = step >= cfg.steps or progress_fraction(step, train_seconds, cfg) >= 1.0
+        if step % cfg.eval_every == 0 or done:
+            student.eval()
+            ev_acc, ev_agree, _ = acceptance_on(teacher, student, ev_ids.to(device), ev_mask.to(device))
+            rec.update(val_acc=round(ev_acc, 5), val_agree=round(ev_agree, 5))
+            log(f"step {step}: validation acceptance {ev_acc:.4f}, greedy agreement {ev_agree:.4f}")
+            t_last = time.time()
+        log_fh.write(json.dumps(rec) + "\n")
+        log_fh.flush()
+        if step % cfg.ckpt_every == 0 or done:
+            save_ckpt()
+            t_last = time.time()
+    bar.close()
+    log_fh.close()
+    student.eval()
+    return student, cfg, {"tokens_seen": tokens_seen, "train_seconds": train_seconds, "steps": step}
+
+
+def load_checkpoint_student(run_dir: str | Path, llm):
+    """Rebuild the student (with adapters) of a run folder's checkpoint on top of ``llm``."""
+    ckpt_path = Path(run_dir) / "checkpoint.pt"
+    if not ckpt_path.is_file():
+        raise DistillError(f"no checkpoint at {ckpt_path}")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    cfg = BuildConfig(**state["config"])
+    student = build_student(llm.model, cfg.layers, cfg.rank, cfg.alpha, seed=cfg.seed,
+                            vocab_ids=state.get("vocab_ids"), mlp_keep=state.get("mlp_keep"))
+    student.load_state_dict(state["delta"], strict=False)
+    return student.eval(), cfg, state
+
+
+# ----------------------------------------------------------------------------- export
+def export_artifact(student, cfg: BuildConfig, llm, out_dir: str | Path, summary: dict | None = None) -> dict:
+    """Write the student's delta (float16) and ``slm.json`` into ``out_dir`` and verify it.
+
+    The SLM is then rebuilt from the written files exactly as :mod:`hlm_gym.lm.slm` loads it,
+    and its acceptance on the fixed :func:`hlm_gym.lm.slm.check_batch` is recorded in the JSON
+    (the figure the tests reproduce).
+    """
+    from safetensors.torch import save
+
+    from hlm_gym.lm.slm import ARTIFACT_FORMAT, ARTIFACT_JSON, ARTIFACT_WEIGHTS, check_acceptance, slm_from_delta
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    delta = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in delta_state(student).items()}
+    head = student.lm_head
+    if isinstance(head, TrimmedLMHead):
+        delta[VOCAB_KEY] = head.ids.detach().to("cpu", torch.int32).contiguous()
+    mlp_keep = getattr(student, "hlm_mlp_keep", None)
+    if mlp_keep is not None:
+        delta[MLP_KEY] = mlp_keep.detach().to("cpu", torch.int32).contiguous()
+    atomic_write_bytes(out_dir / ARTIFACT_WEIGHTS, save(delta, metadata={"format": "pt"}))
+    n_params = sum(v.numel() for k, v in delta.items() if k not in (VOCAB_KEY, MLP_KEY))
+    meta = {
+        "format": ARTIFACT_FORMAT,
+        "layers": list(cfg.layers),
+        "rank": cfg.rank,
+        "alpha": cfg.alpha,
+        "targets": list(LORA_TARGETS),
+        "vocab": head.out_rows if isinstance(head, TrimmedLMHead) else None,
+        "mlp_width": None if mlp_keep is None else int(mlp_keep.shape[1]),
+        "base_sha256": llm.fingerprint,
+        "base_name": llm.name,
+        "delta_params": n_params,
+        "recipe": asdict(cfg),
+        "training": summary or {},
+    }
+    atomic_write_text(out_dir / ARTIFACT_JSON, json.dumps(meta, indent=2))
+    slm = slm_from_delta(llm, out_dir)
+    meta["check"] = check_acceptance(llm.model, slm.model, llm.tokenizer)
+    atomic_write_text(out_dir / ARTIFACT_JSON, json.dumps(meta, indent=2))
+    for name in (ARTIFACT_WEIGHTS, ARTIFACT_JSON):
+        (out_dir / name).chmod(0o644)  # shipped in the wheel: world-readable like other sources
+    return meta
+
+
+@torch.no_grad()
+def calibrate_temperature(teacher, student, ids: torch.Tensor, mask: torch.Tensor,
+                          grid=(0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.1, 1.2)) -> dict:
+    """Pick the draft temperature T maximising acceptance on (ids, mask) and fold it into the student.
+
+    ``logits = W_lm (g * rmsnorm(h))`` is linear in the student's own final-norm weight ``g``, so
+    ``g / T`` gives exactly ``softmax(z / T)`` at no inference cost (the LM head stays shared).
+    """
+    t_parts, s_parts = [], []
+    for i in range(ids.shape[0]):
+        x, m = ids[i:i + 1], mask[i:i + 1]
+        if not m.any():
+            continue
+        t_parts.append(teacher.lm_head(final_hidden(teacher, x)[m]).float())
+        s_parts.append(student.lm_head(final_hidden(student, x)[m]).float())
+    p = torch.softmax(torch.cat(t_parts), -1)
+    zs = torch.cat(s_parts)
+    scores = {}
+    for temp in grid:
+        scores[float(temp)] = torch.minimum(p, torch.softmax(zs / temp, -1)).sum(-1).mean().item()
+    best = max(scores, key=scores.get)
+    student.model.norm.weight.div_(best)
+    return {"temperature": best, "acceptance_by_temperature": scores, "positions": int(p.shape[0])}

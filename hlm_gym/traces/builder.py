@@ -1,0 +1,328 @@
+"""Record per-token traces of the always-send hybrid loop (``hlm-gym traces build``).
+
+The builder decodes ``batch_size`` prompts at once (left padding, attention mask and KV
+caches in both models; always-send never has pending tokens, so both models see the same
+token stream), with the per-prompt generators and draw order of ``HybridSession``. Chunks are
+written as part files next to the output so that an interrupted build resumes. The schema
+and the loader are in :mod:`hlm_gym.traces.store`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hlm_gym.traces.store import (DEFAULT_K_CHOICES, META_KEY, SCHEMA_VERSION, SIGNALS, TraceError,
+                                  k_columns)
+
+# ---------------------------------------------------------------------------------- builder
+@dataclass(frozen=True)
+class TracePrompt:
+    """One prompt to trace: its id, split, token ids and decoding seed."""
+
+    id: str
+    split: str
+    ids: tuple[int, ...]
+    seed: int
+
+
+def _row_signals(logits, d, gen, h_prev, h_last, k, theta_max):
+    from hlm_gym.lm.uncertainty import compute_signals
+
+    sig = compute_signals(logits, d, gen, h_prev, h_last, k=k, theta_max=theta_max)
+    return {name: float(v) for name, v in sig.items()}
+
+
+def trace_batch(pair, prompts: Sequence[TracePrompt], config, k_choices: Sequence[int] = DEFAULT_K_CHOICES,
+                eos_token_id: int | None = None) -> dict[str, list]:
+    """Decode ``prompts`` together with always-send; returns column lists (rows grouped by prompt).
+
+    Equivalent to :class:`hlm_gym.lm.decoding.HybridSession` with ``seed=prompt.seed`` and
+    ``commit(True)`` at every step (up to float-level differences of batched matmuls).
+    """
+    import torch
+
+    from hlm_gym.lm.speculative import truncated_draft, verify_detailed, verify_greedy
+
+    if eos_token_id is None:
+        eos_token_id = getattr(pair.tokenizer, "eos_token_id", None)
+    dev = pair.device
+    B = len(prompts)
+    gens = []
+    for pr in prompts:
+        row = []
+        for offset in range(3):
+            g = torch.Generator(device="cpu")
+            g.manual_seed(int(pr.seed) * 3 + offset)
+            row.append(g)
+        gens.append(row)
+    lens = [len(pr.ids) for pr in prompts]
+    if min(lens) < 1:
+        raise TraceError("empty prompt: at least one token is needed")
+    L = max(lens)
+    pad = 0
+    ids = torch.full((B, L), pad, dtype=torch.long)
+    mask = torch.zeros((B, L), dtype=torch.long)
+    for b, pr in enumerate(prompts):
+        ids[b, L - lens[b]:] = torch.tensor(pr.ids, dtype=torch.long)
+        mask[b, L - lens[b]:] = 1
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    rows: dict[int, list[dict]] = {b: [] for b in range(B)}
+    active = list(range(B))  # original indices of the rows still in the caches
+    slm_cache = llm_cache = None
+    T = config.temperature
+    V = None
+    with torch.inference_mode():
+        inp, m, ps = ids, mask, pos
+        while active:
+            so = pair.slm(inp.to(dev), attention_mask=m.to(dev), position_ids=ps.to(dev),
+                          past_key_values=slm_cache, use_cache=True, output_hidden_states=True)
+            lo = pair.llm(inp.to(dev), attention_mask=m.to(dev), position_ids=ps.to(dev),
+                          past_key_values=llm_cache, use_cache=True)
+            slm_cache, llm_cache = so.past_key_values, lo.past_key_values
+            s_logits = (so.logits[:, -1].float() / T).cpu()
+            h_prev = so.hidden_states[-2][:, -1].cpu()
+            h_last = so.hidden_states[-1][:, -1].cpu()
+            p_all = torch.softmax(lo.logits[:, -1].float() / T, dim=-1).cpu()
+            V = s_logits.shape[-1]
+            next_tokens, keep = [], []
+            for j, b in enumerate(active):
+                dg, sg, vg = gens[b]
+                logits = s_logits[j]
+                q = torch.softmax(logits, dim=-1)
+                if config.mode == "greedy":
+                    d = int(torch.argmax(q))
+                else:
+                    d = int(torch.multinomial(q, 1, generator=dg))
+                sig = _row_signals(logits, d, sg, h_prev[j], h_last[j], config.k, config.theta_max)
+                p = p_all[j]
+                q_d, p_d = float(q[d]), float(p[d])
+                if config.mode == "greedy":
+                    accepted, token = verify_greedy(p, d)
+                    uniform = math.nan
+                    beta = max(0.0, 1.0 - p_d / q_d) if q_d > 0 else 0.0
+                else:
+                    v = verify_detailed(q, p, d, vg)
+                    accepted, token, uniform, beta = v.accepted, v.token, v.uniform, v.beta
+                row = {"position": len(rows[b]), "draft": d, "token": token, "accepted": bool(accepted),
+                       "q_draft": q_d, "p_draft": p_d, "beta": beta, "uniform": uniform, **sig}
+                for kk in k_choices:
+                    qh = float(truncated_draft(q, kk)[d]) if kk < V else q_d
+                    bk = max(0.0, 1.0 - p_d / qh) if qh > 0 else 0.0
+                    if config.mode == "greedy":
+                        ak = bool(accepted)
+                    else:
+                        ak = bool(uniform * qh < p_d or qh <= 0.0)
+                    row[f"beta_k{kk}"], row[f"accepted_k{kk}"] = bk, ak
+                rows[b].append(row)
+                end = (config.stop_at_eos and token == eos_token_id) or len(rows[b]) >= config.max_new_tokens
+                row["end"] = bool(end)
+                if not end:
+                    keep.append(j)
+                    next_tokens.append(token)
+            if len(keep) < len(active):
+                if not keep:
+                    break
+                sel = torch.tensor(keep, dtype=torch.long, device=dev)
+                slm_cache.batch_select_indices(sel)
+                llm_cache.batch_select_indices(sel)
+                m = m[keep]
+                ps = ps[keep]
+                active = [active[j] for j in keep]
+            inp = torch.tensor(next_tokens, dtype=torch.long).unsqueeze(1)
+            m = torch.cat([m, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
+            ps = ps[:, -1:] + 1
+    out: dict[str, list] = {}
+    for b in range(B):
+        for r in rows[b]:
+            r["prompt_local"] = b
+            for key, val in r.items():
+                out.setdefault(key, []).append(val)
+    out["vocab_size"] = V
+    return out
+
+
+def measure_step_times(pair, prompt_ids, config, n_tokens: int = 12, catchup: int = 8) -> dict[str, float]:
+    """Median single-prompt SLM step, LLM step, and LLM catch-up time per extra token (seconds)."""
+    import torch
+
+    from hlm_gym.lm.decoding import DecoderConfig, HybridSession
+
+    cfg = DecoderConfig(mode=config.mode, max_new_tokens=n_tokens, temperature=config.temperature,
+                        k=config.k, theta_max=config.theta_max, stop_at_eos=False)
+    s = HybridSession(pair, torch.as_tensor(prompt_ids), cfg, seed=0)
+    slm, llm = [], []
+    while not s.done:
+        r = s.commit(True)
+        slm.append(r.slm_s)
+        llm.append(r.llm_s)
+    ids = torch.as_tensor(prompt_ids).reshape(1, -1).to(pair.device)
+    times = {1: [], catchup + 1: []}
+    with torch.inference_mode():
+        for _ in range(3):
+            for n in times:
+                base = pair.llm(ids, use_cache=True).past_key_values
+                x = torch.tensor([s.output[:n] + [0] * max(0, n - len(s.output))], device=pair.device)
+                t0 = time.perf_counter()
+                pair.llm(x, past_key_values=base, use_cache=True)
+                times[n].append(time.perf_counter() - t0)
+    t1, tn = statistics.median(times[1]), statistics.median(times[catchup + 1])
+    return {"slm_step_s": statistics.median(slm[1:] or slm), "llm_step_s": statistics.median(llm[1:] or llm),
+            "llm_catchup_per_token_s": max(0.0, (tn - t1) / catchup)}
+
+
+def _token_text(tokenizer, ids) -> dict[str, str]:
+    out = {}
+    for i in sorted(set(int(x) for x in ids)):
+        try:
+            out[str(i)] = tokenizer.decode([i])
+        except Exception:  # a stand-in tokenizer without decode
+            out[str(i)] = f"<{i}>"
+    return out
+
+
+def _columns_to_table(cols: dict[str, list], k_choices, prompt_offset: int, prompts: Sequence[TracePrompt]):
+    import pyarrow as pa
+
+    n = len(cols["position"])
+    arrays = {
+        "prompt": pa.array(np.asarray(cols["prompt_local"], dtype=np.int32) + prompt_offset),
+        "position": pa.array(np.asarray(cols["position"], dtype=np.int16)),
+        "draft": pa.array(np.asarray(cols["draft"], dtype=np.int32)),
+        "token": pa.array(np.asarray(cols["token"], dtype=np.int32)),
+        "accepted": pa.array(np.asarray(cols["accepted"], dtype=bool)),
+        "end": pa.array(np.asarray(cols["end"], dtype=bool)),
+    }
+    for s in SIGNALS:
+        arrays[s] = pa.array(np.asarray(cols[s], dtype=np.float16))
+    for s in ("q_draft", "p_draft", "beta", "uniform"):
+        arrays[s] = pa.array(np.asarray(cols[s], dtype=np.float32))
+    for k in k_choices:
+        bk, ak = k_columns(k)
+        arrays[bk] = pa.array(np.asarray(cols[bk], dtype=np.float16))
+        arrays[ak] = pa.array(np.asarray(cols[ak], dtype=bool))
+    pids = [list(prompts[cols["prompt_local"][i]].ids) if cols["position"][i] == 0 else None for i in range(n)]
+    arrays["prompt_ids"] = pa.array(pids, type=pa.list_(pa.int32()))
+    return pa.table(arrays)
+
+
+def build_traces(pair, prompts: Sequence[TracePrompt], config, out: str | os.PathLike,
+                 k_choices: Sequence[int] = DEFAULT_K_CHOICES, batch_size: int = 8, extra_meta: dict | None = None,
+                 measure: bool = True, log=None, resume: bool = True) -> Path:
+    """Trace ``prompts`` with always-send and write the Parquet file ``out`` (resumable by chunk).
+
+    Each chunk of ``batch_size`` prompts is written to ``<out>.parts/part-XXXXX.parquet``;
+    an existing part whose fingerprint (settings + prompt ids) matches is reused. The parts
+    are merged into ``out`` (atomically) at the end and the part folder is removed.
+    """
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    log = log or (lambda msg: None)
+    k_choices = tuple(sorted(int(k) for k in k_choices))
+    settings = {"mode": config.mode, "temperature": config.temperature, "k": config.k,
+                "theta_max": config.theta_max, "max_new_tokens": config.max_new_tokens,
+                "stop_at_eos": config.stop_at_eos, "k_choices": list(k_choices),
+                "slm_fingerprint": pair.slm_fingerprint, "llm_fingerprint": pair.llm_fingerprint}
+    parts_dir = out.with_name(out.name + ".parts")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    vocab = pair.vocab_size
+    eos = getattr(pair.tokenizer, "eos_token_id", None)
+    t_start = time.perf_counter()
+    n_tok = 0
+    tables = []
+    for c0 in range(0, len(prompts), batch_size):
+        chunk = list(prompts[c0:c0 + batch_size])
+        fp = hashlib.sha256(json.dumps([settings, [(p.id, p.seed, list(p.ids)) for p in chunk]],
+                                       sort_keys=True).encode()).hexdigest()[:16]
+        part = parts_dir / f"part-{c0 // batch_size:05d}-{fp}.parquet"
+        if resume and part.is_file():
+            try:
+                tables.append(pq.read_table(part))
+                log(f"chunk {c0 // batch_size}: reused {part.name}")
+                continue
+            except Exception:
+                part.unlink()
+        t0 = time.perf_counter()
+        cols = trace_batch(pair, chunk, config, k_choices, eos_token_id=eos)
+        cols.pop("vocab_size", None)
+        table = _columns_to_table(cols, k_choices, c0, chunk)
+        tmp = part.with_suffix(".tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, part)
+        tables.append(table)
+        n_tok += table.num_rows
+        dt = time.perf_counter() - t0
+        log(f"chunk {c0 // batch_size + 1}/{math.ceil(len(prompts) / batch_size)}: {table.num_rows} tokens "
+            f"in {dt:.1f} s ({table.num_rows / max(dt, 1e-9):.1f} tok/s)")
+    table = pa.concat_tables(tables)
+    lengths = np.bincount(table.column("prompt").to_numpy(), minlength=len(prompts))
+    token_ids = np.concatenate([table.column("draft").to_numpy(), table.column("token").to_numpy()])
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "slm_name": pair.slm_name, "llm_name": pair.llm_name,
+        "slm_fingerprint": pair.slm_fingerprint, "llm_fingerprint": pair.llm_fingerprint,
+        "mode": config.mode, "temperature": config.temperature, "k": config.k, "theta_max": config.theta_max,
+        "max_new_tokens": config.max_new_tokens, "stop_at_eos": config.stop_at_eos,
+        "k_choices": list(k_choices), "vocab_size": vocab, "eos_token_id": eos,
+        "prompts": [{"id": p.id, "split": p.split, "seed": int(p.seed), "n_tokens": int(n)}
+                    for p, n in zip(prompts, lengths)],
+        "token_text": _token_text(pair.tokenizer, token_ids),
+        "build_seconds": round(time.perf_counter() - t_start, 2),
+        "build_command": " ".join(sys.argv),
+        "created_unix": int(time.time()),
+    }
+    if measure and prompts:
+        meta.update(measure_step_times(pair, prompts[0].ids, config))
+    if extra_meta:
+        meta.update(extra_meta)
+    md = dict(table.schema.metadata or {})
+    md[META_KEY] = json.dumps(meta).encode("utf-8")
+    table = table.replace_schema_metadata(md)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd", compression_level=9)
+    os.replace(tmp, out)
+    for f in parts_dir.glob("part-*.parquet"):
+        f.unlink()
+    try:
+        parts_dir.rmdir()
+    except OSError:
+        pass
+    log(f"wrote {out} ({table.num_rows} tokens, {len(prompts)} prompts, {out.stat().st_size / 1e6:.2f} MB)")
+    return out
+
+
+def sharegpt_trace_prompts(tokenizer, split: str, n: int, seed: int, offset: int = 0,
+                           max_prompt_tokens: int | None = None) -> list[TracePrompt]:
+    """The first ``n`` ShareGPT prompts of ``split`` (after ``offset``), tokenised, seeded ``seed + index``.
+
+    ``index`` counts the split's prompts in file order (before the length filter), so a prompt
+    keeps its seed whatever ``n`` or ``max_prompt_tokens`` is. Prompts longer than
+    ``max_prompt_tokens`` (chat template included) are left out.
+    """
+    from hlm_gym.lm.prompts import chat_input_ids, sharegpt_prompts
+
+    out = []
+    for i, p in enumerate(sharegpt_prompts(split)):
+        if i < offset:
+            continue
+        ids = tuple(int(x) for x in chat_input_ids(tokenizer, p.text))
+        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+            continue
+        out.append(TracePrompt(p.id, split, ids, seed + i))
+        if len(out) >= n:
+            break
+    return out

@@ -1,0 +1,259 @@
+"""Training (``hlm-gym train``), TensorBoard domain scalars, saved models through ``hlm-gym evaluate``,
+hyperparameter files (rl-zoo layout) and the compare job's dominance arithmetic.
+
+Everything runs on a small synthetic trace set (tests/test_evaluation.py's writer) and a few
+hundred PPO steps, so it does not need the shipped default traces.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.harness.test_evaluation import write_synthetic_trace
+
+torch.set_num_threads(1)
+
+TINY = {"n_steps": 32, "batch_size": 64, "n_epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train-traces")
+    for i, (split, n) in enumerate((("train", 24), ("validation", 8), ("test", 8))):
+        write_synthetic_trace(d / f"embedded-{split}.parquet", n_prompts=n, split=split, seed=i)
+    return d
+
+
+def _config(traces, out, **kw):
+    from hlm_gym.harness.training import TrainConfig
+
+    base = dict(algo="ppo", scenario="pedestrian", lambda_=5.0, n_envs=4, timesteps=256, seed=3, out=str(out),
+                traces=str(traces), overrides=dict(TINY), eval_freq=128, eval_episodes=8)
+    return TrainConfig(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(traces, tmp_path_factory):
+    from hlm_gym.harness.training import train
+
+    return train(_config(traces, tmp_path_factory.mktemp("run")))
+
+
+def test_smoke_run_writes_tensorboard_domain_scalars(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = tiny_run.files["tensorboard"]
+    assert list(Path(tb).glob("events.out.tfevents.*"))
+    ea = EventAccumulator(str(tb))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    for k in ("tokens_per_s", "skip_rate", "transmission_rate", "risk", "error_rate", "energy_j_per_token"):
+        assert f"domain/{k}" in tags, k
+        assert f"eval/{k}" in tags, k
+        assert f"reference/uhlm/{k}" in tags, k
+    assert "rollout/ep_rew_mean" in tags and "train/value_loss" in tags  # SB3's own curves
+    tps = [e.value for e in ea.Scalars("domain/tokens_per_s")]
+    assert tps and all(np.isfinite(tps)) and all(v > 0 for v in tps)
+    ref = [e.value for e in ea.Scalars("reference/uhlm/tokens_per_s")]
+    assert len(ref) >= 2 and len(set(ref)) == 1  # a flat reference line
+    for key in ("model_last", "model_best", "vecnormalize", "summary"):
+        assert Path(tiny_run.files[key]).is_file(), key
+    summary = json.loads(Path(tiny_run.files["summary"]).read_text())
+    assert summary["timesteps"] >= 256 and summary["best"]["tokens_per_s"] > 0
+
+
+def test_saved_model_evaluates_through_hlm_gym_evaluate(tiny_run, traces, tmp_path, capsys):
+    from hlm_gym.cli.main import main
+    from hlm_gym.harness.evaluation import evaluate
+
+    model = tiny_run.files["model_best"]
+    rc = main(["evaluate", "--policy", f"ppo:{model}", "--scenario", "pedestrian", "--split", "validation",
+               "--episodes", "8", "--seed", "10003", "--traces", str(traces), "--lambda", "5",
+               "--num-envs", "8", "--out", str(tmp_path)])
+    assert rc == 0
+    assert "tokens/s" in capsys.readouterr().out
+    res = json.loads((tmp_path / "result.json").read_text())
+    # the saved zip carries the run's observation normalisation: same numbers as the in-run evaluation
+    best = tiny_run.summary["best"]
+    assert res["summary"]["tokens_per_s"]["mean"] == pytest.approx(best["tokens_per_s"], rel=1e-6)
+    assert res["summary"]["reward_per_step"]["mean"] == pytest.approx(best["reward_per_step"], rel=1e-6)
+    again = evaluate(f"ppo:{model}", scenario="pedestrian", split="test", episodes=4, traces=traces, num_envs=4)
+    assert np.isfinite(again.summary["risk"]["mean"])
+
+
+def test_same_seed_same_final_metrics(tiny_run, traces, tmp_path):
+    from hlm_gym.harness.training import train
+
+    again = train(_config(traces, tmp_path / "again"))
+    assert again.summary["last"] == tiny_run.summary["last"]
+    assert again.summary["best"] == tiny_run.summary["best"]
+
+
+def test_torch_env_backend_trains_identically_on_cpu(tiny_run, traces, tmp_path):
+    from hlm_gym.harness.training import train
+
+    again = train(_config(traces, tmp_path / "torch", env_backend="torch"))
+    assert again.summary["env_backend"] == "torch"
+    assert again.summary["last"] == tiny_run.summary["last"]
+
+
+# ------------------------------------------------------------------------------ hyperparameter files
+def test_shipped_yaml_has_zoo_layout():
+    from importlib import resources
+
+    from hlm_gym.environments.registration import ENV_IDS
+    from hlm_gym.harness.training import ALGO_KEYS, ZOO_KEYS, load_hyperparams, split_hyperparams
+
+    doc = yaml.safe_load(resources.files("hlm_gym._agents").joinpath("ppo.yml").read_text())
+    assert set(doc) == set(ENV_IDS)
+    for env_id in ENV_IDS:
+        hp = doc[env_id]
+        assert {"n_envs", "n_timesteps", "policy", "policy_kwargs", "normalize"} <= set(hp)
+        assert isinstance(hp["policy_kwargs"], str) and hp["policy_kwargs"].startswith("dict(")
+        assert set(hp) <= set(ZOO_KEYS) | set(ALGO_KEYS["ppo"])
+        run, kwargs = split_hyperparams("ppo", load_hyperparams("ppo", env_id))
+        assert kwargs["policy_kwargs"] == {"net_arch": [64, 64]} and run["normalize"]["norm_obs"] is True and run["normalize"]["norm_reward"] is True
+    for algo in ("a2c", "dqn"):
+        load_hyperparams(algo, "hlm_gym/HybridLM-v0")
+
+
+def test_import_registers_env_ids():
+    import gymnasium as gym
+
+    import hlm_gym  # noqa: F401 - rl-zoo's --gym-packages hlm_gym does exactly this
+
+    assert "hlm_gym/HybridLM-v0" in gym.registry and "hlm_gym/HybridLMCompressed-v0" in gym.registry
+
+
+def test_bad_yaml_key_is_a_clear_error(tmp_path):
+    from hlm_gym.harness.training import TrainingError, load_hyperparams
+
+    p = tmp_path / "bad.yml"
+    p.write_text("hlm_gym/HybridLM-v0:\n  n_envs: 2\n  n_stepz: 16\n")
+    with pytest.raises(TrainingError, match=r"bad\.yml.*'n_stepz'"):
+        load_hyperparams("ppo", "hlm_gym/HybridLM-v0", str(p))
+    with pytest.raises(TrainingError, match="no entry for env id 'hlm_gym/Nope-v0'"):
+        load_hyperparams("ppo", "hlm_gym/Nope-v0", str(p))
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys, traces):
+    from hlm_gym.cli.main import main
+
+    rc = main(["train", "--env", "hlm_gym/Nope-v0", "--traces", str(traces), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("hlm-gym: error:") and "Nope-v0" in err and "\n" not in err
+    p = tmp_path / "bad.yml"
+    p.write_text("hlm_gym/HybridLM-v0:\n  learning_rat: 0.1\n")
+    rc = main(["train", "--hyperparams", str(p), "--traces", str(traces), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "learning_rat" in err and "\n" not in err
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--risk-target", "1.5", "--traces", str(traces), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--risk-target: expected a number in [0, 1], got 1.5" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--risk-targets", "0.2,x", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "expected comma-separated numbers" in capsys.readouterr().err
+    rc = main(["compare", "--lambdas", "none", "--risk-targets", "none", "--traces", str(traces),
+               "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "no PPO runs" in err and "\n" not in err
+
+
+# ------------------------------------------------------------------------------ compare's arithmetic
+def test_dominance_matches_risk_and_computes_gain():
+    from hlm_gym.harness.compare import analytic_front, dominance, front_at
+
+    rows = [{"scenario": "s", "family": "uhlm-threshold", "policy": f"threshold:{u}", "risk": r, "tokens_per_s": t}
+            for u, r, t in ((0.0, 0.01, 20.0), (0.1, 0.02, 24.0), (0.2, 0.04, 28.0), (0.3, 0.05, 27.0))]
+    rows += [{"scenario": "s", "family": "ppo", "policy": "ppo:lambda=5", "lambda": 5.0, "risk": 0.03,
+              "tokens_per_s": 30.0},
+             {"scenario": "s", "family": "ppo", "policy": "ppo:lambda=1", "lambda": 1.0, "risk": 0.5,
+              "tokens_per_s": 40.0}]
+    front = analytic_front([(r["risk"], r["tokens_per_s"]) for r in rows if r["family"] != "ppo"])
+    assert front == [(0.01, 20.0), (0.02, 24.0), (0.04, 28.0)]  # 0.05/27 is dominated
+    assert front_at(front, 0.03) == pytest.approx(26.0)
+    d = {x["policy"]: x for x in dominance(rows, "s")}
+    assert d["ppo:lambda=5"]["gain"] == pytest.approx(30 / 26 - 1)
+    assert d["ppo:lambda=5"]["dominates_10pct"] is True
+    assert d["ppo:lambda=5"]["matched_points"] == ""  # nothing within 10% of 0.03
+    assert d["ppo:lambda=1"]["in_range"] is False and d["ppo:lambda=1"]["gain"] is None
+    assert d["ppo:lambda=5"]["on_learned_front"] and d["ppo:lambda=1"]["on_learned_front"]
+    rows.append({"scenario": "s", "family": "ppo", "policy": "ppo:lambda=3", "lambda": 3.0, "risk": 0.035,
+                 "tokens_per_s": 29.0})  # more risk and fewer tokens/s than lambda=5: dominated by PPO itself
+    d = {x["policy"]: x for x in dominance(rows, "s")}
+    assert not d["ppo:lambda=3"]["on_learned_front"] and d["ppo:lambda=5"]["on_learned_front"]
+    # the ceiling is the fastest policy evaluated (40 tokens/s): a reference above 40 / 1.1 cannot be beaten by 10%
+    assert d["ppo:lambda=5"]["attainable"] is True
+    rows.append({"scenario": "s", "family": "uhlm-threshold", "policy": "threshold:1", "risk": 0.5, "tokens_per_s": 38.0})
+    d = {x["policy"]: x for x in dominance(rows, "s")}
+    assert d["ppo:lambda=1"]["analytic_tokens_per_s"] == 38.0 and d["ppo:lambda=1"]["attainable"] is False
+
+
+def test_compare_end_to_end_tiny(traces, tmp_path, capsys):
+    from hlm_gym.harness.compare import CompareConfig, compare
+
+    cfg = CompareConfig(scenarios=("vehicular",), lambdas=(5.0,), risk_targets=(0.3,), timesteps=256,
+                        thresholds=(0.0, 0.3, 1.0), ltt_deltas=(0.1,), episodes=8, n_envs=4, traces=str(traces),
+                        out=str(tmp_path), eval_episodes=8, overrides=dict(TINY), jobs=1)
+    res = compare(cfg)
+    out = capsys.readouterr().out
+    assert "dominance at matched risk" in out and "files written" in out
+    for key in ("results_csv", "results_md", "dominance_csv", "json", "pareto_vehicular"):
+        assert Path(res["files"][key]).is_file() and Path(res["files"][key]).stat().st_size > 0, key
+    families = {r["family"] for r in res["rows"]}
+    assert families == {"ppo", "uhlm-threshold", "uhlm", "ltt", "channel-aware"}
+    assert [d["policy"] for d in res["dominance"]] == ["ppo:lambda=5", "ppo:lambda=10,target=0.3"]
+    assert {r["policy"] for r in res["rows"] if r["family"] == "channel-aware"} == {
+        "channel-aware:lambda=5", "channel-aware:lambda=10,target=0.3"}
+    summary = json.loads((tmp_path / "runs" / "vehicular" / "lambda10-target0.3" / "summary.json").read_text())
+    assert summary["risk_target"] == 0.3 and summary["lambda"] == 10.0
+    assert Path(res["files"]["pareto_vehicular"]).read_bytes()[:4] == b"\x89PNG"
+    md = Path(res["files"]["results_md"]).read_text()
+    assert "`hlm-gym compare --scenarios vehicular --lambdas 5 --risk-targets 0.3 --thresholds 0,0.3,1" in md
+    assert "learned-front points where a 10% gain is attainable" in out
+
+
+def test_parallel_training_equals_sequential(traces, tmp_path):
+    """compare --jobs N trains in worker processes with the same results as one at a time."""
+    from hlm_gym.harness.compare import _train_all
+
+    def configs(root):
+        return [_config(traces, tmp_path / root / str(i), risk_target=t, timesteps=128, eval_freq=128)
+                for i, t in enumerate((None, 0.3))]
+
+    seq = _train_all(configs("seq"), 1, None)
+    par = _train_all(configs("par"), 2, None)
+    for a, b in zip(seq, par):
+        sa = json.loads((Path(a["model"]).parent / "summary.json").read_text())
+        sb = json.loads((Path(b["model"]).parent / "summary.json").read_text())
+        assert sa["last"] == sb["last"] and sa["timesteps"] == sb["timesteps"] == 128
+
+
+def test_compare_resume_reuses_finished_runs(traces, tmp_path, monkeypatch, capsys):
+    """--resume trains only the runs whose summary.json does not record the same settings."""
+    import hlm_gym.harness.training as training
+    from hlm_gym.harness.compare import CompareConfig, compare
+
+    cfg = dict(scenarios=("vehicular",), lambdas=(5.0,), risk_targets=(0.3,), timesteps=256, thresholds=(0.0, 1.0),
+               ltt_deltas=(0.1,), episodes=8, n_envs=4, traces=str(traces), out=str(tmp_path), eval_episodes=8,
+               overrides=dict(TINY), jobs=1)
+    first = compare(CompareConfig(**cfg))
+    assert [r["reused"] for r in first["runs"]] == [False, False]
+
+    def no_training(config):
+        raise AssertionError(f"trained {config.out} again")
+
+    monkeypatch.setattr(training, "train", no_training)
+    again = compare(CompareConfig(**cfg, resume=True))
+    assert [r["reused"] for r in again["runs"]] == [True, True]
+    assert [r["tokens_per_s"] for r in again["rows"]] == [r["tokens_per_s"] for r in first["rows"]]
+    with pytest.raises(AssertionError, match="trained .* again"):  # other settings: retrained
+        compare(CompareConfig(**(cfg | {"timesteps": 128}), resume=True))
+    capsys.readouterr()
