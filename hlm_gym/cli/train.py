@@ -155,7 +155,7 @@ class _CLIError(ValueError):
 
 def _guard(fn, *a: Any) -> Any:
     """Run ``fn``; turn the project's ValueError subclasses (bad settings) into one-line errors."""
-    from hlm_gym.environments.hybrid_lm.simulation import EnvConfigError
+    from hlm_gym.environments.hybrid_lm.config import EnvConfigError
     from hlm_gym.harness.evaluation import EvaluationError
     from hlm_gym.harness.training import TrainingError
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import hlm_gym  # noqa: F401
-from hlm_gym.environments.hybrid_lm.simulation import CostModel, EnvConfigError, _effective_rates
+from hlm_gym.environments.hybrid_lm.config import EnvConfigError
+from hlm_gym.environments.hybrid_lm.simulation import CostModel, _effective_rates
 from hlm_gym.environments.hybrid_lm.env import HybridLMEnv
 from hlm_gym.traces.store import SCHEMA_VERSION, TraceError, load_traces
 from tests.tiny_models import build_tiny_trace, tiny_pair

@@ -137,7 +137,7 @@ def test_sb3_vec_env_adapter(trace_file):
 
 
 def test_sb3_adapter_torch_backend_equals_numpy_backend(trace_file):
-    from hlm_gym.environments.hybrid_lm.simulation import EnvConfigError
+    from hlm_gym.environments.hybrid_lm.config import EnvConfigError
     from hlm_gym.environments.hybrid_lm.sb3 import HybridLMSB3VecEnv
 
     n = 12

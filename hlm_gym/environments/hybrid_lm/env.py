@@ -15,7 +15,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from hlm_gym.environments.hybrid_lm.simulation import EnvConfig, EnvConfigError, EpisodeDraw, Simulation, build_simulation, make_config
+from hlm_gym.environments.hybrid_lm.config import EnvConfig, EnvConfigError, make_config
+from hlm_gym.environments.hybrid_lm.simulation import EpisodeDraw, Simulation, build_simulation
 from hlm_gym.environments.hybrid_lm.observation import OBS_HIGH, OBS_LOW, OBS_NAMES
 
 EXTRA_KWARGS = ("render_mode",)

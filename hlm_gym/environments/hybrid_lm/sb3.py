@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
-from hlm_gym.environments.hybrid_lm.simulation import EnvConfigError
+from hlm_gym.environments.hybrid_lm.config import EnvConfigError
 from hlm_gym.environments.hybrid_lm.vector import EPISODE_KEYS, HybridLMCompressedVectorEnv, HybridLMVectorEnv
 
 

@@ -19,7 +19,8 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from hlm_gym.environments.hybrid_lm.simulation import EnvConfigError, EpisodeDraw, build_simulation, make_config, sub_env_seeds
+from hlm_gym.environments.hybrid_lm.config import EnvConfigError, make_config
+from hlm_gym.environments.hybrid_lm.simulation import EpisodeDraw, build_simulation, sub_env_seeds
 from hlm_gym.environments.hybrid_lm.observation import OBS_HIGH, OBS_LOW, OBS_NAMES
 from hlm_gym.environments.registration import MAX_EPISODE_STEPS
 
