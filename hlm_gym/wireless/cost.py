@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from hlm_gym.wireless.rate import RateModel
+from hlm_gym.wireless.rate import RateModel, effective_rates
 
 if TYPE_CHECKING:  # pragma: no cover
     from hlm_gym.wireless.scenarios import ComputeConfig, PayloadConfig, Scenario
 
-__all__ = ["TokenCost", "token_id_bits", "distribution_bits", "payload_bits", "compute_times", "token_cost"]
+__all__ = ["TokenCost", "token_id_bits", "distribution_bits", "payload_bits", "compute_times", "token_cost", "CostModel",
+           "reference_latency"]
 
 
 @dataclass(frozen=True)
@@ -189,3 +190,83 @@ def token_cost(scenario: "Scenario", *, sent: np.ndarray, pending: "np.ndarray |
         energy_tx_j=e_tx, energy_rx_j=e_rx, energy_compute_j=e_cmp, energy_idle_j=e_idle,
         energy_j=e_tx + e_rx + e_cmp + e_idle,
     )
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Closed-form per-token account, equal to :func:`hlm_gym.wireless.cost.token_cost` (rate path).
+
+    Send with ``p`` pending tokens and option ``o`` (top-k size) at grid point ``g``::
+
+        up_bits  = bits0[o] + p * pend_bits[o]
+        up_air   = up_bits * up_inv[g]
+        srv      = t_verify + (p > 0) * (prefill_a + prefill_b * p)
+        latency  = dev_s + ((up_wait[g] + dl_wait[g]) + (up_air + dl_air[g]) + srv)
+        energy   = p_tx * up_air + p_rx * dl_air[g] + p_dev * dev_s + p_idle * (waits + srv)
+
+    Skip: ``latency = dev_s``, ``energy = p_dev * dev_s``, no bits. ``pend_bits[o]`` is one
+    token id per pending token, plus (``verify="deferred"``) one distribution each, since a
+    speculative block needs ``q`` at every drafted position.
+    """
+
+    dev_s: float
+    t_verify: float
+    prefill_a: float
+    prefill_b: float
+    bits0: tuple[float, ...]
+    pend_bits: tuple[float, ...]
+    dl_bits: float
+    p_tx: float
+    p_rx: float
+    p_dev: float
+    p_idle: float
+    topk: tuple[int, ...]
+
+    @staticmethod
+    def build(scenario, vocab_size: int, topk: tuple[int, ...], deferred: bool) -> "CostModel":
+        pay = scenario.payload
+        ib = token_id_bits(vocab_size)
+        dev, _ = compute_times(scenario.compute, sent=np.array([False]), n=1)
+        bits0, pend = [], []
+        for k in topk:
+            dist = float(distribution_bits(pay, None if k >= vocab_size else np.array([k]), vocab_size).reshape(-1)[0])
+            bits0.append(dist + (ib if pay.send_draft_id else 0) + pay.uplink_header_bits)
+            pend.append(float(ib) + (dist if deferred else 0.0))
+        en = scenario.energy
+        p_tx = 10.0 ** ((scenario.link.tx_power_dbm - 30.0) / 10.0) / en.pa_efficiency + en.tx_circuit_power_w
+        c = scenario.compute
+        return CostModel(dev_s=float(dev[0]), t_verify=float(c.t_llm_verify_s), prefill_a=float(c.t_llm_prefill_a_s),
+                         prefill_b=float(c.t_llm_prefill_b_s), bits0=tuple(bits0), pend_bits=tuple(pend),
+                         dl_bits=float(ib + pay.downlink_header_bits), p_tx=float(p_tx), p_rx=float(en.rx_power_w),
+                         p_dev=float(c.device_power_w), p_idle=float(en.idle_power_w), topk=tuple(topk))
+
+    def send(self, o: int, p: int, up_wait: float, up_inv: float, dl_wait: float, dl_air: float):
+        """(latency, uplink bits, energy) of a send (scalar Python floats)."""
+        up_bits = self.bits0[o] + p * self.pend_bits[o]
+        up_air = up_bits * up_inv
+        srv = self.t_verify + (self.prefill_a + self.prefill_b * p if p > 0 else 0.0)
+        waits = up_wait + dl_wait
+        lat = self.dev_s + ((waits + (up_air + dl_air)) + srv)
+        energy = ((self.p_tx * up_air + self.p_rx * dl_air) + self.p_dev * self.dev_s) + self.p_idle * (waits + srv)
+        return lat, up_bits, energy
+
+    @property
+    def skip_latency(self) -> float:
+        return self.dev_s
+
+    @property
+    def skip_energy(self) -> float:
+        return self.p_dev * self.dev_s
+
+
+def reference_latency(scenario, cost: CostModel, vocab_size: int) -> float:
+    """Latency of a full-upload send with no pending tokens at the scenario's nominal mean SNR."""
+    rm = RateModel(scenario.rate)
+    snr = 10.0 ** (scenario.nominal_mean_snr_db / 10.0)
+    up = rm.rate_bps(np.array([snr]), scenario.link.bandwidth_hz)
+    dl = rm.rate_bps(np.array([snr * 10.0 ** (scenario.downlink_offset_db / 10.0)]), scenario.downlink_bandwidth_hz)
+    uw, ui = effective_rates(scenario, up, scenario.link.bandwidth_hz)
+    dw, di = effective_rates(scenario, dl, scenario.downlink_bandwidth_hz)
+    o = len(cost.topk) - 1  # the full distribution is the last option
+    lat, _, _ = cost.send(o, 0, float(uw[0]), float(ui[0]), float(dw[0]), float(cost.dl_bits * di[0]))
+    return float(lat)

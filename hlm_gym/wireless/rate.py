@@ -22,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from hlm_gym.wireless.scenarios import RateConfig
 
-__all__ = ["shannon_rate_bps", "mcs_spectral_efficiency", "RateModel"]
+__all__ = ["shannon_rate_bps", "mcs_spectral_efficiency", "RateModel", "effective_rates"]
 
 
 def shannon_rate_bps(snr_linear: np.ndarray, bandwidth_hz: float | np.ndarray, gap_db: float = 0.0,
@@ -84,3 +84,13 @@ class RateModel:
         if self._outage_lin is None:  # never in outage: only reached for SNR == 0 (no signal)
             return float(bandwidth_hz * np.log2(1.0 + 1e-3 / self._gap))
         return float(bandwidth_hz * self.spectral_efficiency(np.array([self._outage_lin]))[0])
+
+
+def effective_rates(scenario, rate: np.ndarray, bw: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(wait, 1/rate)`` of the token cost account's instantaneous-rate path: an outage (rate 0) waits the
+    capped ``max_wait_slots`` slots, then goes out at the fallback rate."""
+    rm = RateModel(scenario.rate)
+    slot_cap = scenario.rate.max_wait_slots * scenario.rate.slot_s
+    outage = rate <= 0
+    r_eff = np.where(outage, rm.fallback_rate_bps(bw), rate)
+    return np.where(outage, slot_cap, 0.0), 1.0 / r_eff

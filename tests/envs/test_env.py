@@ -11,7 +11,8 @@ import torch
 
 import hlm_gym  # noqa: F401
 from hlm_gym.environments.hybrid_lm.config import EnvConfigError
-from hlm_gym.environments.hybrid_lm.simulation import CostModel, _effective_rates
+from hlm_gym.wireless.cost import CostModel
+from hlm_gym.wireless.rate import effective_rates
 from hlm_gym.environments.hybrid_lm.env import HybridLMEnv
 from hlm_gym.traces.store import SCHEMA_VERSION, TraceError, load_traces
 from tests.tiny_models import build_tiny_trace, tiny_pair
@@ -160,8 +161,8 @@ def test_cost_model_matches_latency_module():
     cm = CostModel.build(sc, V, (64, V), deferred=False)
     up = np.array([0.0, 1e6, 5e7, 2e8])
     dl = np.array([3e7, 0.0, 5e7, 1e9])
-    uw, ui = _effective_rates(sc, up, sc.link.bandwidth_hz)
-    dw, di = _effective_rates(sc, dl, sc.downlink_bandwidth_hz)
+    uw, ui = effective_rates(sc, up, sc.link.bandwidth_hz)
+    dw, di = effective_rates(sc, dl, sc.downlink_bandwidth_hz)
     for o, k in enumerate((64, V)):
         for pend in (0, 3):
             ref = token_cost(sc, sent=np.ones(4, bool), pending=pend, topk=np.full(4, k), vocab_size=V,

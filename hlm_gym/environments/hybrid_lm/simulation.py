@@ -26,6 +26,8 @@ import numpy as np
 
 from hlm_gym.environments.hybrid_lm.config import EnvConfig, EnvConfigError
 from hlm_gym.environments.hybrid_lm.observation import OBS_HIGH, OBS_LOW
+from hlm_gym.wireless.bank import ChannelBank, auto_dt, bank_shape, channel_bank
+from hlm_gym.wireless.cost import CostModel, reference_latency
 
 SNR_CLIP = (float(OBS_LOW[5]), float(OBS_HIGH[5]))
 LOG_RATE_CLIP = (float(OBS_LOW[6]), float(OBS_HIGH[6]))
@@ -36,192 +38,6 @@ def load_env_scenario(config: EnvConfig):
     from hlm_gym.wireless.scenarios import load_scenario
 
     return load_scenario(config.scenario, **dict(config.scenario_overrides))
-
-
-BANK_SECONDS = 20.0
-BANK_TOTAL_POINTS = 1 << 19
-
-
-def bank_shape(config: EnvConfig, dt: float) -> tuple[int, int]:
-    """(realisations, grid points) of the channel bank for grid step ``dt``."""
-    points = config.channel_bank_points
-    if points is None:
-        need = int(math.ceil(BANK_SECONDS / dt))
-        points = min(max(1 << max(need - 1, 1).bit_length(), 4096), 65536)
-    size = config.channel_bank_size
-    if size is None:
-        size = min(max(BANK_TOTAL_POINTS // points, 8), 64)
-    return int(size), int(points)
-
-
-def auto_dt(scenario) -> float:
-    tc = scenario.coherence_time_s
-    if not math.isfinite(tc):
-        return 0.02
-    return float(min(max(tc / 4.0, 5e-4), 0.02))
-
-
-# ------------------------------------------------------------------------------ channel bank
-@dataclass
-class ChannelBank:
-    """Grid samples of ``R`` channel realisations, as the quantities the cost account needs.
-
-    Arrays are ``(R, G)``: ``snr_obs`` (uplink SNR dB, clipped, float32), ``log_rate``
-    (``log10(1 + uplink rate)``, clipped, float32), ``up_rate`` (bit/s), ``up_wait``
-    (outage wait charged, s), ``up_inv`` (1 / effective uplink rate, s/bit), ``dl_wait``
-    and ``dl_air`` (downlink wait and airtime of the returned token, s).
-    """
-
-    dt: float
-    snr_obs: np.ndarray
-    log_rate: np.ndarray
-    up_rate: np.ndarray
-    up_wait: np.ndarray
-    up_inv: np.ndarray
-    dl_wait: np.ndarray
-    dl_air: np.ndarray
-    mean_snr_db: np.ndarray
-
-    @property
-    def size(self) -> int:
-        return self.snr_obs.shape[0]
-
-    @property
-    def points(self) -> int:
-        return self.snr_obs.shape[1]
-
-
-_BANK_CACHE: dict[tuple, ChannelBank] = {}
-
-
-def _effective_rates(scenario, rate: np.ndarray, bw: float) -> tuple[np.ndarray, np.ndarray]:
-    """(wait, 1/rate) per latency.token_cost's instantaneous-rate path (outage: capped wait, fallback rate)."""
-    from hlm_gym.wireless.rate import RateModel
-
-    rm = RateModel(scenario.rate)
-    slot_cap = scenario.rate.max_wait_slots * scenario.rate.slot_s
-    outage = rate <= 0
-    r_eff = np.where(outage, rm.fallback_rate_bps(bw), rate)
-    return np.where(outage, slot_cap, 0.0), 1.0 / r_eff
-
-
-def channel_bank(scenario, dt: float, size: int, points: int, seed: int, vocab_size: int) -> ChannelBank:
-    """The (cached) :class:`ChannelBank` of a scenario."""
-    key = (repr(scenario.to_dict()), float(dt), int(size), int(points), int(seed), int(vocab_size))
-    bank = _BANK_CACHE.get(key)
-    if bank is not None:
-        return bank
-    from hlm_gym.wireless.cost import token_id_bits
-    from hlm_gym.wireless.rate import RateModel
-
-    ch = scenario.make_channel(n_links=size, rng=np.random.default_rng(seed))
-    times = np.tile(np.arange(points, dtype=float) * dt, size)
-    idx = np.repeat(np.arange(size), points)
-    up_db = ch.snr_db_at(times, idx).reshape(size, points)
-    dl_db = ch.snr_db_at(times, idx, downlink=True).reshape(size, points)
-    rm = RateModel(scenario.rate)
-    with np.errstate(over="ignore"):
-        up_rate = rm.rate_bps(10.0 ** (up_db / 10.0), scenario.link.bandwidth_hz)
-        dl_rate = rm.rate_bps(10.0 ** (dl_db / 10.0), scenario.downlink_bandwidth_hz)
-    up_wait, up_inv = _effective_rates(scenario, up_rate, scenario.link.bandwidth_hz)
-    dl_wait, dl_inv = _effective_rates(scenario, dl_rate, scenario.downlink_bandwidth_hz)
-    dl_bits = float(token_id_bits(vocab_size) + scenario.payload.downlink_header_bits)
-    bank = ChannelBank(
-        dt=float(dt),
-        snr_obs=np.clip(np.nan_to_num(up_db, neginf=SNR_CLIP[0]), *SNR_CLIP).astype(np.float32),
-        log_rate=np.clip(np.log10(1.0 + up_rate), *LOG_RATE_CLIP).astype(np.float32),
-        up_rate=up_rate, up_wait=up_wait, up_inv=up_inv, dl_wait=dl_wait, dl_air=dl_bits * dl_inv,
-        mean_snr_db=np.asarray(ch.mean_snr_db()),
-    )
-    if len(_BANK_CACHE) > 16:
-        _BANK_CACHE.clear()
-    _BANK_CACHE[key] = bank
-    return bank
-
-
-# ------------------------------------------------------------------------------ cost account
-@dataclass(frozen=True)
-class CostModel:
-    """Closed-form per-token account, equal to :func:`hlm_gym.wireless.cost.token_cost` (rate path).
-
-    Send with ``p`` pending tokens and option ``o`` (top-k size) at grid point ``g``::
-
-        up_bits  = bits0[o] + p * pend_bits[o]
-        up_air   = up_bits * up_inv[g]
-        srv      = t_verify + (p > 0) * (prefill_a + prefill_b * p)
-        latency  = dev_s + ((up_wait[g] + dl_wait[g]) + (up_air + dl_air[g]) + srv)
-        energy   = p_tx * up_air + p_rx * dl_air[g] + p_dev * dev_s + p_idle * (waits + srv)
-
-    Skip: ``latency = dev_s``, ``energy = p_dev * dev_s``, no bits. ``pend_bits[o]`` is one
-    token id per pending token, plus (``verify="deferred"``) one distribution each, since a
-    speculative block needs ``q`` at every drafted position.
-    """
-
-    dev_s: float
-    t_verify: float
-    prefill_a: float
-    prefill_b: float
-    bits0: tuple[float, ...]
-    pend_bits: tuple[float, ...]
-    dl_bits: float
-    p_tx: float
-    p_rx: float
-    p_dev: float
-    p_idle: float
-    topk: tuple[int, ...]
-
-    @staticmethod
-    def build(scenario, vocab_size: int, topk: tuple[int, ...], deferred: bool) -> "CostModel":
-        from hlm_gym.wireless.cost import compute_times, distribution_bits, token_id_bits
-
-        pay = scenario.payload
-        ib = token_id_bits(vocab_size)
-        dev, _ = compute_times(scenario.compute, sent=np.array([False]), n=1)
-        bits0, pend = [], []
-        for k in topk:
-            dist = float(distribution_bits(pay, None if k >= vocab_size else np.array([k]), vocab_size).reshape(-1)[0])
-            bits0.append(dist + (ib if pay.send_draft_id else 0) + pay.uplink_header_bits)
-            pend.append(float(ib) + (dist if deferred else 0.0))
-        en = scenario.energy
-        p_tx = 10.0 ** ((scenario.link.tx_power_dbm - 30.0) / 10.0) / en.pa_efficiency + en.tx_circuit_power_w
-        c = scenario.compute
-        return CostModel(dev_s=float(dev[0]), t_verify=float(c.t_llm_verify_s), prefill_a=float(c.t_llm_prefill_a_s),
-                         prefill_b=float(c.t_llm_prefill_b_s), bits0=tuple(bits0), pend_bits=tuple(pend),
-                         dl_bits=float(ib + pay.downlink_header_bits), p_tx=float(p_tx), p_rx=float(en.rx_power_w),
-                         p_dev=float(c.device_power_w), p_idle=float(en.idle_power_w), topk=tuple(topk))
-
-    def send(self, o: int, p: int, up_wait: float, up_inv: float, dl_wait: float, dl_air: float):
-        """(latency, uplink bits, energy) of a send (scalar Python floats)."""
-        up_bits = self.bits0[o] + p * self.pend_bits[o]
-        up_air = up_bits * up_inv
-        srv = self.t_verify + (self.prefill_a + self.prefill_b * p if p > 0 else 0.0)
-        waits = up_wait + dl_wait
-        lat = self.dev_s + ((waits + (up_air + dl_air)) + srv)
-        energy = ((self.p_tx * up_air + self.p_rx * dl_air) + self.p_dev * self.dev_s) + self.p_idle * (waits + srv)
-        return lat, up_bits, energy
-
-    @property
-    def skip_latency(self) -> float:
-        return self.dev_s
-
-    @property
-    def skip_energy(self) -> float:
-        return self.p_dev * self.dev_s
-
-
-def reference_latency(scenario, cost: CostModel, vocab_size: int) -> float:
-    """Latency of a full-upload send with no pending tokens at the scenario's nominal mean SNR."""
-    from hlm_gym.wireless.rate import RateModel
-
-    rm = RateModel(scenario.rate)
-    snr = 10.0 ** (scenario.nominal_mean_snr_db / 10.0)
-    up = rm.rate_bps(np.array([snr]), scenario.link.bandwidth_hz)
-    dl = rm.rate_bps(np.array([snr * 10.0 ** (scenario.downlink_offset_db / 10.0)]), scenario.downlink_bandwidth_hz)
-    uw, ui = _effective_rates(scenario, up, scenario.link.bandwidth_hz)
-    dw, di = _effective_rates(scenario, dl, scenario.downlink_bandwidth_hz)
-    o = len(cost.topk) - 1  # the full distribution is the last option
-    lat, _, _ = cost.send(o, 0, float(uw[0]), float(ui[0]), float(dw[0]), float(cost.dl_bits * di[0]))
-    return float(lat)
 
 
 # ------------------------------------------------------------------------------ trace tables
@@ -374,8 +190,8 @@ def build_simulation(config: EnvConfig, compressed: bool) -> Simulation:
     key = (traces.path, _mtime(traces.path), config.prompts, topk)
     tables = cached_tables(traces, topk, key)
     dt = config.channel_dt_s or auto_dt(scenario)
-    size, points = bank_shape(config, dt)
-    bank = channel_bank(scenario, dt, size, points, config.channel_seed, V)
+    size, points = bank_shape(dt, config.channel_bank_size, config.channel_bank_points)
+    bank = channel_bank(scenario, dt, size, points, config.channel_seed, V, SNR_CLIP, LOG_RATE_CLIP)
     cost = CostModel.build(scenario, V, topk, deferred=config.verify == "deferred")
     ref = config.latency_ref_s or reference_latency(scenario, CostModel.build(scenario, V, (V,), False), V)
     return Simulation(config, scenario, traces, tables, bank, cost, float(ref), topk, tables.max_tokens, V)
