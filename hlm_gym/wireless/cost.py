@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
@@ -241,10 +241,21 @@ class CostModel:
                          p_dev=float(c.device_power_w), p_idle=float(en.idle_power_w), topk=tuple(topk))
 
     def send(self, o: int, p: int, up_wait: float, up_inv: float, dl_wait: float, dl_air: float):
-        """(latency, uplink bits, energy) of a send (scalar Python floats)."""
-        up_bits = self.bits0[o] + p * self.pend_bits[o]
+        """(latency, uplink bits, energy) of a send with option ``o`` and ``p`` pending tokens (scalars)."""
+        return self.send_terms(self.bits0[o], self.pend_bits[o], p, up_wait, up_inv, dl_wait, dl_air,
+                               lambda c, a, b: a if c else b)
+
+    def send_terms(self, bits0: Any, pend_bits: Any, p: Any, up_wait: Any, up_inv: Any, dl_wait: Any, dl_air: Any,
+                   where: Callable[[Any, Any, Any], Any]):
+        """(latency, uplink bits, energy) of sends: THE formula, on scalars or arrays.
+
+        ``bits0``/``pend_bits`` are the chosen options' entries; ``where(cond, a, b)`` is the
+        array library's select (numpy's, torch's, or a Python conditional for scalars). The
+        same float64 operations in the same order on every backend.
+        """
+        up_bits = bits0 + p * pend_bits
         up_air = up_bits * up_inv
-        srv = self.t_verify + (self.prefill_a + self.prefill_b * p if p > 0 else 0.0)
+        srv = self.t_verify + where(p > 0, self.prefill_a + self.prefill_b * p, 0.0)
         waits = up_wait + dl_wait
         lat = self.dev_s + ((waits + (up_air + dl_air)) + srv)
         energy = ((self.p_tx * up_air + self.p_rx * dl_air) + self.p_dev * self.dev_s) + self.p_idle * (waits + srv)
