@@ -2,7 +2,8 @@
 
 Recipe
 ------
-* **Student**: decoder layers chosen from the 30 of SmolLM2-135M-Instruct (default: all 30),
+* **Student** (the architecture is :mod:`hlm_gym.lm.student`, shared with the loader
+  :mod:`hlm_gym.lm.slm`): decoder layers chosen from the 30 of SmolLM2-135M-Instruct (default: all 30),
   *deep-copied* so the teacher stays intact, and made cheaper in two ways:
 
   - **MLP width pruning** (``mlp_width``, default 576 of 1536 neurons per layer): each layer
@@ -33,8 +34,6 @@ with the same data order (the data stream is a deterministic function of the see
 
 from __future__ import annotations
 
-import copy
-import functools
 import io
 import json
 import math
@@ -44,94 +43,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from hlm_gym.lm.acceptance import acceptance_on, final_hidden
+from hlm_gym.lm.chat_examples import encode_example, eval_prompts, train_prompts
+from hlm_gym.lm.slm import (ARTIFACT_FORMAT, ARTIFACT_JSON, ARTIFACT_WEIGHTS, MLP_KEY, VOCAB_KEY, check_acceptance,
+                            slm_from_delta)
+from hlm_gym.lm.student import (LORA_TARGETS, DistillError, LoRALinear, TrimmedLMHead, build_student, delta_state,
+                                merge_student, validate_layers, validate_rank, validate_vocab)
 from hlm_gym.paths import atomic_write_bytes, atomic_write_text
 
-VOCAB_KEY = "lm_head.ids"  # kept-vocabulary ids of a trimmed head, in the shipped safetensors
-MLP_KEY = "mlp.kept"  # (n_layers, width) kept MLP neurons of each student layer, in the shipped safetensors
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Names of this module before the student architecture moved to hlm_gym.lm.student, the data to
+# hlm_gym.lm.chat_examples and the metrics to hlm_gym.lm.acceptance; still importable from here.
+__all__ = ["BuildConfig", "DistillError", "LORA_TARGETS", "LoRALinear", "MLP_KEY", "TrimmedLMHead", "VOCAB_KEY",
+           "acceptance_on", "build", "build_student", "calibrate_temperature", "default_layers", "delta_state",
+           "distill_loss", "eval_prompts", "export_artifact", "final_hidden", "frequent_vocab", "load_checkpoint_student",
+           "lr_at", "merge_student", "mlp_importance", "packed_sequences", "progress_fraction", "top_neurons",
+           "train_prompts", "validate_layers", "validate_rank", "validate_vocab"]
+_eval_prompts = eval_prompts  # old private name, imported by hlm_gym.cli.slm; use eval_prompts
 
 
-class DistillError(ValueError):
-    """Bad distillation settings (layer indices, rank, budget) or a broken run folder."""
-
-
-# ----------------------------------------------------------------------------- adapters
-class LoRALinear(nn.Module):
-    """``y = x W^T (+ b) + scale * (x A^T) B^T`` with ``W`` frozen and ``A``, ``B`` trainable."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator):
-        super().__init__()
-        self.base = base
-        for p in self.base.parameters():
-            p.requires_grad_(False)
-        self.rank = rank
-        self.scale = alpha / rank
-        a = torch.empty(rank, base.in_features)
-        bound = 1.0 / math.sqrt(base.in_features)
-        a.uniform_(-bound, bound, generator=generator)
-        self.lora_A = nn.Parameter(a)
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
-
-    def forward(self, x):
-        return self.base(x) + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale
-
-    def merged_weight(self, a: torch.Tensor | None = None, b: torch.Tensor | None = None):
-        a = self.lora_A if a is None else a
-        b = self.lora_B if b is None else b
-        w = self.base.weight
-        return w + (b.to(w.dtype) @ a.to(w.dtype)) * self.scale
-
-
-class TrimmedLMHead(nn.Module):
-    """An LM head over a subset ``ids`` of the vocabulary (a VocabTrim-style draft head).
-
-    Holds the rows ``W[ids]`` of the full head, so a decode step costs ``h x len(ids)``
-    multiply-accumulates instead of ``h x V``. :meth:`forward` returns full-vocabulary logits
-    (``FILL`` outside the kept set, so those tokens get probability 0 but stay finite in
-    log space), which keeps the SLM a drop-in causal LM for verification; :meth:`kept_logits`
-    gives the ``len(ids)`` logits alone (training).
-    """
-
-    FILL = -1.0e4
-
-    def __init__(self, full_weight: torch.Tensor, ids: torch.Tensor):
-        super().__init__()
-        ids = torch.as_tensor(ids, dtype=torch.long)
-        self.vocab_size = int(full_weight.shape[0])
-        self.register_buffer("ids", ids.clone(), persistent=False)
-        self.weight = nn.Parameter(full_weight.detach()[ids].clone(), requires_grad=False)
-
-    @property
-    def out_rows(self) -> int:
-        """Number of vocabulary rows the head multiplies by (for FLOP counts)."""
-        return int(self.ids.numel())
-
-    def kept_logits(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(h, self.weight)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        z = self.kept_logits(h)
-        out = z.new_full((*z.shape[:-1], self.vocab_size), self.FILL)
-        out[..., self.ids] = z
-        return out
-
-
-def validate_vocab(ids, vocab_size: int) -> torch.Tensor:
-    """Check a kept-vocabulary id list (unique, in range) and return it as a sorted long tensor."""
-    t = torch.as_tensor(ids, dtype=torch.long).flatten()
-    if t.numel() == 0:
-        raise DistillError("the kept vocabulary is empty")
-    if int(t.min()) < 0 or int(t.max()) >= vocab_size:
-        raise DistillError(f"kept vocabulary ids must lie in 0..{vocab_size - 1}, "
-                           f"got range {int(t.min())}..{int(t.max())}")
-    if torch.unique(t).numel() != t.numel():
-        raise DistillError("kept vocabulary ids must be unique")
-    return torch.sort(t).values
-
-
+# ----------------------------------------------------------------------------- recipe
 def frequent_vocab(tokenizer, prompts, n: int, max_prompt_tokens: int = 160,
                    max_reply_tokens: int = 384) -> torch.Tensor:
     """The ``n`` most frequent token ids in the chat-templated ``prompts`` (prompt + reply).
@@ -144,7 +75,7 @@ def frequent_vocab(tokenizer, prompts, n: int, max_prompt_tokens: int = 160,
     vocab_size = len(tokenizer)
     counts = torch.zeros(vocab_size, dtype=torch.long)
     for prompt in prompts:
-        enc = _encode_example(tokenizer, prompt, max_prompt_tokens, max_reply_tokens)
+        enc = encode_example(tokenizer, prompt, max_prompt_tokens, max_reply_tokens)
         if enc is not None:
             counts += torch.bincount(torch.tensor(enc[0]), minlength=vocab_size)[:vocab_size]
     order = torch.argsort(-counts, stable=True)  # most frequent first, ties by token id
@@ -191,35 +122,6 @@ def top_neurons(importance: torch.Tensor, width: int) -> torch.Tensor:
     return torch.sort(torch.topk(importance, width, dim=1).indices, dim=1).values
 
 
-def _slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
-    w = lin.weight.detach()
-    if rows is not None:
-        w = w[rows]
-    if cols is not None:
-        w = w[:, cols]
-    out = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
-    out.weight = nn.Parameter(w.clone(), requires_grad=False)
-    return out
-
-
-def validate_layers(layers: list[int], n_total: int) -> list[int]:
-    """Check a list of teacher layer indices (in range, unique, increasing)."""
-    if not layers:
-        raise DistillError("at least one layer is needed")
-    bad = [i for i in layers if not isinstance(i, int) or not 0 <= i < n_total]
-    if bad:
-        raise DistillError(f"layer indices {bad} out of range 0..{n_total - 1}")
-    if sorted(set(layers)) != list(layers):
-        raise DistillError(f"layer indices must be unique and increasing, got {layers}")
-    return list(layers)
-
-
-def validate_rank(rank: int) -> int:
-    if not isinstance(rank, int) or rank <= 0:
-        raise DistillError(f"rank must be a positive integer, got {rank!r}")
-    return rank
-
-
 def default_layers(n_student: int, n_total: int, n_last: int | None = None) -> list[int]:
     """The first ``n_student - n_last`` layers and the last ``n_last`` layers of the teacher."""
     if not 1 <= n_student <= n_total:
@@ -232,112 +134,8 @@ def default_layers(n_student: int, n_total: int, n_last: int | None = None) -> l
     return sorted(set(first + last))
 
 
-def build_student(llm, layers: list[int], rank: int | None, alpha: float | None = None,
-                  seed: int = 0, vocab_ids=None, mlp_keep=None):
-    """A student made of deep copies of ``llm``'s ``layers``, sharing embeddings and LM head.
-
-    With ``rank`` set, every linear map of the copied layers is wrapped in a
-    :class:`LoRALinear`. Only adapters and RMSNorm weights of the student are trainable.
-    With ``vocab_ids`` set, the LM head is a :class:`TrimmedLMHead` over those tokens. With
-    ``mlp_keep`` (``(len(layers), width)`` neuron indices, see :func:`top_neurons`), each copied
-    MLP keeps only those intermediate neurons (width pruning; ``config.intermediate_size``
-    becomes ``width``).
-    """
-    n_total = llm.config.num_hidden_layers
-    layers = validate_layers(list(layers), n_total)
-    if rank is not None:
-        validate_rank(rank)
-    alpha = float(alpha if alpha is not None else (rank or 1))
-    config = copy.deepcopy(llm.config)
-    config.num_hidden_layers = len(layers)
-    if getattr(config, "layer_types", None) is not None:
-        config.layer_types = [llm.config.layer_types[i] for i in layers]
-    if vocab_ids is not None:
-        vocab_ids = validate_vocab(vocab_ids, int(llm.lm_head.weight.shape[0]))
-        config.tie_word_embeddings = False
-    if mlp_keep is not None:
-        mlp_keep = torch.as_tensor(mlp_keep, dtype=torch.long)
-        inter = int(llm.config.intermediate_size)
-        if mlp_keep.ndim != 2 or mlp_keep.shape[0] != len(layers) or mlp_keep.numel() == 0:
-            raise DistillError(f"kept MLP neurons must have shape ({len(layers)}, width), "
-                               f"got {tuple(mlp_keep.shape)}")
-        if int(mlp_keep.min()) < 0 or int(mlp_keep.max()) >= inter:
-            raise DistillError(f"kept MLP neuron indices must lie in 0..{inter - 1}")
-        config.intermediate_size = int(mlp_keep.shape[1])
-    with torch.device("meta"):
-        student = type(llm)(config)
-    student.model.embed_tokens = llm.model.embed_tokens
-    if vocab_ids is None:
-        student.lm_head = llm.lm_head
-    else:
-        student.lm_head = TrimmedLMHead(llm.lm_head.weight, vocab_ids)
-    student.model.rotary_emb = llm.model.rotary_emb
-    student.model.norm = copy.deepcopy(llm.model.norm)
-    student.model.layers = nn.ModuleList(copy.deepcopy(llm.model.layers[i]) for i in layers)
-    for p in student.parameters():
-        p.requires_grad_(False)
-    gen = torch.Generator().manual_seed(seed)
-    for new_idx, layer in enumerate(student.model.layers):
-        layer.self_attn.layer_idx = new_idx
-        if mlp_keep is not None:
-            k = mlp_keep[new_idx].to(layer.mlp.down_proj.weight.device)
-            layer.mlp.gate_proj = _slice_linear(layer.mlp.gate_proj, rows=k)
-            layer.mlp.up_proj = _slice_linear(layer.mlp.up_proj, rows=k)
-            layer.mlp.down_proj = _slice_linear(layer.mlp.down_proj, cols=k)
-            layer.mlp.intermediate_size = int(k.numel())
-        if rank is not None:
-            for parent in (layer.self_attn, layer.mlp):
-                for name in LORA_TARGETS:
-                    if hasattr(parent, name):
-                        setattr(parent, name, LoRALinear(getattr(parent, name), rank, alpha, gen))
-    for name, p in student.named_parameters():
-        if "lora_" in name or "norm" in name and "embed" not in name:
-            if name.startswith("lm_head") or "embed_tokens" in name:
-                continue
-            p.requires_grad_(True)
-    student.hlm_mlp_keep = None if mlp_keep is None else mlp_keep.cpu()  # exported with the delta
-    return student.eval()
-
-
-def delta_state(student) -> dict[str, torch.Tensor]:
-    """The trainable tensors (adapters and norms) of a student, by parameter name."""
-    return {n: p.detach() for n, p in student.named_parameters() if p.requires_grad}
-
-
-def merge_student(student) -> None:
-    """Fold every :class:`LoRALinear` of ``student`` into a plain ``nn.Linear`` (in place)."""
-    for layer in student.model.layers:
-        for parent in (layer.self_attn, layer.mlp):
-            for name in LORA_TARGETS:
-                mod = getattr(parent, name, None)
-                if isinstance(mod, LoRALinear):
-                    with torch.no_grad():
-                        lin = mod.base
-                        lin.weight = nn.Parameter(mod.merged_weight(), requires_grad=False)
-                    setattr(parent, name, lin)
-    for p in student.parameters():
-        p.requires_grad_(False)
-
 
 # ----------------------------------------------------------------------------- data
-def _encode_example(tokenizer, prompt, max_prompt_tokens: int, max_reply_tokens: int):
-    from hlm_gym.lm.prompts import chat_input_ids
-
-    p_ids = chat_input_ids(tokenizer, prompt.text).tolist()
-    if len(p_ids) > max_prompt_tokens or not prompt.reference.strip():
-        return None
-    r_ids = tokenizer(prompt.reference, add_special_tokens=False).input_ids[:max_reply_tokens]
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(end, int) and end >= 0 and end != tokenizer.unk_token_id:
-        r_ids = r_ids + [end]
-    ids = p_ids + r_ids
-    # position t predicts token t+1: the response is predicted from len(p_ids)-1 to len(ids)-2
-    mask = [0] * len(ids)
-    for t in range(len(p_ids) - 1, len(ids) - 1):
-        mask[t] = 1
-    return ids, mask
-
-
 def packed_sequences(tokenizer, prompts, seq_len: int, n_sequences: int, seed: int,
                      max_prompt_tokens: int = 160, max_reply_tokens: int = 384):
     """``n_sequences`` packed rows (ids, response mask) of ``seq_len`` tokens, deterministic in ``seed``.
@@ -351,7 +149,7 @@ def packed_sequences(tokenizer, prompts, seq_len: int, n_sequences: int, seed: i
     mask_stream: list[int] = []
     need = seq_len * n_sequences
     for i in order:
-        enc = _encode_example(tokenizer, prompts[i], max_prompt_tokens, max_reply_tokens)
+        enc = encode_example(tokenizer, prompts[i], max_prompt_tokens, max_reply_tokens)
         if enc is None:
             continue
         ids_stream += enc[0]
@@ -368,10 +166,6 @@ def packed_sequences(tokenizer, prompts, seq_len: int, n_sequences: int, seed: i
 
 
 # ----------------------------------------------------------------------------- metrics
-def final_hidden(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-    return model.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-
-
 def distill_loss(t_logits: torch.Tensor, s_logits: torch.Tensor, tv_weight: float = 0.0,
                  kept: torch.Tensor | None = None):
     """Mean forward KL(p||q) (+ ``tv_weight`` * TV) over rows, and the mean acceptance sum min(p, q).
@@ -397,27 +191,11 @@ def distill_loss(t_logits: torch.Tensor, s_logits: torch.Tensor, tv_weight: floa
     return loss, kl.detach(), accept.detach().mean()
 
 
-@torch.no_grad()
-def acceptance_on(teacher, student, ids: torch.Tensor, mask: torch.Tensor, chunk: int = 4):
-    """Mean acceptance ``sum_v min(p_v, q_v)`` and greedy agreement over the masked positions."""
-    acc_sum, agree_sum, n = 0.0, 0.0, 0
-    for i in range(0, ids.shape[0], chunk):
-        x, m = ids[i:i + chunk], mask[i:i + chunk]
-        if not m.any():
-            continue
-        th = final_hidden(teacher, x)[m]
-        sh = final_hidden(student, x)[m]
-        p = torch.softmax(teacher.lm_head(th).float(), -1)
-        q = torch.softmax(student.lm_head(sh).float(), -1)
-        acc_sum += torch.minimum(p, q).sum(-1).sum().item()
-        agree_sum += (p.argmax(-1) == q.argmax(-1)).sum().item()
-        n += int(m.sum())
-    return acc_sum / max(n, 1), agree_sum / max(n, 1), n
-
-
 # ----------------------------------------------------------------------------- training
 @dataclass
 class BuildConfig:
+    """Settings of one distillation run (the recipe, its budget and where it runs)."""
+
     layers: list[int] = field(default_factory=lambda: list(range(30)))
     rank: int = 16
     alpha: float = 32.0
@@ -466,26 +244,13 @@ def _save_torch(path: Path, obj) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-@functools.lru_cache(maxsize=None)
-def _train_prompts():
-    from hlm_gym.lm.prompts import sharegpt_prompts
-
-    return tuple(sharegpt_prompts("train"))
-
-
-@functools.lru_cache(maxsize=None)
-def _eval_prompts():
-    from hlm_gym.lm.prompts import sharegpt_prompts
-
-    return tuple(sharegpt_prompts("validation", limit=400))
-
 
 def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
           progress: bool = True, log=print):
     """Run (or resume) a distillation into ``run_dir``; returns the trained student (with adapters)."""
     from tqdm.auto import tqdm
 
-    from hlm_gym.lm.models import EMBEDDED_LLM, load_model
+    from hlm_gym.lm.models import EMBEDDED_LLM, load_model  # transformers, only when a run starts
 
     run_dir = Path(run_dir)
     validate_rank(cfg.rank)
@@ -522,13 +287,13 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
     vocab_ids = None
     if cfg.vocab is not None:
         vocab_ids = (state["vocab_ids"] if state is not None and state.get("vocab_ids") is not None
-                     else frequent_vocab(tokenizer, _train_prompts(), cfg.vocab))
+                     else frequent_vocab(tokenizer, train_prompts(), cfg.vocab))
     mlp_keep = None
     if cfg.mlp_width is not None:
         if state is not None and state.get("mlp_keep") is not None:
             mlp_keep = state["mlp_keep"]
         else:
-            cal_ids, _ = packed_sequences(tokenizer, _train_prompts(), cfg.seq_len, cfg.calib_sequences,
+            cal_ids, _ = packed_sequences(tokenizer, train_prompts(), cfg.seq_len, cfg.calib_sequences,
                                           cfg.seed + 3)
             mlp_keep = top_neurons(mlp_importance(teacher, cal_ids.to(device))[cfg.layers], cfg.mlp_width)
     student = build_student(teacher, cfg.layers, cfg.rank, cfg.alpha, seed=cfg.seed,
@@ -543,9 +308,9 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
         step = int(state["step"])
         torch.set_rng_state(state["rng"])
 
-    ids, mask = packed_sequences(tokenizer, _train_prompts(), cfg.seq_len,
+    ids, mask = packed_sequences(tokenizer, train_prompts(), cfg.seq_len,
                                  cfg.steps * cfg.batch_size, cfg.seed)
-    ev_ids, ev_mask = packed_sequences(tokenizer, _eval_prompts(), cfg.seq_len,
+    ev_ids, ev_mask = packed_sequences(tokenizer, eval_prompts(), cfg.seq_len,
                                        cfg.eval_sequences, cfg.seed + 1)
     n_rows = ids.shape[0]
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -640,8 +405,6 @@ def export_artifact(student, cfg: BuildConfig, llm, out_dir: str | Path, summary
     (the figure the tests reproduce).
     """
     from safetensors.torch import save
-
-    from hlm_gym.lm.slm import ARTIFACT_FORMAT, ARTIFACT_JSON, ARTIFACT_WEIGHTS, check_acceptance, slm_from_delta
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -92,7 +92,7 @@ def token_flops(config, context: int = 0, n_layers: int | None = None,
 def model_token_flops(model, context: int = 0) -> TokenFlops:
     """:func:`token_flops` for a loaded Hugging Face model (its config, and its head's rows).
 
-    A head that exposes ``out_rows`` (:class:`hlm_gym.lm.distill.TrimmedLMHead`) is counted
+    A head that exposes ``out_rows`` (:class:`hlm_gym.lm.student.TrimmedLMHead`) is counted
     at that many rows.
     """
     head = getattr(model, "lm_head", None)

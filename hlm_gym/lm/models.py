@@ -30,55 +30,23 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+# LoadedModel, ModelPair, ModelLoadError and output_size live in model_types; importable from here too
+from hlm_gym.lm.model_types import LoadedModel, ModelLoadError, ModelPair, output_size
+from hlm_gym.lm.slm import embedded_slm_from_llm
 from hlm_gym.paths import cache_dir
+
+__all__ = ["EMBEDDED_GGUF_NAME", "EMBEDDED_LLM", "EMBEDDED_SLM", "LoadedModel", "ModelLoadError", "ModelPair",
+           "check_same_tokenizer", "check_spec", "early_exit_model", "embedded_gguf_path", "file_sha256",
+           "gguf_folder", "load_model", "load_pair", "output_size", "tokenizer_signature"]
 
 EMBEDDED_LLM = "embedded"
 EMBEDDED_SLM = "embedded-slm"
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelLoadError(ValueError):
-    """A model spec could not be resolved or loaded, or a pair is inconsistent."""
-
-
-@dataclass
-class LoadedModel:
-    """A causal LM with its tokenizer and provenance."""
-
-    model: PreTrainedModel
-    tokenizer: object
-    spec: str
-    name: str
-    fingerprint: str
-
-
-@dataclass
-class ModelPair:
-    """An SLM (device) and an LLM (base station) that share one tokenizer."""
-
-    slm: PreTrainedModel
-    llm: PreTrainedModel
-    tokenizer: object
-    slm_name: str
-    llm_name: str
-    slm_fingerprint: str
-    llm_fingerprint: str
-
-    @property
-    def vocab_size(self) -> int:
-        """Size of the output distribution (the LM head's rows)."""
-        return output_size(self.llm)
-
-    @property
-    def device(self) -> torch.device:
-        """The device the LLM lives on."""
-        return next(self.llm.parameters()).device
 
 
 def embedded_gguf_path() -> Path:
@@ -249,9 +217,7 @@ def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32,
         model, tok = _from_folder(folder, dtype, device)
         return LoadedModel(model, tok, spec_s, "SmolLM2-135M-Instruct (Q4_1 GGUF)", sha)
     if spec_s == EMBEDDED_SLM:
-        from hlm_gym.lm.slm import load_embedded_slm
-
-        return load_embedded_slm(dtype=dtype, device=device)
+        return embedded_slm_from_llm(load_model(EMBEDDED_LLM, dtype, device))
     if spec_s.startswith("early-exit:"):
         arg = spec_s.split(":", 1)[1]
         base = load_model(EMBEDDED_LLM, dtype, device)
@@ -291,12 +257,6 @@ def tokenizer_signature(tokenizer) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def output_size(model) -> int:
-    """Number of logits a causal LM returns per position (a trimmed draft head still returns all)."""
-    head = model.get_output_embeddings()
-    return int(getattr(head, "vocab_size", None) or head.weight.shape[0])
-
-
 def check_same_tokenizer(slm: LoadedModel, llm: LoadedModel) -> None:
     """Raise :class:`ModelLoadError` unless both models use the same tokenizer and vocabulary."""
     sig_s, sig_l = tokenizer_signature(slm.tokenizer), tokenizer_signature(llm.tokenizer)
@@ -331,8 +291,6 @@ def load_pair(slm: str | os.PathLike | None = None, llm: str | os.PathLike | Non
                                  f"SmolLM2-135M first {arg} layers",
                                  hashlib.sha256((llm_loaded.fingerprint + slm_spec).encode()).hexdigest())
     elif slm_spec == EMBEDDED_SLM and llm_spec == EMBEDDED_LLM:
-        from hlm_gym.lm.slm import embedded_slm_from_llm
-
         slm_loaded = embedded_slm_from_llm(llm_loaded)
     else:
         slm_loaded = load_model(slm_spec, dtype, device)

@@ -27,13 +27,18 @@ from pathlib import Path
 
 import torch
 
-from hlm_gym.lm.models import LoadedModel, ModelLoadError
+from hlm_gym.lm.acceptance import acceptance_on
+from hlm_gym.lm.chat_examples import encode_example, eval_prompts
+from hlm_gym.lm.model_types import LoadedModel, ModelLoadError
+from hlm_gym.lm.student import DistillError, build_student, merge_student
 from hlm_gym.paths import data_dir
 
 ARTIFACT_JSON = "slm.json"
 ARTIFACT_WEIGHTS = "slm.safetensors"
 ARTIFACT_FORMAT = 2
 SUPPORTED_FORMATS = (1, 2)  # 1: full LM head; 2: adds an optional trimmed head ("vocab")
+VOCAB_KEY = "lm_head.ids"  # kept-vocabulary ids of a trimmed head, in the weights file
+MLP_KEY = "mlp.kept"  # (n_layers, width) kept MLP neurons of each student layer, in the weights file
 
 
 def artifact_dir() -> Path:
@@ -76,8 +81,6 @@ def _sha256(path: Path) -> str:
 def slm_from_delta(llm: LoadedModel, folder: str | Path | None = None, check_base: bool = True) -> LoadedModel:
     """Build the SLM of the artifact in ``folder`` (default: shipped) on top of ``llm``."""
     from safetensors.torch import load_file
-
-    from hlm_gym.lm.distill import MLP_KEY, VOCAB_KEY, DistillError, build_student, merge_student
 
     folder = Path(folder) if folder is not None else artifact_dir()
     cfg = read_artifact_config(folder)
@@ -136,32 +139,21 @@ def embedded_slm_from_llm(llm: LoadedModel) -> LoadedModel:
     return slm_from_delta(llm)
 
 
-def load_embedded_slm(dtype=None, device="cpu") -> LoadedModel:
-    """Load the embedded LLM and build the shipped SLM from it."""
-    from hlm_gym.lm.models import EMBEDDED_LLM, load_model
-
-    kwargs = {"device": device}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    return embedded_slm_from_llm(load_model(EMBEDDED_LLM, **kwargs))
-
-
 # ----------------------------------------------------------------------------- check batch
 CHECK_PROMPTS = 4
 CHECK_TOKENS = 64
 
 
-def check_batch(tokenizer, n_prompts: int = CHECK_PROMPTS, max_tokens: int = CHECK_TOKENS):
+def check_batch(tokenizer, n_prompts: int = CHECK_PROMPTS,
+                max_tokens: int = CHECK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     """A small fixed batch: the first ShareGPT *validation* turns, prompt + reference reply.
 
     Returns ``(ids, mask)`` of shape ``(n, max_tokens)``; ``mask`` marks the positions that
     predict a reply token. Only examples at least ``max_tokens`` long are used (no padding).
     """
-    from hlm_gym.lm.distill import _encode_example, _eval_prompts
-
     rows, masks = [], []
-    for prompt in _eval_prompts():
-        enc = _encode_example(tokenizer, prompt, max_prompt_tokens=max_tokens // 2,
+    for prompt in eval_prompts():
+        enc = encode_example(tokenizer, prompt, max_prompt_tokens=max_tokens // 2,
                               max_reply_tokens=max_tokens)
         if enc is None or len(enc[0]) < max_tokens:
             continue
@@ -176,8 +168,6 @@ def check_batch(tokenizer, n_prompts: int = CHECK_PROMPTS, max_tokens: int = CHE
 
 def check_acceptance(llm_model, slm_model, tokenizer) -> dict:
     """Acceptance and greedy agreement of an SLM/LLM pair on :func:`check_batch`."""
-    from hlm_gym.lm.distill import acceptance_on
-
     ids, mask = check_batch(tokenizer)
     dev = next(llm_model.parameters()).device
     acc, agree, n = acceptance_on(llm_model, slm_model, ids.to(dev), mask.to(dev))

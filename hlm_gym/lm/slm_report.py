@@ -35,12 +35,12 @@ class ReportError(ValueError):
 
 def test_sequences(tokenizer, n_prompts: int, max_tokens: int):
     """(ids, mask) pairs for the first ``n_prompts`` usable ShareGPT test turns."""
-    from hlm_gym.lm.distill import _encode_example
+    from hlm_gym.lm.chat_examples import encode_example
     from hlm_gym.lm.prompts import sharegpt_prompts
 
     out = []
     for prompt in sharegpt_prompts("test"):
-        enc = _encode_example(tokenizer, prompt, max_prompt_tokens=max_tokens // 2,
+        enc = encode_example(tokenizer, prompt, max_prompt_tokens=max_tokens // 2,
                               max_reply_tokens=max_tokens)
         if enc is None:
             continue

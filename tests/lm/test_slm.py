@@ -13,10 +13,12 @@ import types
 import pytest
 import torch
 
-from hlm_gym.lm.distill import (BuildConfig, DistillError, TrimmedLMHead, build, build_student, default_layers,
-                             distill_loss, export_artifact, frequent_vocab, mlp_importance, top_neurons)
+from hlm_gym.lm.distill import (BuildConfig, build, default_layers, distill_loss, export_artifact, frequent_vocab,
+                                mlp_importance, top_neurons)
 from hlm_gym.lm.flops import FlopsError, max_context_within_ratio, model_token_flops, token_flops
-from hlm_gym.lm.models import LoadedModel, ModelLoadError, load_model
+from hlm_gym.lm.model_types import LoadedModel, ModelLoadError
+from hlm_gym.lm.models import load_model
+from hlm_gym.lm.student import DistillError, TrimmedLMHead, build_student
 from hlm_gym.lm.slm import artifact_dir, check_acceptance, read_artifact_config, slm_from_delta
 from tests.tiny_models import TinyTokenizer, tiny_model
 
