@@ -143,7 +143,7 @@ def test_compressed_payload_and_acceptance(trace_file):
     assert u.sim.topk == (4, 16, 64) and env.action_space.n == 4
     tr = load_traces(trace_file)
     env.reset(seed=2)
-    row = u._row
+    row = u._kernel.row
     _, _, _, _, info = env.step(1)  # send the top-4
     pay = u.sim.scenario.payload
     expected = float(distribution_bits(pay, np.array([4]), 64)[0]) + token_id_bits(64) + pay.uplink_header_bits

@@ -16,6 +16,8 @@ import numpy as np
 from gymnasium import spaces
 
 from hlm_gym.environments.hybrid_lm.config import EnvConfig, EnvConfigError, make_config
+from hlm_gym.environments.backends import ScalarOps
+from hlm_gym.environments.hybrid_lm.kernel import Draft, HybridLMKernel
 from hlm_gym.environments.hybrid_lm.simulation import EpisodeDraw, Simulation, build_simulation
 from hlm_gym.environments.hybrid_lm.observation import OBS_HIGH, OBS_LOW, OBS_NAMES
 
@@ -137,36 +139,15 @@ class HybridLMEnv(gym.Env):
         self.config: EnvConfig = config
         self.render_mode = render_mode
         self.sim: Simulation = build_simulation(config, self.compressed)
-        sim = self.sim
+        self._kernel = HybridLMKernel(self.sim, ScalarOps, 1, self.compressed)
         self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, dtype=np.float32)
-        self.action_space = spaces.Discrete(1 + len(sim.topk) if self.compressed else 2)
-        self._n_actions = int(self.action_space.n)
-        t = sim.tables
-        self._sig = t.signals
-        self._acc = t.accepted
-        self._beta = t.beta
-        self._beta_full = t.beta_full
-        self._acc_full = t.accepted_full
-        self._end = t.end
-        self._next_rej = t.next_rej
-        b = sim.bank
-        self._dt = b.dt
-        self._G = b.points
-        self._bank_rows = [(b.snr_obs[i], b.log_rate[i], b.up_rate[i], b.up_wait[i], b.up_inv[i], b.dl_wait[i],
-                            b.dl_air[i]) for i in range(b.size)]
-        self._episode_draw = EpisodeDraw.of(sim)
-        self._inv_ref = 1.0 / sim.latency_ref
-        self._lam = float(config.risk_weight)
-        self._target = float(config.risk_target)
-        self._risk_error = config.risk == "error"
-        self._deferred = config.verify == "deferred"
-        self._max_tokens = float(sim.max_tokens)
-        self._W = config.skip_window
+        self.action_space = spaces.Discrete(self._kernel.n_actions)
+        self._n_actions = self._kernel.n_actions
+        self._episode_draw = EpisodeDraw.of(self.sim)
         self._obs = np.zeros(len(OBS_NAMES), dtype=np.float32)
-        self._live = None
-        if config.mode == "live":
-            self._live = _LivePair(self, extra.get("pair"))
-        self._row = -1
+        self._live = _LivePair(self, extra.get("pair")) if config.mode == "live" else None
+        self._started = False
+        self._done = False
 
     # ------------------------------------------------------------------ episode
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
@@ -178,196 +159,80 @@ class HybridLMEnv(gym.Env):
             if not 0 <= prompt < self.sim.traces.n_prompts:
                 raise ValueError(f"options['prompt']={prompt} out of range 0..{self.sim.traces.n_prompts - 1}")
         self._prompt = prompt
-        self._bank = self._bank_rows[brow]
-        self._j0 = j0
-        t = self.sim.tables
-        self._start = int(t.starts[prompt])
-        self._row = self._start
-        self._t = 0.0
-        self._pending = 0
-        self._steps = self._sends = self._skips = self._errors = 0
-        self._risk_sum = 0.0
-        self._ring = [0] * self._W
-        self._ring_i = 0
-        self._ring_n = 0
+        self._kernel.reset(None, prompt, brow, j0)
         self._out: list[tuple[int, str]] = []
-        self._done = False
+        self._started, self._done = True, False
         if self._live is not None:
             self._live.start(prompt)
-        return self._observe(), {"prompt": prompt, "prompt_id": self.sim.traces.meta["prompts"][prompt]["id"]}
-
-    def _grid(self) -> int:
-        return (self._j0 + int(self._t / self._dt)) % self._G
-
-    def _observe(self) -> np.ndarray:
-        obs = self._obs
-        if self._live is not None:
-            obs[:5] = self._live.signals()
+            self._kernel.observe(self._obs, signals=self._live.signals())
         else:
-            obs[:5] = self._sig[self._row]
-        g = self._grid()
-        bank = self._bank
-        obs[5] = bank[0][g]
-        obs[6] = bank[1][g]
-        mt = self._max_tokens
-        p = self._pending / mt
-        obs[7] = p if p < 1.0 else 1.0
-        pos = (self._row - self._start) / mt
-        obs[8] = pos if pos < 1.0 else 1.0
-        obs[9] = self._ring_n / self._W
-        return obs.copy()
+            self._kernel.observe(self._obs)
+        return self._obs.copy(), {"prompt": prompt, "prompt_id": self.sim.traces.meta["prompts"][prompt]["id"]}
 
     # ------------------------------------------------------------------ step
     def step(self, action):
         a = check_action(action, self._n_actions)
-        if self._row < 0 or self._done:
+        if not self._started or self._done:
             raise RuntimeError("call reset() before step() (the episode has ended)")
         if self._live is not None:
             return self._step_live(a)
-        r = self._row
-        g = self._grid()
-        bank = self._bank
-        snr = float(bank[0][g])
-        rate = float(bank[2][g])
-        deferred = self._deferred
-        if a == 0 and deferred and self._end[r]:
-            a = self._n_actions - 1 if self.compressed else 1  # the last token is always verified
-        if a == 0:
-            lat = self.sim.cost.dev_s
-            energy = self.sim.cost.skip_energy
-            bits = 0.0
-            beta = float(self._beta_full[r])
-            err = not self._acc_full[r]
-            risk = (1.0 if err else 0.0) if self._risk_error else beta
-            reward = -(lat * self._inv_ref) - self._lam * (risk - self._target)
-            self._pending += 1
-            self._skips += 1
-            self._risk_sum += beta
-            self._out.append((r, "skipped-wrong" if err else "skipped"))
-            self._row = r + 1
-            terminated = bool(self._end[r])
-            rejected = False
-            skip = 1
+        k = self._kernel
+        r = k.row
+        a = k.send_action(a, r)
+        o = k.option(a)
+        out = k.step(a, r, o, k.trace_draft(r, o))
+        if out.rewound:  # the LLM's token at the rewind position, the rest of the block discarded
+            del self._out[len(self._out) - (r - out.rewind):]
+            self._out.append((out.rewind, "rejected"))
+        elif a == 0:
+            self._out.append((r, "skipped-wrong" if out.error else "skipped"))
         else:
-            o = a - 1 if self.compressed else 0
-            p = self._pending
-            lat, bits, energy = self.sim.cost.send(o, p, float(bank[3][g]), float(bank[4][g]), float(bank[5][g]),
-                                                   float(bank[6][g]))
-            beta = float(self._beta[r, o])
-            err = False
-            reward = -(lat * self._inv_ref)
-            rejected = False
-            terminated = False
-            if deferred and p > 0:
-                c = int(self._next_rej[o, r - p])
-                if c < r:  # rewind: the LLM's token at c, the rest of the block discarded
-                    del self._out[len(self._out) - (r - c):]
-                    self._out.append((c, "rejected"))
-                    self._row = c + 1
-                    rejected = True
-                    terminated = bool(self._end[c])
-            if not rejected:
-                rejected = not self._acc[r, o]
-                self._out.append((r, "rejected" if rejected else "accepted"))
-                self._row = r + 1
-                terminated = bool(self._end[r])
-            self._pending = 0
-            self._sends += 1
-            skip = 0
-        self._t += lat
-        self._steps += 1
-        self._ring_n += skip - self._ring[self._ring_i]
-        self._ring[self._ring_i] = skip
-        self._ring_i = (self._ring_i + 1) % self._W
-        info = {"latency_s": lat, "uplink_bits": bits, "sent": a != 0, "rejected": rejected, "beta": beta,
-                "error": err, "snr_db": snr, "rate_bps": rate, "energy_j": energy}
+            self._out.append((r, "rejected" if out.rejected else "accepted"))
+        info = self._step_info(out)
+        terminated = out.terminated
         if terminated:
             self._done = True
-            info.update(self._episode_info())
-            obs = self._terminal_obs()
+            info.update(k.episode_metrics())
+            k.observe(self._obs, rows=k.row - 1)  # the last row's signals (there is no next draft)
         else:
-            obs = self._observe()
-        return obs, reward, terminated, False, info
+            k.observe(self._obs)
+        return self._obs.copy(), out.reward, terminated, False, info
 
-    def _terminal_obs(self) -> np.ndarray:
-        self._row -= 1  # observe the last row's signals (the episode has no next draft)
-        try:
-            return self._observe()
-        finally:
-            self._row += 1
-
-    def _episode_info(self) -> dict:
-        n_tok = self._row - self._start
-        if self._deferred:
-            errors = 0
-        else:
-            errors = sum(1 for _, s in self._out if s == "skipped-wrong")
-        return {"tokens_per_s": n_tok / self._t if self._t > 0 else 0.0,
-                "transmission_rate": self._sends / self._steps, "skip_rate": self._skips / self._steps,
-                "risk": self._risk_sum / self._skips if self._skips else 0.0,
-                "error_rate": errors / n_tok if n_tok else 0.0, "tokens": n_tok, "time_s": self._t}
+    @staticmethod
+    def _step_info(out) -> dict:
+        return {"latency_s": out.latency_s, "uplink_bits": out.uplink_bits, "sent": out.sent,
+                "rejected": out.rejected, "beta": out.beta, "error": out.error, "snr_db": out.snr_db,
+                "rate_bps": out.rate_bps, "energy_j": out.energy_j}
 
     # ------------------------------------------------------------------ live mode
     def _step_live(self, a: int):
-        live = self._live
-        g = self._grid()
-        bank = self._bank
-        snr, rate = float(bank[0][g]), float(bank[2][g])
+        """One decision on the real pair: the draft's acceptance comes from the LLM, the rest from the kernel."""
+        k, live = self._kernel, self._live
+        r = k.row
+        o = k.option(a)
         if a == 0:
             rec = live.commit(False, None)
-            lat, energy, bits = self.sim.cost.dev_s, self.sim.cost.skip_energy, 0.0
-            beta = math.nan
-            risk = 0.0 if self._lam == 0 else math.nan
-            reward = -(lat * self._inv_ref) - (self._lam * risk if self._lam else 0.0)
-            self._pending += 1
-            self._skips += 1
-            self._out.append((rec.token, "skipped"))
-            rejected, skip = False, 1
+            draft = Draft(beta_full=math.nan, accepted_full=True, beta=math.nan, accepted=True, end=live.done)
         else:
-            o = a - 1 if self.compressed else 0
-            p = self._pending
-            k = self.sim.topk[o]
-            rec = live.commit(True, None if k >= self.sim.vocab_size else k)
-            lat, bits, energy = self.sim.cost.send(o, p, float(bank[3][g]), float(bank[4][g]), float(bank[5][g]),
-                                                   float(bank[6][g]))
-            beta = float(rec.beta)
-            reward = -(lat * self._inv_ref)
-            rejected = not rec.accepted
-            self._out.append((rec.token, "rejected" if rejected else "accepted"))
-            self._pending = 0
-            self._sends += 1
-            skip = 0
-        self._row += 1
-        self._t += lat
-        self._steps += 1
-        self._ring_n += skip - self._ring[self._ring_i]
-        self._ring[self._ring_i] = skip
-        self._ring_i = (self._ring_i + 1) % self._W
-        terminated = live.done
-        info = {"latency_s": lat, "uplink_bits": bits, "sent": a != 0, "rejected": rejected, "beta": beta,
-                "error": False, "snr_db": snr, "rate_bps": rate, "energy_j": energy, "token": rec.token}
+            kk = self.sim.topk[o]
+            rec = live.commit(True, None if kk >= self.sim.vocab_size else kk)
+            draft = Draft(beta_full=float(rec.beta), accepted_full=bool(rec.accepted), beta=float(rec.beta),
+                          accepted=bool(rec.accepted), end=live.done)
+        out = k.step(a, r, o, draft, replay=False)
+        self._out.append((rec.token, "skipped" if a == 0 else ("rejected" if out.rejected else "accepted")))
+        info = self._step_info(out) | {"token": rec.token}
+        terminated = bool(out.terminated)
         if terminated:
             self._done = True
-            n_tok = self._row - self._start
-            skipped = self._skips
-            info.update({"tokens_per_s": n_tok / self._t if self._t > 0 else 0.0,
-                         "transmission_rate": self._sends / self._steps, "skip_rate": self._skips / self._steps,
-                         "risk": math.nan if skipped else 0.0, "error_rate": math.nan if skipped else 0.0,
-                         "tokens": n_tok, "time_s": self._t})
-            obs = self._observe_live_terminal()
+            skipped = k.skips > 0
+            info.update(k.episode_metrics())
+            # skipped drafts are not verified live: their risk is unknown
+            info["risk"] = math.nan if skipped else 0.0
+            info["error_rate"] = math.nan if skipped else 0.0
+            k.observe(self._obs, signals=live.last_signals)
         else:
-            obs = self._observe()
-        return obs, reward, terminated, False, info
-
-    def _observe_live_terminal(self) -> np.ndarray:
-        obs = self._obs
-        obs[:5] = self._live.last_signals
-        g = self._grid()
-        obs[5], obs[6] = self._bank[0][g], self._bank[1][g]
-        obs[7] = min(self._pending / self._max_tokens, 1.0)
-        obs[8] = min((self._row - self._start) / self._max_tokens, 1.0)
-        obs[9] = self._ring_n / self._W
-        return obs.copy()
+            k.observe(self._obs, signals=live.signals())
+        return self._obs.copy(), out.reward, terminated, False, info
 
     # ------------------------------------------------------------------ render
     def render(self):
@@ -417,8 +282,9 @@ def render_ansi(env: HybridLMEnv) -> str:
             token = int(t.token[row]) if status in ("accepted", "rejected") else int(t.draft[row])
             left, right = MARKS[status]
             pieces.append(f"{left}{traces.token_text(token)}{right}")
-    head = (f"prompt {env._prompt}  tokens {len(env._out)}  sent {env._sends}/{env._steps}  "
-            f"t={env._t:.3f}s  (text, <resampled>, [skipped], [!skipped-wrong])\n")
+    k = env._kernel
+    head = (f"prompt {env._prompt}  tokens {len(env._out)}  sent {k.sends}/{k.steps}  "
+            f"t={k.time:.3f}s  (text, <resampled>, [skipped], [!skipped-wrong])\n")
     return head + "".join(pieces) + "\n"
 
 

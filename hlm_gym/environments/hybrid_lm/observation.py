@@ -21,6 +21,8 @@ index  name             meaning                                                b
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 OBS_NAMES: tuple[str, ...] = ("u", "entropy", "top1_prob", "margin", "saturation", "snr_db", "log_rate",
@@ -30,3 +32,19 @@ OBS_LOW = np.array([0, 0, 0, 0, -1, -50, 0, 0, 0, 0], dtype=np.float32)
 OBS_HIGH = np.array([1, 1, 1, 1, 1, 80, 12, 1, 1, 1], dtype=np.float32)
 
 SKIP, SEND = 0, 1
+
+
+def write_observation(xp: Any, obs: Any, idx: Any, signals: Any, snr_db: Any, log_rate: Any, pending: Any,
+                      position: Any, skip_count: Any, max_tokens: float, window: int) -> None:
+    """Write observations (the layout above) of environments ``idx`` into ``obs``: the ONE builder.
+
+    ``signals`` are the five draft signals (entropy already divided by ``log V``), ``snr_db``
+    and ``log_rate`` the clipped channel values, ``pending``/``position``/``skip_count`` counts;
+    ``xp`` is an array backend of :mod:`hlm_gym.environments.backends`.
+    """
+    xp.put(obs, idx, slice(0, 5), signals)
+    xp.put(obs, idx, 5, snr_db)
+    xp.put(obs, idx, 6, log_rate)
+    xp.put(obs, idx, 7, xp.minimum(xp.f64(pending) / max_tokens, 1.0))
+    xp.put(obs, idx, 8, xp.minimum(xp.f64(position) / max_tokens, 1.0))
+    xp.put(obs, idx, 9, xp.f64(skip_count) / window)

@@ -1,0 +1,229 @@
+"""The ONE step kernel of the HybridLM family, shared by the single, numpy and torch envs.
+
+:class:`HybridLMKernel` holds the state of ``n`` environments (Python scalars for one env,
+numpy arrays or torch tensors for a batch, see :mod:`hlm_gym.environments.backends`) and
+advances it by one decision: the token cost account (:class:`hlm_gym.wireless.cost.CostModel`),
+the reward, the trace replay (incl. ``verify="deferred"`` rewinds), the skip window, and the
+observation (:func:`hlm_gym.environments.hybrid_lm.observation.write_observation`). The
+Gymnasium classes around it only add their interface: the single env's info dicts and
+rendering, the vector envs' autoreset and info masks. Live mode supplies only what differs: the
+signals and the acceptance of a real draft (:meth:`HybridLMKernel.step` takes a ``draft``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from hlm_gym.environments.backends import ALL
+from hlm_gym.environments.hybrid_lm.observation import write_observation
+from hlm_gym.environments.hybrid_lm.simulation import Simulation
+
+__all__ = ["HybridLMKernel", "Draft", "StepOut", "EPISODE_KEYS", "STEP_KEYS"]
+
+STEP_KEYS = ("latency_s", "uplink_bits", "sent", "rejected", "beta", "error", "snr_db", "rate_bps", "energy_j")
+EPISODE_KEYS = ("tokens_per_s", "transmission_rate", "skip_rate", "risk", "error_rate", "tokens", "time_s")
+
+
+@dataclass
+class Draft:
+    """What a decision needs to know of the current draft, per environment.
+
+    ``beta_full``/``accepted_full``: rejection probability and acceptance against the full
+    distribution; ``beta``/``accepted``: the same for the chosen upload option; ``end``: the
+    response ends with this token. Trace mode reads them from the trace tables
+    (:meth:`HybridLMKernel.trace_draft`); live mode from the real models.
+    """
+
+    beta_full: Any
+    accepted_full: Any
+    beta: Any
+    accepted: Any
+    end: Any
+
+
+@dataclass
+class StepOut:
+    """The result of one decision per environment (backend scalars or arrays)."""
+
+    reward: Any
+    terminated: Any
+    sent: Any
+    rejected: Any
+    error: Any
+    beta: Any
+    latency_s: Any
+    uplink_bits: Any
+    energy_j: Any
+    snr_db: Any
+    rate_bps: Any
+    rewind: Any  # the rewind position (deferred verification), else the decided row
+    rewound: Any  # a deferred block was cut at ``rewind``
+
+
+class HybridLMKernel:
+    """State and dynamics of ``n`` HybridLM environments on an array backend ``xp``."""
+
+    def __init__(self, sim: Simulation, xp: Any, n: int, compressed: bool) -> None:
+        self.sim, self.xp, self.n = sim, xp, n
+        cfg, t, b, c = sim.config, sim.tables, sim.bank, sim.cost
+        self.compressed = compressed
+        self.n_actions = 1 + len(sim.topk) if compressed else 2
+        self.n_opts = len(sim.topk)
+        self.n_rows = len(t.signals)
+        self.cost = c
+        # trace tables (flat, for gathers)
+        self.sig = xp.table(t.signals, "f32")
+        self.end = xp.table(t.end, "b")
+        self.beta_full = xp.table(t.beta_full, "f")
+        self.acc_full = xp.table(t.accepted_full, "b")
+        self.acc_opt = xp.table(t.accepted.reshape(-1), "b")
+        self.beta_opt = xp.table(t.beta.reshape(-1), "f")
+        self.next_rej = xp.table(t.next_rej.reshape(-1), "i")
+        self.starts = t.starts
+        # channel bank (flat over realisation x grid point)
+        self.G, self.dt = b.points, b.dt
+        self.snr = xp.table(b.snr_obs.reshape(-1), "f32")
+        self.log_rate = xp.table(b.log_rate.reshape(-1), "f32")
+        self.up_rate = xp.table(b.up_rate.reshape(-1), "f")
+        self.up_wait = xp.table(b.up_wait.reshape(-1), "f")
+        self.up_inv = xp.table(b.up_inv.reshape(-1), "f")
+        self.dl_wait = xp.table(b.dl_wait.reshape(-1), "f")
+        self.dl_air = xp.table(b.dl_air.reshape(-1), "f")
+        self.bits0 = xp.table(np.asarray(c.bits0), "f")
+        self.pend_bits = xp.table(np.asarray(c.pend_bits), "f")
+        # reward
+        self.inv_ref = 1.0 / sim.latency_ref
+        self.skip_reward0 = -(c.dev_s * self.inv_ref)
+        self.risk_weight = float(cfg.risk_weight)
+        self.risk_target = float(cfg.risk_target)
+        self.risk_error = cfg.risk == "error"
+        self.deferred = cfg.verify == "deferred"
+        self.max_tokens = float(sim.max_tokens)
+        self.window = cfg.skip_window
+        # state
+        z = xp.zeros
+        self.row, self.start, self.j0, self.brow = z(n), z(n), z(n), z(n)
+        self.pending, self.steps, self.sends, self.skips, self.errors = z(n), z(n), z(n), z(n), z(n)
+        self.time, self.risk_sum = z(n, "f"), z(n, "f")
+        self.ring = xp.ring(n, self.window)
+        self.ring_n = z(n)
+
+    # ------------------------------------------------------------------ episodes
+    def reset(self, idx: Any, prompt: Any, brow: Any, j0: Any) -> None:
+        """Start new episodes in environments ``idx`` (prompt, bank realisation, start phase)."""
+        xp = self.xp
+        start, brow, j0 = xp.from_host(self.starts[prompt]), xp.from_host(brow), xp.from_host(j0)
+        self.start = xp.assign(self.start, idx, start)
+        self.row = xp.assign(self.row, idx, start)
+        self.brow = xp.assign(self.brow, idx, brow)
+        self.j0 = xp.assign(self.j0, idx, j0)
+        for name in ("pending", "steps", "sends", "skips", "errors", "ring_n"):
+            setattr(self, name, xp.assign(getattr(self, name), idx, 0))
+        self.time = xp.assign(self.time, idx, 0.0)
+        self.risk_sum = xp.assign(self.risk_sum, idx, 0.0)
+        self.ring = xp.ring_clear(self.ring, idx)
+
+    def grid(self, idx: Any = ALL) -> Any:
+        """Flat bank index (realisation x grid point) of each environment's channel now."""
+        xp = self.xp
+        g = (xp.gather(self.j0, idx) + xp.floor_int(xp.gather(self.time, idx) / self.dt)) % self.G
+        return xp.gather(self.brow, idx) * self.G + g
+
+    def observe(self, obs: Any, idx: Any = ALL, rows: Any = None, signals: Any = None) -> None:
+        """Write the observation of environments ``idx`` into ``obs`` (signals of trace ``rows``,
+        or the given ``signals`` in live mode)."""
+        xp = self.xp
+        if signals is None:
+            signals = xp.take_rows(self.sig, xp.gather(self.row, idx) if rows is None else rows)
+        if rows is None:
+            rows = xp.gather(self.row, idx)
+        f = self.grid(idx)
+        write_observation(xp, obs, idx, signals, xp.take(self.snr, f), xp.take(self.log_rate, f),
+                          xp.gather(self.pending, idx), rows - xp.gather(self.start, idx),
+                          xp.gather(self.ring_n, idx), self.max_tokens, self.window)
+
+    # ------------------------------------------------------------------ a decision
+    def send_action(self, a: Any, r: Any) -> Any:
+        """The actions at rows ``r``, a skip of a response's last token turned into a full send (deferred)."""
+        if not self.deferred:
+            return a
+        return self.xp.where((a == 0) & self.xp.take(self.end, r), self.n_actions - 1, a)
+
+    def option(self, a: Any) -> Any:
+        """The upload option (index into ``topk``) of an action (0 for a skip)."""
+        return self.xp.maximum(a - 1, 0) if self.compressed else a * 0
+
+    def trace_draft(self, r: Any, o: Any) -> Draft:
+        """The recorded draft at trace rows ``r`` under upload options ``o``."""
+        xp = self.xp
+        ro = r * self.n_opts + o
+        return Draft(beta_full=xp.take(self.beta_full, r), accepted_full=xp.take(self.acc_full, r),
+                     beta=xp.take(self.beta_opt, ro), accepted=xp.take(self.acc_opt, ro), end=xp.take(self.end, r))
+
+    def step(self, a: Any, r: Any, o: Any, draft: Draft, replay: bool = True) -> StepOut:
+        """Apply actions ``a`` (options ``o``) at rows ``r`` to every environment; returns the outcome.
+
+        ``replay``: trace mode (deferred rewinds from the trace's rejection index); live mode
+        passes ``False`` and advances one row per decision.
+        """
+        xp, c = self.xp, self.cost
+        p = self.pending
+        f = self.grid()
+        skip = a == 0
+        send = xp.logical_not(skip)
+        # the token cost account of a send (one formula: CostModel.send), a skip costs device compute
+        lat_send, up_bits, en_send = c.send_terms(xp.take(self.bits0, o), xp.take(self.pend_bits, o), xp.f64(p),
+                                                  xp.take(self.up_wait, f), xp.take(self.up_inv, f),
+                                                  xp.take(self.dl_wait, f), xp.take(self.dl_air, f), xp.where)
+        lat = xp.where(skip, c.dev_s, lat_send)
+        err = skip & xp.logical_not(draft.accepted_full)
+        risk = xp.f64(err) if self.risk_error else draft.beta_full
+        skip_reward = self.skip_reward0
+        if self.risk_weight:  # (a zero weight ignores the risk, NaN in live mode, entirely)
+            skip_reward = skip_reward - self.risk_weight * (risk - self.risk_target)
+        reward = xp.where(skip, skip_reward, -(lat_send * self.inv_ref))
+        new_row = r + 1
+        term = draft.end
+        rejected = send & xp.logical_not(draft.accepted)
+        rewind, rewound = r, send & False
+        if self.deferred and replay:
+            cpos = xp.take(self.next_rej, o * self.n_rows + xp.maximum(r - p, 0))
+            rewound = send & (p > 0) & (cpos < r)
+            rewind = xp.where(rewound, cpos, r)
+            new_row = xp.where(rewound, rewind + 1, new_row)
+            term = xp.take(self.end, rewind)
+            rejected = rejected | rewound
+        # state
+        self.pending = xp.where(skip, p + 1, 0)
+        self.skips = self.skips + skip
+        self.sends = self.sends + send
+        self.errors = self.errors + err
+        self.risk_sum = self.risk_sum + xp.where(skip, draft.beta_full, 0.0)
+        self.time = self.time + lat
+        sk = skip * 1
+        self.ring_n = self.ring_n + sk - xp.ring_swap(self.ring, self.steps % self.window, sk)
+        self.steps = self.steps + 1
+        self.row = new_row
+        return StepOut(reward=reward, terminated=term, sent=send, rejected=rejected, error=err,
+                       beta=xp.where(skip, draft.beta_full, draft.beta), latency_s=lat,
+                       uplink_bits=xp.where(skip, 0.0, up_bits), energy_j=xp.where(skip, c.skip_energy, en_send),
+                       snr_db=xp.f64(xp.take(self.snr, f)), rate_bps=xp.take(self.up_rate, f),
+                       rewind=rewind, rewound=rewound)
+
+    # ------------------------------------------------------------------ metrics
+    def episode_metrics(self, idx: Any = ALL, errors: Optional[Any] = None) -> dict[str, Any]:
+        """End-of-episode metrics of environments ``idx`` (``errors``: override the error count)."""
+        xp = self.xp
+        g = lambda a: xp.f64(xp.gather(a, idx))  # noqa: E731
+        ntok = g(self.row) - g(self.start)
+        tm = xp.gather(self.time, idx)
+        st, sk = g(self.steps), g(self.skips)
+        errs = (ntok * 0.0 if self.deferred else g(self.errors)) if errors is None else errors
+        return {"tokens_per_s": xp.where(tm > 0, ntok / xp.where(tm > 0, tm, 1.0), 0.0),
+                "transmission_rate": g(self.sends) / st, "skip_rate": sk / st,
+                "risk": xp.where(sk > 0, xp.gather(self.risk_sum, idx) / xp.maximum(sk, 1.0), 0.0),
+                "error_rate": xp.where(ntok > 0, errs / xp.maximum(ntok, 1.0), 0.0),
+                "tokens": xp.floor_int(ntok), "time_s": tm}
