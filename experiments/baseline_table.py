@@ -82,7 +82,8 @@ def main(argv=None) -> int:
     from hlm_gym.paths import atomic_write_text
     from hlm_gym.policies.data import trace_columns
     from hlm_gym.policies.fit import fit_uhlm
-    from hlm_gym.policies.spec import make_policy
+    from hlm_gym.policies.context import PolicyContext
+    from hlm_gym.policies.registry import make_policy
 
     t0 = time.perf_counter()
     from hlm_gym.policies.base import PolicyError
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
                 pol = res.policy
                 if spec.startswith("ltt"):
                     if spec not in extra:
-                        extra[spec] = make_policy(spec, traces=args.traces).ltt.to_dict()
+                        extra[spec] = make_policy(spec, PolicyContext(traces=args.traces)).ltt.to_dict()
                     extra[spec][f"test_risk_{sc}"] = s["risk"]["mean"]
                 row = {"scenario": sc, "policy": label, "spec": spec,
                        "param": pol.get("u_th", pol.get("rate", pol.get("alpha_fb", pol.get("lambda", "")))),

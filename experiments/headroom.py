@@ -81,7 +81,7 @@ def main() -> None:
             rows.append(result_row(sc, ANALYTIC_FAMILY, f"threshold:{u:g}", evaluate(f"threshold:{u:g}", **ev)))
         for target in (float(t) for t in args.targets.split(",")):
             for mu in (float(m) for m in args.mus.split(",")):
-                pol = EmpiricalChannelAware(sim.scenario, lam=mu, latency_ref=sim.latency_ref, max_tokens=sim.max_tokens,
+                pol = EmpiricalChannelAware(sim.scenario, risk_weight=mu, latency_ref=sim.latency_ref, max_tokens=sim.max_tokens,
                                             fit=fit, vocab_size=sim.vocab_size, target=target, table=table)
                 # family "ppo" so that compare's dominance check treats these points as the candidates
                 rows.append(result_row(sc, "ppo", f"myopic:mu={mu:g},target={target:g}", evaluate(pol, **ev)))

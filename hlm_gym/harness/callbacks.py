@@ -121,9 +121,9 @@ class HarnessEvalCallback(BaseCallback):
         return True
 
     def _run_eval(self) -> None:
-        from hlm_gym.harness.training import ModelPolicy
+        from hlm_gym.policies.sb3_model import SB3Policy
 
-        m = self._evaluate(ModelPolicy(self.model, self.vecnorm))
+        m = self._evaluate(SB3Policy(self.model, vecnorm=self.vecnorm))
         m["timesteps"] = int(self.num_timesteps)
         self.last = m
         self.history.append(m)

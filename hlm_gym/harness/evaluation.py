@@ -273,14 +273,14 @@ def evaluate(policy: str | Policy, *, scenario: str = "static-good", split: str 
         raise EvaluationError(f"episodes must be a positive integer, got {episodes!r}")
     if mode == "live":
         if isinstance(policy, str):
-            from hlm_gym.policies.spec import validate_spec
+            from hlm_gym.policies.registry import validate_spec
 
             validate_spec(policy)
         return evaluate_live(policy, scenario=scenario, split=split, episodes=episodes, seed=seed,
                              lambda_=lambda_, traces=traces, env_kwargs=env_kwargs, policy_context=policy_context,
                              reference=reference)
     if isinstance(policy, str):
-        from hlm_gym.policies.spec import validate_spec
+        from hlm_gym.policies.registry import validate_spec
 
         validate_spec(policy)
     own_env = env is None
@@ -392,9 +392,11 @@ def evaluate_live(policy: str | Policy, *, scenario: str, split: str, episodes: 
 
 
 def _make(spec: str, ctx: dict[str, Any]) -> Policy:
-    from hlm_gym.policies.spec import make_policy
+    from hlm_gym.policies.context import PolicyContext
+    from hlm_gym.policies.registry import make_policy
 
-    return make_policy(spec, **ctx)
+    fields = {("risk_weight" if k == "lambda_" else k): v for k, v in ctx.items()}
+    return make_policy(spec, PolicyContext(**fields))
 
 
 # ------------------------------------------------------------------------------------ output

@@ -33,7 +33,7 @@ import numpy as np
 from hlm_gym.paths import atomic_write_text
 
 __all__ = ["TrainingError", "TrainConfig", "TrainResult", "load_hyperparams", "make_train_env", "train",
-           "NormalizedObsExtractor", "ModelPolicy", "save_model", "ALGOS"]
+           "save_model", "ALGOS"]
 
 ALGOS = ("ppo", "a2c", "dqn")
 
@@ -284,30 +284,10 @@ def DomainSB3VecEnv(*args: Any, **kwargs: Any):  # noqa: N802 - a class factory 
 
 
 # ----------------------------------------------------------------------------------- models
-try:  # defined at import time when SB3 is there, so saved models can refer to it by name
-    import torch as _torch
-    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor as _Base
-
-    class NormalizedObsExtractor(_Base):
-        """Flatten + fixed observation normalisation ``clip((obs - mean) / sqrt(var + eps), +-clip)``,
-        i.e. a frozen :class:`~stable_baselines3.common.vec_env.VecNormalize` inside the policy."""
-
-        def __init__(self, observation_space, mean, var, epsilon: float = 1e-8, clip_obs: float = 10.0) -> None:
-            super().__init__(observation_space, features_dim=int(np.prod(observation_space.shape)))
-            self.register_buffer("mean", _torch.as_tensor(np.asarray(mean, dtype=np.float32)))
-            self.register_buffer("std", _torch.as_tensor(np.sqrt(np.asarray(var, dtype=np.float64) + epsilon)
-                                                         .astype(np.float32)))
-            self.clip_obs = float(clip_obs)
-
-        def forward(self, observations):
-            x = observations.flatten(1).float()
-            return _torch.clamp((x - self.mean) / self.std, -self.clip_obs, self.clip_obs)
-except ImportError:  # pragma: no cover - SB3 is a dependency
-    NormalizedObsExtractor = None  # type: ignore[assignment,misc]
-
-
 def save_model(model: Any, path: Path, vecnorm: Any = None) -> Path:
     """Save ``model`` as a self-contained SB3 zip (``vecnorm``'s observation statistics baked in)."""
+    from hlm_gym.policies.sb3_model import NormalizedObsExtractor
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.zip")
@@ -336,33 +316,6 @@ def save_model(model: Any, path: Path, vecnorm: Any = None) -> Path:
                 model.q_net, model.q_net_target = orig_policy.q_net, orig_policy.q_net_target
     tmp.replace(path)
     return path
-
-
-def _policy_base():
-    from hlm_gym.policies.base import Policy
-
-    return Policy
-
-
-class ModelPolicy(_policy_base()):
-    """A model being trained as a harness :class:`~hlm_gym.policies.base.Policy` (deterministic,
-    observations normalised with the run's live ``VecNormalize`` statistics)."""
-
-    name = "sb3-live"
-
-    def __init__(self, model: Any, vecnorm: Any = None) -> None:
-        self.model = model
-        self.vecnorm = vecnorm
-
-    def _act(self, obs: np.ndarray) -> np.ndarray:
-        o = obs.astype(np.float32)
-        if self.vecnorm is not None:
-            o = self.vecnorm.normalize_obs(o).astype(np.float32)
-        act, _ = self.model.predict(o, deterministic=True)
-        return np.asarray(act).reshape(obs.shape[0])
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "algo": type(self.model).__name__}
 
 
 def _algo_class(algo: str):

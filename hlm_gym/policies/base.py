@@ -11,7 +11,10 @@ A policy maps a batch of observations (the layout of :mod:`hlm_gym.environments.
 * ``reset(n)``: called at the start of an evaluation with the number of parallel episodes
   (stateful policies clear their state; the rules here read everything they need from the
   observation, so it is a no-op for them);
-* ``__call__(obs)`` is ``act``.
+* ``__call__(obs)`` is ``act``;
+* ``n_actions``: the size of the action space the policy acts in (2 for the binary rules;
+  an SB3 model's own). :func:`on_action_space` maps a binary policy onto a larger action
+  space (``SEND`` -> the env's send action, e.g. the full distribution of the compressed env).
 
 :func:`as_draft_policy` adapts any policy to the live decoder's ``policy(draft) -> bool send``.
 """
@@ -25,14 +28,16 @@ from typing import Any, Callable
 import numpy as np
 
 from hlm_gym.environments.hybrid_lm.observation import OBS_INDEX, OBS_NAMES, SEND, SKIP
+from hlm_gym.errors import HLMGymError
 
-__all__ = ["Policy", "PolicyError", "as_batch", "as_draft_policy", "draft_observation", "SEND", "SKIP"]
+__all__ = ["Policy", "PolicyError", "MappedActions", "on_action_space", "as_batch", "as_draft_policy",
+           "draft_observation", "SEND", "SKIP", "OBS_DIM"]
 
 OBS_DIM = len(OBS_NAMES)
 
 
-class PolicyError(ValueError):
-    """Bad policy spec, parameter or model file."""
+class PolicyError(HLMGymError, ValueError):
+    """Bad policy spec, parameter or model file (one-line message)."""
 
 
 def as_batch(obs: Any) -> np.ndarray:
@@ -49,6 +54,7 @@ class Policy:
     """Base class: subclasses implement :meth:`_act` on a ``(n, obs_dim)`` float64 batch."""
 
     name: str = "policy"
+    n_actions: int = 2  #: size of the action space the policy acts in (binary: SKIP/SEND)
 
     def _act(self, obs: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -77,6 +83,44 @@ class Policy:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
         return f"{type(self).__name__}({params})"
+
+
+class MappedActions(Policy):
+    """``policy`` with its actions translated through ``table`` (action ``i`` -> ``table[i]``),
+    e.g. a binary rule on the compressed env: ``(SKIP, SEND) -> (0, last action)``."""
+
+    def __init__(self, policy: Policy, table: tuple[int, ...], n_actions: int) -> None:
+        if len(table) != policy.n_actions or not all(0 <= a < n_actions for a in table):
+            raise PolicyError(f"action table {table} does not map {policy.n_actions} actions into 0..{n_actions - 1}")
+        self.policy = policy
+        self.table = np.asarray(table, dtype=np.int64)
+        self.n_actions = int(n_actions)
+        self.name = policy.name
+
+    def _act(self, obs: np.ndarray) -> np.ndarray:
+        return self.table[np.asarray(self.policy.act(obs), dtype=np.int64)]
+
+    def reset(self, n: int = 1) -> None:
+        self.policy.reset(n)
+
+    def reseed(self, seed: int | None) -> None:
+        """Reseed the wrapped policy (when it is stochastic)."""
+        if hasattr(self.policy, "reseed"):
+            self.policy.reseed(seed)
+
+    def describe(self) -> dict[str, Any]:
+        return self.policy.describe() | {"actions": self.table.tolist()}
+
+
+def on_action_space(policy: Policy, n_actions: int, send_action: int) -> Policy:
+    """``policy`` acting in ``Discrete(n_actions)``: unchanged when it already does, a binary
+    policy mapped ``SKIP -> 0``, ``SEND -> send_action``; :class:`PolicyError` otherwise."""
+    if policy.n_actions == n_actions:
+        return policy
+    if policy.n_actions == 2:
+        return MappedActions(policy, (SKIP, int(send_action)), n_actions)
+    raise PolicyError(f"policy {policy.name!r} has {policy.n_actions} actions; the environment has {n_actions} "
+                      "(only binary skip/send policies are mapped onto another action space)")
 
 
 def draft_observation(signals: dict[str, float], *, position: int, pending: int, max_tokens: int,
@@ -128,7 +172,7 @@ def as_draft_policy(policy: Policy, *, max_tokens: int, channel: Any = None, ski
         obs = draft_observation(draft.signals, position=draft.position, pending=draft.pending,
                                 max_tokens=max_tokens, vocab_size=int(draft.q_probs.shape[-1]), snr_db=s,
                                 rate_bps=r, skip_frac=(window.count(1) / skip_window))
-        send = bool(policy.act(obs)[0] == SEND)
+        send = bool(policy.act(obs)[0] != SKIP)  # any upload action sends
         window.append(0 if send else 1)
         return send
 

@@ -54,6 +54,7 @@ import numpy as np
 
 from hlm_gym.environments.hybrid_lm.observation import OBS_INDEX, SEND, SKIP
 from hlm_gym.policies.base import Policy, PolicyError
+from hlm_gym.wireless.cost import token_cost
 
 __all__ = ["ChannelAwareThreshold"]
 
@@ -62,7 +63,7 @@ class ChannelAwareThreshold(Policy):
     """Send iff ``lambda * (clip(a u + b, 0, 1) - target) > DeltaL(rate, pending) / latency_ref`` (module docstring).
 
     ``scenario``: a :class:`hlm_gym.wireless.scenarios.Scenario` (payload and compute figures);
-    ``a``, ``b``: the U-HLM fit (or pass ``fit=UHLMFit``); ``lam``: the environment's risk weight;
+    ``a``, ``b``: the U-HLM fit (or pass ``fit=UHLMFit``); ``risk_weight``: the environment's risk weight lambda;
     ``latency_ref``: the environment's latency normaliser (seconds); ``max_tokens``: the
     environment's response length limit (to recover the pending count); ``vocab_size`` and
     ``topk`` set the payload (default: the scenario's vocabulary, full distribution).
@@ -70,7 +71,7 @@ class ChannelAwareThreshold(Policy):
 
     name = "channel-aware"
 
-    def __init__(self, scenario: Any, *, lam: float, latency_ref: float, max_tokens: int, a: float | None = None,
+    def __init__(self, scenario: Any, *, risk_weight: float, latency_ref: float, max_tokens: int, a: float | None = None,
                  b: float | None = None, fit: Any = None, vocab_size: int | None = None, topk: int | None = None,
                  lookahead: bool = False, target: float = 0.0) -> None:
         if fit is not None:
@@ -79,12 +80,12 @@ class ChannelAwareThreshold(Policy):
             raise PolicyError("channel-aware rule needs the U-HLM fit (a, b)")
         if not a > 0:
             raise PolicyError(f"channel-aware rule needs a positive slope a, got {a}")
-        if not lam > 0:
-            raise PolicyError(f"lambda must be > 0, got {lam}")
+        if not risk_weight > 0:
+            raise PolicyError(f"risk weight lambda must be > 0, got {risk_weight}")
         if not latency_ref > 0:
             raise PolicyError(f"latency_ref must be > 0, got {latency_ref}")
         self.scenario = scenario
-        self.lam, self.latency_ref = float(lam), float(latency_ref)
+        self.risk_weight, self.latency_ref = float(risk_weight), float(latency_ref)
         self.a, self.b = float(a), float(b)
         self.max_tokens = int(max_tokens)
         self.vocab_size = vocab_size
@@ -117,8 +118,8 @@ class ChannelAwareThreshold(Policy):
 
         def extra(p: np.ndarray) -> np.ndarray:
             kw = dict(pending=p, topk=self.topk, vocab_size=self.vocab_size, up_rate_bps=rate, down_rate_bps=down)
-            send = sc.token_cost(sent=np.ones(rate.shape, bool), **kw).latency_s
-            skip = sc.token_cost(sent=np.zeros(rate.shape, bool), **kw).latency_s
+            send = token_cost(sc, sent=np.ones(rate.shape, bool), **kw).latency_s
+            skip = token_cost(sc, sent=np.zeros(rate.shape, bool), **kw).latency_s
             return send - skip
 
         cost = extra(pend)
@@ -128,7 +129,7 @@ class ChannelAwareThreshold(Policy):
 
     def threshold(self, rate_bps: Any, pending: Any = 0, snr_db: Any = None) -> np.ndarray:
         """``u_th(R, p) = (DeltaL / (lambda L_ref) - b + target) / a`` (send iff ``u > u_th``)."""
-        return (self.send_cost_s(rate_bps, pending, snr_db) / (self.lam * self.latency_ref) - self.b
+        return (self.send_cost_s(rate_bps, pending, snr_db) / (self.risk_weight * self.latency_ref) - self.b
                 + self.target) / self.a
 
     def beta_hat(self, u: np.ndarray) -> np.ndarray:
@@ -138,10 +139,10 @@ class ChannelAwareThreshold(Policy):
     def _act(self, obs: np.ndarray) -> np.ndarray:
         rate = np.power(10.0, obs[:, OBS_INDEX["log_rate"]]) - 1.0
         pending = np.rint(obs[:, OBS_INDEX["pending"]] * self.max_tokens)
-        gain = self.lam * (self.beta_hat(obs[:, OBS_INDEX["u"]]) - self.target)
+        gain = self.risk_weight * (self.beta_hat(obs[:, OBS_INDEX["u"]]) - self.target)
         cost = self.send_cost_s(rate, pending, obs[:, OBS_INDEX["snr_db"]]) / self.latency_ref
         return np.where(gain > cost, SEND, SKIP).astype(np.int64)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "lambda": self.lam, "latency_ref": self.latency_ref, "a": self.a, "b": self.b, "target": self.target,
+        return {"name": self.name, "risk_weight": self.risk_weight, "latency_ref": self.latency_ref, "a": self.a, "b": self.b, "target": self.target,
                 "scenario": getattr(self.scenario, "name", None), "lookahead": self.lookahead}

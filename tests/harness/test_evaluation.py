@@ -226,11 +226,11 @@ def test_policies_drive_the_single_env_and_the_sb3_vecenv(trace_dir):
     import gymnasium as gym
 
     import hlm_gym.environments.registration as reg
-    from hlm_gym.policies import make_policy
+    from hlm_gym.policies import PolicyContext, make_policy
 
     reg.register_envs()
     env = gym.make("hlm_gym/HybridLM-v0", scenario="pedestrian", trace=str(trace_dir / "embedded-test.parquet"))
-    pol = make_policy("calm:0.9", max_tokens=env.unwrapped.sim.max_tokens)
+    pol = make_policy("calm:0.9", PolicyContext(max_tokens=env.unwrapped.sim.max_tokens))
     obs, _ = env.reset(seed=0)
     steps = 0
     while True:
@@ -274,10 +274,10 @@ def test_channel_aware_rule_is_the_myopic_optimum_of_the_env_reward(tmp_path):
     pq.write_table(table, path)
     reg.register_envs()
     chosen = {0: 0, 1: 0}
-    for lam in (0.5, 2.0, 8.0):
-        env = gym.make("hlm_gym/HybridLM-v0", scenario="cell-edge-fast-fading", trace=str(path), risk_weight=lam)
+    for weight in (0.5, 2.0, 8.0):
+        env = gym.make("hlm_gym/HybridLM-v0", scenario="cell-edge-fast-fading", trace=str(path), risk_weight=weight)
         sim = env.unwrapped.sim
-        pol = ChannelAwareThreshold(sim.scenario, lam=lam, latency_ref=sim.latency_ref, max_tokens=sim.max_tokens,
+        pol = ChannelAwareThreshold(sim.scenario, risk_weight=weight, latency_ref=sim.latency_ref, max_tokens=sim.max_tokens,
                                     a=0.8, b=-0.05, vocab_size=sim.vocab_size)
         obs, _ = env.reset(seed=1)
         for _ in range(40):
