@@ -14,8 +14,10 @@ Both models keep KV caches; no prefix is ever re-encoded.
 
 Use :class:`HybridSession` step by step (``draft()`` then ``commit(send)``), as the live
 environment does, or :meth:`HybridDecoder.generate` with a policy for a whole response.
-Randomness: three generators derived from one seed, for draft sampling, uncertainty and
-verification, so that a never-send run samples exactly the tokens the SLM alone would.
+Drafting, verification and the per-prompt generators are those of :mod:`hlm_gym.lm.draft_verify`,
+shared with the trace builder: three generators derived from one seed, for draft sampling,
+uncertainty and verification, so that a never-send run samples exactly the tokens the SLM alone
+would.
 """
 
 from __future__ import annotations
@@ -28,11 +30,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from hlm_gym.lm.models import ModelPair
-from hlm_gym.lm.speculative import truncated_draft, verify_detailed, verify_greedy
-from hlm_gym.lm.uncertainty import SIGNAL_NAMES, compute_signals
-
-MODES = ("sample", "greedy")
+from hlm_gym.lm.draft_verify import MODES, prompt_generators, sample_draft, verify_draft
+from hlm_gym.lm.model_types import ModelPair
+from hlm_gym.lm.speculative import truncated_draft
+from hlm_gym.lm.uncertainty import SIGNAL_NAMES
 
 
 class DecodingError(ValueError):
@@ -126,12 +127,7 @@ class HybridSession:
         self.pair, self.config = pair, config
         self.device = pair.device
         self.eos_token_id = eos_token_id if eos_token_id is not None else getattr(pair.tokenizer, "eos_token_id", None)
-        gens = []
-        for offset in range(3):
-            g = torch.Generator(device="cpu")
-            g.manual_seed(int(seed) * 3 + offset)
-            gens.append(g)
-        self._draft_gen, self._signal_gen, self._verify_gen = gens
+        self._gens = prompt_generators(seed)
         self.prompt_ids = prompt_ids
         self.output: list[int] = []
         self.records: list[TokenRecord] = []
@@ -177,15 +173,9 @@ class HybridSession:
             if self._slm_out is None:
                 self._slm_out = self._slm_forward(torch.tensor([self.output[-1]]))
             logits, h_prev, h_last, slm_s = self._slm_out
-            q = torch.softmax(logits, dim=-1)
-            if self.config.mode == "greedy":
-                d = int(torch.argmax(q))
-            else:
-                d = int(torch.multinomial(q.cpu(), 1, generator=self._draft_gen))
-            sig = compute_signals(logits.cpu(), d, self._signal_gen, h_prev.cpu(), h_last.cpu(),
-                                  k=self.config.k, theta_max=self.config.theta_max)
-        self._draft = Draft(len(self.output), d, q, float(q[d]), {k: float(v) for k, v in sig.items()},
-                            self.pending, slm_s)
+            s = sample_draft(logits, h_prev, h_last, self.config.mode, self._gens,
+                             k=self.config.k, theta_max=self.config.theta_max)
+        self._draft = Draft(len(self.output), s.token, s.q_probs, s.q_draft, s.signals, self.pending, slm_s)
         return self._draft
 
     def commit(self, send: bool) -> TokenRecord:
@@ -200,16 +190,11 @@ class HybridSession:
                 self._llm_cache = out.past_key_values
                 p = torch.softmax(out.logits[0, -1].float() / self.config.temperature, dim=-1)
                 llm_s = time.perf_counter() - t0
-                q_seen = draft.q_probs if self.config.topk_upload is None else truncated_draft(draft.q_probs, self.config.topk_upload)
-                if self.config.mode == "greedy":
-                    accepted, token = verify_greedy(p, draft.token)
-                    uniform, p_d = nan, float(p[draft.token])
-                    q_d = float(q_seen[draft.token])
-                    beta = max(0.0, 1.0 - p_d / q_d) if q_d > 0 else 0.0
-                else:
-                    v = verify_detailed(q_seen.cpu(), p.cpu(), draft.token, self._verify_gen)
-                    accepted, token, uniform, beta = v.accepted, v.token, v.uniform, v.beta
-                    p_d = float(p[draft.token])
+                q_seen = draft.q_probs
+                if self.config.topk_upload is not None:
+                    q_seen = truncated_draft(q_seen, self.config.topk_upload)
+                v = verify_draft(q_seen, p, draft.token, self.config.mode, self._gens.verify)
+                accepted, token, uniform, beta, p_d = v.accepted, v.token, v.uniform, v.beta, v.p_draft
             llm_tokens = len(self._llm_unfed)
             self._llm_unfed = [token]
         else:

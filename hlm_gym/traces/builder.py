@@ -2,7 +2,8 @@
 
 The builder decodes ``batch_size`` prompts at once (left padding, attention mask and KV
 caches in both models; always-send never has pending tokens, so both models see the same
-token stream), with the per-prompt generators and draw order of ``HybridSession``. Chunks are
+token stream). Each row is drafted and verified by :mod:`hlm_gym.lm.draft_verify`, with the
+per-prompt generators and draw order of ``HybridSession``, which uses the same code. Chunks are
 written as part files next to the output so that an interrupted build resumes. The schema
 and the loader are in :mod:`hlm_gym.traces.store`.
 """
@@ -35,13 +36,6 @@ class TracePrompt:
     seed: int
 
 
-def _row_signals(logits, d, gen, h_prev, h_last, k, theta_max):
-    from hlm_gym.lm.uncertainty import compute_signals
-
-    sig = compute_signals(logits, d, gen, h_prev, h_last, k=k, theta_max=theta_max)
-    return {name: float(v) for name, v in sig.items()}
-
-
 def trace_batch(pair, prompts: Sequence[TracePrompt], config, k_choices: Sequence[int] = DEFAULT_K_CHOICES,
                 eos_token_id: int | None = None) -> dict[str, list]:
     """Decode ``prompts`` together with always-send; returns column lists (rows grouped by prompt).
@@ -51,20 +45,14 @@ def trace_batch(pair, prompts: Sequence[TracePrompt], config, k_choices: Sequenc
     """
     import torch
 
-    from hlm_gym.lm.speculative import truncated_draft, verify_detailed, verify_greedy
+    from hlm_gym.lm.draft_verify import prompt_generators, sample_draft, verify_draft
+    from hlm_gym.lm.speculative import truncated_draft
 
     if eos_token_id is None:
         eos_token_id = getattr(pair.tokenizer, "eos_token_id", None)
     dev = pair.device
     B = len(prompts)
-    gens = []
-    for pr in prompts:
-        row = []
-        for offset in range(3):
-            g = torch.Generator(device="cpu")
-            g.manual_seed(int(pr.seed) * 3 + offset)
-            row.append(g)
-        gens.append(row)
+    gens = [prompt_generators(pr.seed) for pr in prompts]
     lens = [len(pr.ids) for pr in prompts]
     if min(lens) < 1:
         raise TraceError("empty prompt: at least one token is needed")
@@ -96,25 +84,13 @@ def trace_batch(pair, prompts: Sequence[TracePrompt], config, k_choices: Sequenc
             V = s_logits.shape[-1]
             next_tokens, keep = [], []
             for j, b in enumerate(active):
-                dg, sg, vg = gens[b]
-                logits = s_logits[j]
-                q = torch.softmax(logits, dim=-1)
-                if config.mode == "greedy":
-                    d = int(torch.argmax(q))
-                else:
-                    d = int(torch.multinomial(q, 1, generator=dg))
-                sig = _row_signals(logits, d, sg, h_prev[j], h_last[j], config.k, config.theta_max)
-                p = p_all[j]
-                q_d, p_d = float(q[d]), float(p[d])
-                if config.mode == "greedy":
-                    accepted, token = verify_greedy(p, d)
-                    uniform = math.nan
-                    beta = max(0.0, 1.0 - p_d / q_d) if q_d > 0 else 0.0
-                else:
-                    v = verify_detailed(q, p, d, vg)
-                    accepted, token, uniform, beta = v.accepted, v.token, v.uniform, v.beta
+                s = sample_draft(s_logits[j], h_prev[j], h_last[j], config.mode, gens[b],
+                                 k=config.k, theta_max=config.theta_max)
+                q, d, q_d = s.q_probs, s.token, s.q_draft
+                v = verify_draft(q, p_all[j], d, config.mode, gens[b].verify)
+                accepted, token, uniform, p_d = v.accepted, v.token, v.uniform, v.p_draft
                 row = {"position": len(rows[b]), "draft": d, "token": token, "accepted": bool(accepted),
-                       "q_draft": q_d, "p_draft": p_d, "beta": beta, "uniform": uniform, **sig}
+                       "q_draft": q_d, "p_draft": p_d, "beta": v.beta, "uniform": uniform, **s.signals}
                 for kk in k_choices:
                     qh = float(truncated_draft(q, kk)[d]) if kk < V else q_d
                     bk = max(0.0, 1.0 - p_d / qh) if qh > 0 else 0.0
