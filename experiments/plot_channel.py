@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hlm_gym.paths import atomic_write_bytes  # noqa: E402
+from hlm_gym.wireless.channel import make_channel  # noqa: E402
 from hlm_gym.wireless.rate import RateModel  # noqa: E402
 from hlm_gym.wireless.scenarios import list_scenarios, load_scenario  # noqa: E402
 
@@ -53,7 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for ax, name in zip(axes.flat, names):
         sc = load_scenario(name)
         try:
-            ch = sc.make_channel(1, np.random.default_rng(args.seed))
+            ch = make_channel(sc, 1, np.random.default_rng(args.seed))
         except ImportError as exc:
             ax.text(0.5, 0.5, f"{sc.name}: backend not installed\n{exc}".replace(" (", "\n("), ha="center",
                     va="center", fontsize=7, transform=ax.transAxes, wrap=True)

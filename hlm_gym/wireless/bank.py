@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from hlm_gym.wireless.cost import token_id_bits
+from hlm_gym.wireless.channel import make_channel
+from hlm_gym.wireless.cost import downlink_bits
 from hlm_gym.wireless.rate import RateModel, effective_rates
 
+if TYPE_CHECKING:  # pragma: no cover
+    from hlm_gym.wireless.scenarios import Scenario
+
+#: Seconds of channel a bank covers at least (before the grid-point bounds of :func:`bank_shape`).
 BANK_SECONDS = 20.0
+#: Grid points of all realisations together (sets the default number of realisations).
 BANK_TOTAL_POINTS = 1 << 19
 
 
@@ -32,7 +38,8 @@ def bank_shape(dt: float, size: Optional[int] = None, points: Optional[int] = No
     return int(size), int(points)
 
 
-def auto_dt(scenario) -> float:
+def auto_dt(scenario: "Scenario") -> float:
+    """Grid step [s] for a scenario: a quarter of its coherence time in [0.5 ms, 20 ms] (20 ms when static)."""
     tc = scenario.coherence_time_s
     if not math.isfinite(tc):
         return 0.02
@@ -62,17 +69,19 @@ class ChannelBank:
 
     @property
     def size(self) -> int:
+        """Number of realisations ``R``."""
         return self.snr_obs.shape[0]
 
     @property
     def points(self) -> int:
+        """Grid points per realisation ``G``."""
         return self.snr_obs.shape[1]
 
 
 _BANK_CACHE: dict[tuple, ChannelBank] = {}
 
 
-def channel_bank(scenario, dt: float, size: int, points: int, seed: int, vocab_size: int,
+def channel_bank(scenario: "Scenario", dt: float, size: int, points: int, seed: int, vocab_size: int,
                  snr_clip: tuple[float, float], log_rate_clip: tuple[float, float]) -> ChannelBank:
     """The (cached) :class:`ChannelBank` of a scenario; ``snr_obs``/``log_rate`` clipped to the given ranges."""
     key = (repr(scenario.to_dict()), float(dt), int(size), int(points), int(seed), int(vocab_size),
@@ -80,7 +89,7 @@ def channel_bank(scenario, dt: float, size: int, points: int, seed: int, vocab_s
     bank = _BANK_CACHE.get(key)
     if bank is not None:
         return bank
-    ch = scenario.make_channel(n_links=size, rng=np.random.default_rng(seed))
+    ch = make_channel(scenario, n_links=size, rng=np.random.default_rng(seed))
     times = np.tile(np.arange(points, dtype=float) * dt, size)
     idx = np.repeat(np.arange(size), points)
     up_db = ch.snr_db_at(times, idx).reshape(size, points)
@@ -91,7 +100,7 @@ def channel_bank(scenario, dt: float, size: int, points: int, seed: int, vocab_s
         dl_rate = rm.rate_bps(10.0 ** (dl_db / 10.0), scenario.downlink_bandwidth_hz)
     up_wait, up_inv = effective_rates(scenario, up_rate, scenario.link.bandwidth_hz)
     dl_wait, dl_inv = effective_rates(scenario, dl_rate, scenario.downlink_bandwidth_hz)
-    dl_bits = float(token_id_bits(vocab_size) + scenario.payload.downlink_header_bits)
+    dl_bits = downlink_bits(scenario.payload, vocab_size)
     bank = ChannelBank(
         dt=float(dt),
         snr_obs=np.clip(np.nan_to_num(up_db, neginf=snr_clip[0]), *snr_clip).astype(np.float32),

@@ -6,7 +6,8 @@ Instantaneous uplink SNR of link i at elapsed time t (since its reset)::
 
 * ``mean_snr_i``: large scale, drawn at reset: the scenario's ``link.mean_snr_db`` (optionally
   uniform in a range), or the link budget P_tx + G - PL(d_i) - (N0 + 10 log10 B + NF) with the
-  path loss of :func:`pathloss_db` (log-distance, or 3GPP TR 38.901 UMi/UMa street LOS/NLOS).
+  path loss of :func:`hlm_gym.wireless.propagation.pathloss_db` (log-distance, or 3GPP TR 38.901
+  UMi/UMa street LOS/NLOS).
   The distance is fixed per episode (mobility moves the fading and shadowing only).
 * ``S_i(t)``: log-normal shadowing [dB], N(0, sigma^2): constant per episode, or, with
   ``link.shadowing_decorrelation_m``, a sum of 8 sinusoids with Cauchy-distributed frequencies
@@ -21,7 +22,7 @@ the next ``advance``/``reset``).
 
 API (the environment composes this with the pure cost account in :mod:`hlm_gym.wireless.cost`)::
 
-    ch = sc.make_channel(n_links=1024, rng=np.random.default_rng(0))   # or Channel(sc, n, rng)
+    ch = make_channel(sc, n_links=1024, rng=np.random.default_rng(0))  # or Channel(sc, n, rng)
     ch.reset(rng, mask=None)         # re-draw all / masked links, clocks to 0
     ch.advance(dt_s)                 # scalar or (n,) elapsed seconds
     ch.snr_db(); ch.uplink_rate_bps(); ch.downlink_rate_bps()          # (n,)
@@ -50,85 +51,20 @@ from hlm_gym.wireless.fading import (
     TableFading,
     sionna_tdl_power_table,
 )
+from hlm_gym.wireless.cost import TokenCost, compute_times, payload_bits, token_cost
+from hlm_gym.wireless.propagation import mean_snr_db_from_budget
 from hlm_gym.wireless.rate import RateModel
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hlm_gym.wireless.cost import TokenCost
-    from hlm_gym.wireless.scenarios import LinkConfig, Scenario
+    from hlm_gym.wireless.scenarios import Scenario
 
 __all__ = [
     "Channel",
     "Transfer",
     "Shadowing",
-    "pathloss_db",
-    "mean_snr_db_from_budget",
-    "default_shadowing_std_db",
-    "noise_power_dbm",
+    "make_channel",
     "make_fading",
 ]
-
-SPEED_OF_LIGHT = 299_792_458.0
-# 3GPP TR 38.901 Table 7.4.1-1: shadow-fading std [dB] per path-loss model.
-_SF_STD_DB = {"log-distance": 0.0, "umi-los": 4.0, "umi-nlos": 7.82, "uma-los": 4.0, "uma-nlos": 6.0}
-
-
-def default_shadowing_std_db(model: str) -> float:
-    """Shadowing std [dB] of a path-loss model (TR 38.901 Table 7.4.1-1; 0 for log-distance)."""
-    return _SF_STD_DB[model]
-
-
-def noise_power_dbm(noise_density_dbm_hz: float, bandwidth_hz: float, noise_figure_db: float) -> float:
-    """Receiver noise power N0 + 10 log10(B) + NF [dBm]."""
-    return noise_density_dbm_hz + 10.0 * math.log10(bandwidth_hz) + noise_figure_db
-
-
-def pathloss_db(model: str, distance_2d_m: np.ndarray, carrier_hz: float, *, h_bs_m: float = 10.0,
-                h_ut_m: float = 1.5, ref_loss_db: Optional[float] = None, ref_distance_m: float = 1.0,
-                exponent: float = 3.0) -> np.ndarray:
-    """Path loss [dB] (without shadowing).
-
-    ``log-distance``: ref_loss_db + 10 exponent log10(d / ref_distance_m); ref_loss_db None is
-    free space at the reference distance, 20 log10(4 pi d0 f_c / c).
-    ``umi-los``/``umi-nlos``/``uma-los``/``uma-nlos``: 3GPP TR 38.901 Table 7.4.1-1, with d_3D
-    from the antenna heights, f_c in GHz, breakpoint d'_BP = 4 h'_BS h'_UT f_c / c, h_E = 1 m
-    (UMa: exact for h_UT <= 13 m). NLOS = max(LOS, NLOS') as in the table.
-    """
-    d2 = np.asarray(distance_2d_m, dtype=float)
-    if model == "log-distance":
-        if ref_loss_db is None:
-            ref_loss_db = 20.0 * math.log10(4.0 * math.pi * ref_distance_m * carrier_hz / SPEED_OF_LIGHT)
-        return ref_loss_db + 10.0 * exponent * np.log10(d2 / ref_distance_m)
-    fc_ghz = carrier_hz / 1e9
-    d3 = np.sqrt(d2 ** 2 + (h_bs_m - h_ut_m) ** 2)
-    d_bp = 4.0 * (h_bs_m - 1.0) * (h_ut_m - 1.0) * carrier_hz / SPEED_OF_LIGHT
-    if model.startswith("umi"):
-        pl1 = 32.4 + 21.0 * np.log10(d3) + 20.0 * math.log10(fc_ghz)
-        pl2 = (32.4 + 40.0 * np.log10(d3) + 20.0 * math.log10(fc_ghz)
-               - 9.5 * math.log10(d_bp ** 2 + (h_bs_m - h_ut_m) ** 2))
-        los = np.where(d2 < d_bp, pl1, pl2)
-        if model == "umi-los":
-            return los
-        nlos = 35.3 * np.log10(d3) + 22.4 + 21.3 * math.log10(fc_ghz) - 0.3 * (h_ut_m - 1.5)
-        return np.maximum(los, nlos)
-    if model.startswith("uma"):
-        pl1 = 28.0 + 22.0 * np.log10(d3) + 20.0 * math.log10(fc_ghz)
-        pl2 = (28.0 + 40.0 * np.log10(d3) + 20.0 * math.log10(fc_ghz)
-               - 9.0 * math.log10(d_bp ** 2 + (h_bs_m - h_ut_m) ** 2))
-        los = np.where(d2 < d_bp, pl1, pl2)
-        if model == "uma-los":
-            return los
-        nlos = 13.54 + 39.08 * np.log10(d3) + 20.0 * math.log10(fc_ghz) - 0.6 * (h_ut_m - 1.5)
-        return np.maximum(los, nlos)
-    raise ValueError(f"unknown path-loss model {model!r}")
-
-
-def mean_snr_db_from_budget(link: "LinkConfig", distance_m: np.ndarray) -> np.ndarray:
-    """Uplink mean SNR [dB] at the given distances from the link budget (no shadowing)."""
-    pl = link.pathloss
-    loss = pathloss_db(pl.model, distance_m, link.carrier_hz, h_bs_m=pl.h_bs_m, h_ut_m=pl.h_ut_m,
-                       ref_loss_db=pl.ref_loss_db, ref_distance_m=pl.ref_distance_m, exponent=pl.exponent)
-    noise = noise_power_dbm(link.noise_density_dbm_hz, link.bandwidth_hz, link.noise_figure_db)
-    return link.tx_power_dbm + link.antenna_gain_db - loss - noise
 
 
 class Shadowing:
@@ -199,6 +135,11 @@ def make_fading(scenario: "Scenario", n_links: int) -> FadingProcess:
         table, ts = sionna_tdl_power_table(fd.sionna, scenario.link.carrier_hz, scenario.speed_mps)
         return TableFading(n_links, table, ts)
     raise ValueError(f"unknown fading model {fd.model!r}")
+
+
+def make_channel(scenario: "Scenario", n_links: int, rng: np.random.Generator) -> "Channel":
+    """A :class:`Channel` of ``n_links`` independent links of ``scenario``, reset with ``rng``."""
+    return Channel(scenario, n_links, rng)
 
 
 class Transfer(NamedTuple):
@@ -540,15 +481,13 @@ class Channel:
     # ---------------------------------------------------------------- composed account
     def token_cost(self, *, sent: np.ndarray, pending: "np.ndarray | int" = 0,
                    topk: "np.ndarray | int | None" = None, vocab_size: Optional[int] = None,
-                   uncertainty_samples: "np.ndarray | int | None" = None) -> "TokenCost":
+                   uncertainty_samples: "np.ndarray | int | None" = None) -> TokenCost:
         """Full per-token account on this channel, evaluated on its future without advancing it.
 
         Order of events per link: SLM (+ uncertainty) compute on the device; upload starting then
         (:meth:`uplink_transfer`); base-station verification + catch-up; downlink. Then call
         ``advance(cost.latency_s)``.
         """
-        from hlm_gym.wireless.cost import compute_times, payload_bits, token_cost
-
         sc = self.scenario
         up_bits, dl_bits = payload_bits(sc.payload, sent=sent, pending=pending, topk=topk,
                                         vocab_size=vocab_size, n=self.n_links)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from hlm_gym.paths import atomic_write_bytes
+from hlm_gym.wireless.propagation import SPEED_OF_LIGHT
 
 if TYPE_CHECKING:  # pragma: no cover
     from hlm_gym.wireless.scenarios import SionnaConfig
@@ -396,7 +397,7 @@ def sionna_tdl_power_table(cfg: "SionnaConfig", carrier_hz: float, speed_mps: fl
     memoised per process; with ``table_file`` the table is stored as ``.npz`` (written
     atomically) and reused while its parameters match. Returns (table, sample_period_s).
     """
-    doppler = speed_mps * carrier_hz / 299_792_458.0
+    doppler = speed_mps * carrier_hz / SPEED_OF_LIGHT
     ts = sionna_sample_period_s(cfg, doppler)
     n_samples = max(2, int(math.ceil(cfg.duration_s / ts)))
     params = dict(tdl_model=cfg.tdl_model, delay_spread_s=float(cfg.delay_spread_s), carrier_hz=float(carrier_hz),

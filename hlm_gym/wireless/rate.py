@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hlm_gym.wireless.scenarios import RateConfig
+    from hlm_gym.wireless.scenarios import RateConfig, Scenario
 
 __all__ = ["shannon_rate_bps", "mcs_spectral_efficiency", "RateModel", "effective_rates"]
 
@@ -86,7 +86,7 @@ class RateModel:
         return float(bandwidth_hz * self.spectral_efficiency(np.array([self._outage_lin]))[0])
 
 
-def effective_rates(scenario, rate: np.ndarray, bw: float) -> tuple[np.ndarray, np.ndarray]:
+def effective_rates(scenario: "Scenario", rate: np.ndarray, bw: float) -> tuple[np.ndarray, np.ndarray]:
     """``(wait, 1/rate)`` of the token cost account's instantaneous-rate path: an outage (rate 0) waits the
     capped ``max_wait_slots`` slots, then goes out at the fallback rate."""
     rm = RateModel(scenario.rate)

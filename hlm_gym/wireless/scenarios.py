@@ -16,10 +16,15 @@ MCS tables are data, kept only in preset files (``envs/compute/*.yaml``, ``envs/
 Usage::
 
     from hlm_gym.wireless.scenarios import load_scenario, list_scenarios, Scenario, ScenarioError
+    from hlm_gym.wireless.channel import make_channel
+    from hlm_gym.wireless.cost import token_cost
     sc = load_scenario("pedestrian", **{"link.mean_snr_db": 10.0})   # dotted overrides
-    ch = sc.make_channel(n_links=1024, rng=np.random.default_rng(0))
+    ch = make_channel(sc, n_links=1024, rng=np.random.default_rng(0))
     ch.advance(0.08); ch.snr_db(); ch.uplink_rate_bps()
-    cost = sc.token_cost(sent=..., pending=..., topk=..., up_rate_bps=..., down_rate_bps=...)
+    cost = token_cost(sc, sent=..., pending=..., topk=..., up_rate_bps=..., down_rate_bps=...)
+
+Within the wireless layer this module imports only :mod:`hlm_gym.wireless.propagation`: the
+channel, rate and cost models take a scenario, never the other way round.
 
 ``load_scenario`` accepts a bundled name (``list_scenarios()``), a YAML path, a dict or a
 ``Scenario``. Validation is strict: unknown names and keys, wrong types and out-of-range
@@ -39,14 +44,13 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import yaml
 
-if TYPE_CHECKING:  # pragma: no cover
-    from hlm_gym.wireless.channel import Channel
-    from hlm_gym.wireless.cost import TokenCost
+from hlm_gym.errors import HLMGymError
+from hlm_gym.wireless.propagation import SPEED_OF_LIGHT, default_shadowing_std_db, mean_snr_db_from_budget
 
 __all__ = [
     "ScenarioError",
@@ -66,13 +70,12 @@ __all__ = [
     "DEFAULT_COMPUTE_PRESET",
 ]
 
-SPEED_OF_LIGHT = 299_792_458.0
 #: Compute preset used when a scenario file has no ``compute`` section (a file in envs/compute/).
 DEFAULT_COMPUTE_PRESET = "phone-1b-edge-gpu-7b"
 _PRESET_KINDS = ("compute", "mcs")
 
 
-class ScenarioError(ValueError):
+class ScenarioError(HLMGymError, ValueError):
     """Invalid scenario: unknown name/key, wrong type or value out of range (one-line message)."""
 
 
@@ -294,8 +297,6 @@ class Scenario:
     @property
     def shadowing_std_db(self) -> float:
         """Effective shadowing std [dB] (the 3GPP value of the path-loss model when unset)."""
-        from hlm_gym.wireless.channel import default_shadowing_std_db
-
         if self.link.shadowing_std_db is not None:
             return self.link.shadowing_std_db
         return default_shadowing_std_db(self.link.pathloss.model)
@@ -317,31 +318,11 @@ class Scenario:
     @property
     def nominal_mean_snr_db(self) -> float:
         """Uplink mean SNR at ``link.distance_m`` (or ``link.mean_snr_db``), without shadowing."""
-        from hlm_gym.wireless.channel import mean_snr_db_from_budget
-
         if self.link.mean_snr_db is not None:
             return self.link.mean_snr_db
         return float(mean_snr_db_from_budget(self.link, np.array([self.link.distance_m]))[0])
 
-    # ---------------------------------------------------------------- factories
-    def make_channel(self, n_links: int, rng: np.random.Generator) -> "Channel":
-        """A :class:`hlm_gym.wireless.channel.Channel` of ``n_links`` independent links, reset with ``rng``."""
-        from hlm_gym.wireless.channel import Channel
-
-        return Channel(self, n_links, rng)
-
-    def token_cost(self, **kwargs: Any) -> "TokenCost":
-        """Per-token latency/bits/energy account; see :func:`hlm_gym.wireless.cost.token_cost`."""
-        from hlm_gym.wireless.cost import token_cost
-
-        return token_cost(self, **kwargs)
-
-    def payload_bits(self, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(uplink_bits, downlink_bits) per link; see :func:`hlm_gym.wireless.cost.payload_bits`."""
-        from hlm_gym.wireless.cost import payload_bits
-
-        return payload_bits(self.payload, **kwargs)
-
+    # ---------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (YAML-serialisable) of this scenario, without ``source``."""
         d = dataclasses.asdict(self)

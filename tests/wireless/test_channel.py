@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from hlm_gym.wireless.channel import Channel, mean_snr_db_from_budget, noise_power_dbm, pathloss_db
+from hlm_gym.wireless.channel import Channel, make_channel
 from hlm_gym.wireless.fading import BlockFading, SumOfSinusoidsFading, TableFading
+from hlm_gym.wireless.propagation import mean_snr_db_from_budget, noise_power_dbm, pathloss_db
 from hlm_gym.wireless.rate import RateModel, mcs_spectral_efficiency, shannon_rate_bps
 from hlm_gym.wireless.scenarios import load_scenario
 
@@ -30,7 +31,7 @@ def jakes(speed_kmh: float = 30.0, **extra: object):
 def test_mean_snr_matches_configuration() -> None:
     sc = jakes(60.0, **{"link.mean_snr_db": 7.0})
     n, steps = 2000, 10
-    ch = sc.make_channel(n, np.random.default_rng(0))
+    ch = make_channel(sc, n, np.random.default_rng(0))
     spacing = 5.0 / sc.doppler_hz  # J0(2 pi 5) ~ 0.1: nearly independent samples
     acc = []
     for _ in range(steps):
@@ -48,7 +49,7 @@ def test_link_budget_and_log_distance() -> None:
                                  "pathloss": {"model": "log-distance", "ref_loss_db": 40.0, "exponent": 3.2}},
                         "fading": {"model": "none"}})
     expected = 20.0 + 3.0 - (40.0 + 32.0 * math.log10(50.0)) - (-174.0 + 70.0 + 7.0)
-    ch = sc.make_channel(3, np.random.default_rng(0))
+    ch = make_channel(sc, 3, np.random.default_rng(0))
     assert np.allclose(ch.snr_db(), expected)
     assert sc.nominal_mean_snr_db == pytest.approx(expected)
     # free-space reference loss at 1 m when ref_loss_db is unset
@@ -75,12 +76,12 @@ def test_3gpp_pathloss_structure() -> None:
 def test_shadowing_std_and_distance_range() -> None:
     sc = load_scenario("static-cell-edge", **{"link.shadowing_std_db": 6.0, "link.distance_max_m": 400.0})
     n = 4000
-    ch = sc.make_channel(n, np.random.default_rng(3))
+    ch = make_channel(sc, n, np.random.default_rng(3))
     pl_mean = mean_snr_db_from_budget(sc.link, np.array([250.0, 400.0]))
     snr = ch.snr_db()
     assert np.all(snr < pl_mean[0] + 6 * 6) and np.all(snr > pl_mean[1] - 6 * 6)
     sc0 = load_scenario("static-cell-edge", **{"link.shadowing_std_db": 6.0})
-    s = sc0.make_channel(n, np.random.default_rng(4)).snr_db() - sc0.nominal_mean_snr_db
+    s = make_channel(sc0, n, np.random.default_rng(4)).snr_db() - sc0.nominal_mean_snr_db
     assert abs(s.mean()) < Z * 6.0 / math.sqrt(n)
     assert abs(s.std() - 6.0) < Z * 6.0 / math.sqrt(2 * n)
 
@@ -88,12 +89,12 @@ def test_shadowing_std_and_distance_range() -> None:
 def test_correlated_shadowing_autocorrelation() -> None:
     sc = load_scenario("vehicular")  # sigma 6 dB, d_corr 50 m, 60 km/h
     n = 3000
-    ch = sc.make_channel(n, np.random.default_rng(5))
+    ch = make_channel(sc, n, np.random.default_rng(5))
     s0 = ch.mean_snr_db() - sc.nominal_mean_snr_db
     assert abs(s0.std() - 6.0) < 0.6  # sum of 8 sinusoids: near-Gaussian marginal
     v = sc.speed_mps
     for dist in (10.0, 50.0):
-        ch2 = sc.make_channel(n, np.random.default_rng(5))
+        ch2 = make_channel(sc, n, np.random.default_rng(5))
         ch2.advance(dist / v)
         s1 = ch2.mean_snr_db() - sc.nominal_mean_snr_db
         rho = np.mean(s0 * s1) / 36.0
@@ -104,7 +105,7 @@ def test_correlated_shadowing_autocorrelation() -> None:
 def test_rayleigh_power_is_exponential_mean_one() -> None:
     sc = jakes(30.0)
     n = 3000
-    ch = sc.make_channel(n, np.random.default_rng(7))
+    ch = make_channel(sc, n, np.random.default_rng(7))
     samples = [ch.fading_power()]
     ch.advance(50.0 / sc.doppler_hz)
     samples.append(ch.fading_power())
@@ -117,7 +118,7 @@ def test_rayleigh_power_is_exponential_mean_one() -> None:
 def test_rician_matches_k_factor(k: float) -> None:
     sc = jakes(30.0, **{"fading.distribution": "rician", "fading.k_factor": k})
     n = 4000
-    ch = sc.make_channel(n, np.random.default_rng(11))
+    ch = make_channel(sc, n, np.random.default_rng(11))
     g = ch.fading_power()
     # moment-based K estimate (Greenstein et al. 1999): K = sqrt(Ga^2 - Gv^2) / (Ga - sqrt(Ga^2 - Gv^2))
     ga, gv = g.mean(), g.std()
@@ -135,12 +136,12 @@ def test_autocorrelation_follows_bessel_j0() -> None:
     sc = jakes(30.0)
     fd = sc.doppler_hz
     n = 4000
-    ch = sc.make_channel(n, np.random.default_rng(13))
+    ch = make_channel(sc, n, np.random.default_rng(13))
     h0 = ch.fading_gain()
     args = np.array([0.5, 1.5, 2.4, 3.8, 5.5, 7.0])
     for x in args:
         tau = x / (2 * math.pi * fd)
-        c = sc.make_channel(n, np.random.default_rng(13))
+        c = make_channel(sc, n, np.random.default_rng(13))
         c.advance(tau)
         r = np.mean(c.fading_gain() * np.conj(h0))
         assert abs(r.real - special.j0(x)) < Z / math.sqrt(n), (x, r, special.j0(x))
@@ -150,11 +151,11 @@ def test_autocorrelation_follows_bessel_j0() -> None:
 def test_block_fading_statistics() -> None:
     sc = load_scenario("static-good", **{"fading.model": "block", "fading.coherence_time_s": 0.01})
     n = 4000
-    ch = sc.make_channel(n, np.random.default_rng(17))
+    ch = make_channel(sc, n, np.random.default_rng(17))
     h0 = ch.fading_gain()
     assert stats.kstest(np.abs(h0) ** 2, "expon").pvalue > 1e-3
     for tau in (0.0025, 0.005, 0.02):
-        c = sc.make_channel(n, np.random.default_rng(17))
+        c = make_channel(sc, n, np.random.default_rng(17))
         c.advance(tau)
         r = np.mean(c.fading_gain() * np.conj(h0)).real
         assert abs(r - max(0.0, 1.0 - tau / 0.01)) < Z / math.sqrt(n)
@@ -162,7 +163,7 @@ def test_block_fading_statistics() -> None:
 
 def test_no_fading_is_static() -> None:
     sc = load_scenario("static-good")
-    ch = sc.make_channel(8, np.random.default_rng(0))
+    ch = make_channel(sc, 8, np.random.default_rng(0))
     s0 = ch.snr_db()
     ch.advance(12.3)
     assert np.allclose(ch.fading_power(), 1.0) and np.allclose(ch.snr_db(), s0)
@@ -176,8 +177,8 @@ def test_no_fading_is_static() -> None:
 ])
 def test_state_advances_with_time_not_calls(name: str, extra: dict) -> None:
     sc = load_scenario(name, **extra)
-    a = sc.make_channel(64, np.random.default_rng(21))
-    b = sc.make_channel(64, np.random.default_rng(21))
+    a = make_channel(sc, 64, np.random.default_rng(21))
+    b = make_channel(sc, 64, np.random.default_rng(21))
     dt = np.random.default_rng(1).uniform(0.0, 0.2, 64)
     a.advance(dt)
     for _ in range(7):
@@ -190,7 +191,7 @@ def test_same_seed_same_sequence_and_seeds_differ() -> None:
     sc = load_scenario("vehicular")
     runs = []
     for seed in (5, 5, 6):
-        ch = sc.make_channel(32, np.random.default_rng(seed))
+        ch = make_channel(sc, 32, np.random.default_rng(seed))
         seq = []
         for _ in range(5):
             ch.advance(0.013)
@@ -204,7 +205,7 @@ def test_links_in_a_batch_are_uncorrelated() -> None:
     sc = jakes(30.0)
     fd = sc.doppler_hz
     n, steps = 200, 400
-    ch = sc.make_channel(n, np.random.default_rng(23))
+    ch = make_channel(sc, n, np.random.default_rng(23))
     g = np.empty((steps, n))
     for i in range(steps):
         ch.advance(1.0 / fd)
@@ -220,7 +221,7 @@ def test_links_in_a_batch_are_uncorrelated() -> None:
 
 def test_reset_subset_leaves_others_untouched() -> None:
     sc = load_scenario("vehicular")
-    ch = sc.make_channel(16, np.random.default_rng(0))
+    ch = make_channel(sc, 16, np.random.default_rng(0))
     ch.advance(np.linspace(0.01, 0.2, 16))
     before_snr, before_t = ch.snr_db(), ch.time_s
     mask = np.zeros(16, dtype=bool)
@@ -232,13 +233,13 @@ def test_reset_subset_leaves_others_untouched() -> None:
     assert np.all(ch.time_s[mask] == 0.0)
     assert not np.allclose(after[mask], before_snr[mask])
     ch.advance(0.05)  # untouched links keep evolving on their own clock
-    ref = sc.make_channel(16, np.random.default_rng(0))
+    ref = make_channel(sc, 16, np.random.default_rng(0))
     ref.advance(np.linspace(0.01, 0.2, 16) + 0.05)
     assert np.allclose(ch.snr_db()[~mask], ref.snr_db()[~mask], atol=1e-4)
 
 
 def test_advance_rejects_negative_and_bad_shape() -> None:
-    ch = load_scenario("pedestrian").make_channel(4, np.random.default_rng(0))
+    ch = make_channel(load_scenario("pedestrian"), 4, np.random.default_rng(0))
     with pytest.raises(ValueError):
         ch.advance(-0.1)
     with pytest.raises(ValueError):
@@ -247,18 +248,18 @@ def test_advance_rejects_negative_and_bad_shape() -> None:
 
 def test_trace_matches_advance() -> None:
     sc = load_scenario("pedestrian")
-    ch = sc.make_channel(2, np.random.default_rng(2))
+    ch = make_channel(sc, 2, np.random.default_rng(2))
     times = np.array([0.0, 0.05, 0.4])
     tr = ch.trace_db(times, link=1)
     for t in times:
-        c = sc.make_channel(2, np.random.default_rng(2))
+        c = make_channel(sc, 2, np.random.default_rng(2))
         c.advance(t)
         assert c.snr_db()[1] == pytest.approx(tr[list(times).index(t)], abs=1e-4)
 
 
 def test_grid_and_chunked_evaluation_match_advance() -> None:
     sc = load_scenario("vehicular")
-    ch = sc.make_channel(3, np.random.default_rng(8))
+    ch = make_channel(sc, 3, np.random.default_rng(8))
     ch.advance(0.01)
     offs = np.array([0.0, 0.004, 0.5, 2.0])
     grid = ch.snr_db_grid(offs)
@@ -272,18 +273,18 @@ def test_grid_and_chunked_evaluation_match_advance() -> None:
     finally:
         Channel._EVAL_CHUNK = old
     assert np.allclose(flat.reshape(3, 4), grid)
-    ref = sc.make_channel(3, np.random.default_rng(8))
+    ref = make_channel(sc, 3, np.random.default_rng(8))
     ref.advance(0.01 + 2.0)
     assert np.allclose(ref.snr_db(), grid[:, 3], atol=1e-4)
 
 
 def test_downlink_offset_and_shared_fading() -> None:
     sc = load_scenario("vehicular")
-    ch = sc.make_channel(8, np.random.default_rng(1))
+    ch = make_channel(sc, 8, np.random.default_rng(1))
     ch.advance(0.02)
     assert np.allclose(ch.downlink_snr_db() - ch.snr_db(), sc.downlink_offset_db)
     assert sc.downlink_offset_db == pytest.approx((46.0 - 23.0) - (9.0 - 5.0))
-    ind = load_scenario("vehicular", **{"downlink.fading": "independent"}).make_channel(2000, np.random.default_rng(1))
+    ind = make_channel(load_scenario("vehicular", **{"downlink.fading": "independent"}), 2000, np.random.default_rng(1))
     d = ind.downlink_snr_db() - ind.snr_db()
     assert np.std(d) > 3.0  # independent fading decorrelates the two directions
 
@@ -302,7 +303,7 @@ def test_mcs_outage_gives_rate_zero_and_upload_waits() -> None:
     assert np.allclose(mcs_spectral_efficiency(np.array([-9.0, -5.0, 3.0, 25.0]), table), [0.0, 0.2, 1.0, 3.0])
     sc = load_scenario("static-cell-edge", **{"rate.model": "mcs", "rate.mcs_table": [list(r) for r in table],
                                               "rate.max_wait_slots": 40, "link.mean_snr_db": -8.0})
-    ch = sc.make_channel(4, np.random.default_rng(0))
+    ch = make_channel(sc, 4, np.random.default_rng(0))
     assert np.all(ch.uplink_rate_bps() == 0.0)
     tr = ch.uplink_transfer(np.full(4, 1e5))
     # static channel in outage: waits the cap, then sends at the outage-threshold rate
@@ -314,7 +315,7 @@ def test_mcs_outage_gives_rate_zero_and_upload_waits() -> None:
 def test_outage_wait_ends_when_channel_recovers() -> None:
     sc = load_scenario("cell-edge-fast-fading", **{"rate.airtime": "start"})
     n = 3000
-    ch = sc.make_channel(n, np.random.default_rng(4))
+    ch = make_channel(sc, n, np.random.default_rng(4))
     r0 = ch.uplink_rate_bps()
     out = r0 == 0
     p_out = 1 - math.exp(-10 ** (-0.67))  # Rayleigh at 0 dB mean below -6.7 dB
@@ -333,13 +334,13 @@ def test_outage_wait_ends_when_channel_recovers() -> None:
 
 def test_integrated_airtime() -> None:
     static = load_scenario("static-cell-edge", **{"rate.airtime": "integrate"})
-    ch = static.make_channel(5, np.random.default_rng(0))
+    ch = make_channel(static, 5, np.random.default_rng(0))
     bits = np.array([0.0, 1e3, 1e5, 7.36e5, 3e6])
     tr = ch.uplink_transfer(bits)
     assert np.allclose(tr.airtime_s, bits / ch.uplink_rate_bps()) and np.all(tr.wait_s == 0)
     sc = load_scenario("cell-edge-fast-fading")
     n = 400
-    fch = sc.make_channel(n, np.random.default_rng(1))
+    fch = make_channel(sc, n, np.random.default_rng(1))
     tr = fch.uplink_transfer(np.full(n, 7.36e5))
     # many coherence times per upload: wait + airtime ~ bits / E[rate] (ergodic, outage slots
     # included), and the share of waiting slots ~ the outage probability
@@ -387,7 +388,7 @@ def test_sionna_tdl_agrees_with_builtin_jakes() -> None:
     fd = sc.doppler_hz
     jk = jakes(3.6)
     n_j, steps = 256, 400
-    ch = jk.make_channel(n_j, np.random.default_rng(0))
+    ch = make_channel(jk, n_j, np.random.default_rng(0))
     gj = np.empty((steps, n_j))
     for i in range(steps):
         gj[i] = ch.fading_power()
@@ -403,6 +404,6 @@ def test_sionna_tdl_agrees_with_builtin_jakes() -> None:
         rj = np.corrcoef(gj[:-lag].ravel(), gj[lag:].ravel())[0, 1]
         assert abs(rs - theory) < 0.08 and abs(rj - theory) < 0.08 and abs(rs - rj) < 0.1, (lag, rs, rj, theory)
     # the channel indexes the table by elapsed time
-    ch_s = sc.make_channel(4, np.random.default_rng(1))
+    ch_s = make_channel(sc, 4, np.random.default_rng(1))
     ch_s.advance(0.123)
     assert ch_s.snr_db().shape == (4,) and np.all(np.isfinite(ch_s.snr_db()))

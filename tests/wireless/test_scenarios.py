@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from hlm_gym.wireless.channel import make_channel
 from hlm_gym.wireless.scenarios import (
     Scenario,
     ScenarioError,
@@ -66,7 +67,7 @@ def test_bundled_scenarios_make_channels() -> None:
         sc = load_scenario(name)
         if sc.fading.model == "sionna":
             continue  # needs the optional extra; covered in test_channel
-        ch = sc.make_channel(3, np.random.default_rng(0))
+        ch = make_channel(sc, 3, np.random.default_rng(0))
         ch.advance(0.05)
         assert np.all(np.isfinite(ch.snr_db())) and np.all(ch.uplink_rate_bps() >= 0)
 
@@ -226,4 +227,4 @@ def test_sionna_missing_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "sionna", None)  # makes `import sionna...` fail
     sc = load_scenario("pedestrian-tdl-a", **{"fading.sionna.seed": 12345})
     with pytest.raises(ImportError, match=r"pip install 'hlm-gym\[sionna\]'"):
-        sc.make_channel(2, np.random.default_rng(0))
+        make_channel(sc, 2, np.random.default_rng(0))

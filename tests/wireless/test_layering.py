@@ -1,0 +1,45 @@
+"""The wireless layer's imports point down: nothing above it, and scenarios below channel/cost/rate/fading."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import hlm_gym.wireless
+from hlm_gym.errors import HLMGymError
+from hlm_gym.wireless.scenarios import ScenarioError, load_scenario
+
+WIRELESS = Path(hlm_gym.wireless.__file__).parent
+ABOVE = ("lm", "traces", "environments", "policies", "harness", "cli")
+
+
+def _imports(path: Path) -> set[str]:
+    """Every hlm_gym module a file imports, at any depth (function-local and TYPE_CHECKING ones too)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path.name}: relative import"
+            out.add(node.module or "")
+    return {m for m in out if m.split(".")[0] == "hlm_gym"}
+
+
+@pytest.mark.parametrize("path", sorted(WIRELESS.glob("*.py")), ids=lambda p: p.name)
+def test_wireless_imports_nothing_above_it(path: Path) -> None:
+    bad = [m for m in _imports(path) if len(m.split(".")) > 1 and m.split(".")[1] in ABOVE]
+    assert not bad, f"{path.name} imports {bad}"
+
+
+def test_scenarios_sit_below_the_models() -> None:
+    inside = lambda p: {m.split(".")[2] for m in _imports(WIRELESS / p) if m.startswith("hlm_gym.wireless.")}  # noqa: E731
+    assert inside("propagation.py") == set()
+    assert inside("scenarios.py") == {"propagation"}
+
+
+def test_scenario_error_is_a_user_error() -> None:
+    assert issubclass(ScenarioError, HLMGymError) and issubclass(ScenarioError, ValueError)
+    with pytest.raises(HLMGymError, match="unknown scenario"):
+        load_scenario("no-such-scenario")
