@@ -34,7 +34,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from hlm_gym.policies.base import Policy, PolicyError
 from hlm_gym.policies.context import PolicyContext
-from hlm_gym.policies.sb3_kind import check_sb3_zip
+from hlm_gym.policies.sb3_zip import check_sb3_zip
 
 __all__ = ["NormalizedObsExtractor", "SB3Policy", "load_sb3_policy", "LEGACY_CLASS_PATHS", "SB3_ALGOS"]
 
