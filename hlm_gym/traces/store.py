@@ -51,6 +51,8 @@ from typing import Sequence
 
 import numpy as np
 
+from hlm_gym.errors import HLMGymError
+
 SCHEMA_VERSION = 1
 META_KEY = b"hlm_gym"
 DEFAULT_K_CHOICES = (8, 64, 512)
@@ -60,7 +62,7 @@ BASE_COLUMNS = ("prompt", "position", "draft", "token", "accepted", "end") + SIG
 SPLITS = ("train", "validation", "test")
 
 
-class TraceError(ValueError):
+class TraceError(HLMGymError, ValueError):
     """A trace file is missing, unreadable, incomplete or of an unsupported schema version."""
 
 
