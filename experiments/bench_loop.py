@@ -30,13 +30,13 @@ def median_step_s(model, context: torch.Tensor, n: int) -> float:
     """Median time of a single-token KV-cached forward after ``context``."""
     times = []
     with torch.inference_mode():
-        cache = model(context[None], use_cache=True).past_key_values
+        cache = model(context[None], use_cache=True).cache
         token = context[-1:][None]
         for _ in range(n):
             t0 = time.perf_counter()
-            out = model(token, past_key_values=cache, use_cache=True)
+            out = model(token, cache=cache, use_cache=True)
             times.append(time.perf_counter() - t0)
-            cache = out.past_key_values
+            cache = out.cache
     return statistics.median(times)
 
 

@@ -140,14 +140,14 @@ class HybridSession:
             self._slm_out = self._slm_forward(prompt_ids)
             if prompt_ids.numel() > 1:
                 out = self.pair.llm(prompt_ids[:-1].unsqueeze(0).to(self.device), use_cache=True)
-                self._llm_cache = out.past_key_values
+                self._llm_cache = out.cache
 
     # ------------------------------------------------------------------ internals
     def _slm_forward(self, ids: torch.Tensor):
         t0 = time.perf_counter()
-        out = self.pair.slm(ids.reshape(1, -1).to(self.device), past_key_values=self._slm_cache,
+        out = self.pair.slm(ids.reshape(1, -1).to(self.device), cache=self._slm_cache,
                             use_cache=True, output_hidden_states=True)
-        self._slm_cache = out.past_key_values
+        self._slm_cache = out.cache
         logits = out.logits[0, -1].float() / self.config.temperature
         hidden = out.hidden_states
         return logits, hidden[-2][0, -1], hidden[-1][0, -1], time.perf_counter() - t0
@@ -186,8 +186,8 @@ class HybridSession:
             with torch.inference_mode():
                 t0 = time.perf_counter()
                 fed = torch.tensor([self._llm_unfed], device=self.device)
-                out = self.pair.llm(fed, past_key_values=self._llm_cache, use_cache=True)
-                self._llm_cache = out.past_key_values
+                out = self.pair.llm(fed, cache=self._llm_cache, use_cache=True)
+                self._llm_cache = out.cache
                 p = torch.softmax(out.logits[0, -1].float() / self.config.temperature, dim=-1)
                 llm_s = time.perf_counter() - t0
                 q_seen = draft.q_probs

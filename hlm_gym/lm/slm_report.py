@@ -87,15 +87,15 @@ def decode_latency(model, context: int, steps: int, vocab: int, seed: int = 0) -
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (1, max(context, 1)), generator=g)
-    out = model(input_ids=ids, use_cache=True, past_key_values=DynamicCache())
-    cache = out.past_key_values
+    out = model(input_ids=ids, use_cache=True, cache=DynamicCache())
+    cache = out.cache
     tok = out.logits[:, -1:].argmax(-1)
     times = []
     for _ in range(steps + 3):
         t0 = time.perf_counter()
-        out = model(input_ids=tok, past_key_values=cache, use_cache=True)
+        out = model(input_ids=tok, cache=cache, use_cache=True)
         times.append(time.perf_counter() - t0)
-        cache = out.past_key_values
+        cache = out.cache
         tok = out.logits[:, -1:].argmax(-1)
     return statistics.median(times[3:])
 

@@ -73,10 +73,10 @@ def trace_batch(pair, prompts: Sequence[TracePrompt], config, k_choices: Sequenc
         inp, m, ps = ids, mask, pos
         while active:
             so = pair.slm(inp.to(dev), attention_mask=m.to(dev), position_ids=ps.to(dev),
-                          past_key_values=slm_cache, use_cache=True, output_hidden_states=True)
+                          cache=slm_cache, use_cache=True, output_hidden_states=True)
             lo = pair.llm(inp.to(dev), attention_mask=m.to(dev), position_ids=ps.to(dev),
-                          past_key_values=llm_cache, use_cache=True)
-            slm_cache, llm_cache = so.past_key_values, lo.past_key_values
+                          cache=llm_cache, use_cache=True)
+            slm_cache, llm_cache = so.cache, lo.cache
             s_logits = (so.logits[:, -1].float() / T).cpu()
             h_prev = so.hidden_states[-2][:, -1].cpu()
             h_last = so.hidden_states[-1][:, -1].cpu()
@@ -146,10 +146,10 @@ def measure_step_times(pair, prompt_ids, config, n_tokens: int = 12, catchup: in
     with torch.inference_mode():
         for _ in range(3):
             for n in times:
-                base = pair.llm(ids, use_cache=True).past_key_values
+                base = pair.llm(ids, use_cache=True).cache
                 x = torch.tensor([s.output[:n] + [0] * max(0, n - len(s.output))], device=pair.device)
                 t0 = time.perf_counter()
-                pair.llm(x, past_key_values=base, use_cache=True)
+                pair.llm(x, cache=base, use_cache=True)
                 times[n].append(time.perf_counter() - t0)
     t1, tn = statistics.median(times[1]), statistics.median(times[catchup + 1])
     return {"slm_step_s": statistics.median(slm[1:] or slm), "llm_step_s": statistics.median(llm[1:] or llm),
