@@ -13,6 +13,7 @@ all of them); :class:`ScalarOps` has one environment and ignores them.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -24,56 +25,35 @@ ALL = slice(None)
 
 
 class ScalarOps:
-    """Python scalars: one environment, no arrays on the hot path."""
+    """Python scalars: one environment, no arrays on the hot path.
+
+    1-D tables are read through ``memoryview`` (indexing gives Python floats, ints and bools
+    without copying the arrays); the element-wise operations are Python builtins.
+    """
 
     batched = False
 
     # ------------------------------------------------------------------ tables
     @staticmethod
-    def table(values: np.ndarray, kind: str = "f") -> np.ndarray:
-        """A lookup table (kept as a numpy array; :meth:`take` returns Python scalars)."""
-        return np.ascontiguousarray(values)
+    def table(values: np.ndarray, kind: str = "f") -> Any:
+        """A lookup table: a ``memoryview`` of a 1-D array (Python scalars on indexing), a 2-D array as is."""
+        arr = np.ascontiguousarray(values)
+        return memoryview(arr) if arr.ndim == 1 else arr
 
-    @staticmethod
-    def take(table: np.ndarray, i: int) -> Any:
-        """``table[i]`` as a Python scalar."""
-        return table.item(i)
-
-    @staticmethod
-    def take_rows(table: np.ndarray, i: int) -> np.ndarray:
-        """Row ``i`` of a 2-D table."""
-        return table[i]
-
-    @staticmethod
-    def from_host(x: Any) -> int:
-        """A host (numpy) integer as the backend's value."""
-        return int(x)
+    take = staticmethod(operator.getitem)  # table[i] as a Python scalar
+    take_rows = staticmethod(operator.getitem)  # row i of a 2-D table
+    from_host = staticmethod(int)  # a host (numpy) integer as a Python int
 
     # ------------------------------------------------------------------ element-wise
     @staticmethod
     def where(c: Any, a: Any, b: Any) -> Any:
         return a if c else b
 
-    @staticmethod
-    def minimum(a: Any, b: float) -> Any:
-        return a if a < b else b
-
-    @staticmethod
-    def maximum(a: Any, b: Any) -> Any:
-        return a if a > b else b
-
-    @staticmethod
-    def f64(x: Any) -> float:
-        return float(x)
-
-    @staticmethod
-    def floor_int(x: float) -> int:
-        """``floor(x)`` of a non-negative float as an integer."""
-        return int(x)
-
-    @staticmethod
-    def logical_not(x: Any) -> bool:
-        return not x
+    minimum = staticmethod(min)
+    maximum = staticmethod(max)
+    f64 = staticmethod(float)
+    floor_int = staticmethod(int)  # floor of a non-negative float
+    logical_not = staticmethod(operator.not_)
 
     # ------------------------------------------------------------------ state
     @staticmethod
@@ -105,9 +85,12 @@ class ScalarOps:
         return arr
 
     @staticmethod
-    def put(obs: np.ndarray, idx: Any, col: Any, value: Any) -> None:
-        """``obs[col] = value`` for one observation vector."""
-        obs[col] = value
+    def put_row(obs: np.ndarray, idx: Any, head: Any, tail: tuple) -> None:
+        """Fill one observation vector: ``head`` (an array) first, then the scalars of ``tail``."""
+        k = len(head)
+        obs[:k] = head
+        for j, v in enumerate(tail, k):
+            obs[j] = v
 
 
 class NumpyOps:
@@ -173,8 +156,12 @@ class NumpyOps:
         return arr[idx]
 
     @staticmethod
-    def put(obs: np.ndarray, idx: Any, col: Any, value: Any) -> None:
-        obs[idx, col] = value
+    def put_row(obs: np.ndarray, idx: Any, head: np.ndarray, tail: tuple) -> None:
+        """Fill the observations ``idx``: the columns of ``head`` first, then one column per entry of ``tail``."""
+        k = head.shape[1]
+        obs[idx, :k] = head
+        for j, v in enumerate(tail, k):
+            obs[idx, j] = v
 
 
 class TorchOps:
@@ -252,5 +239,9 @@ class TorchOps:
     def gather(arr, idx):
         return arr[idx]
 
-    def put(self, obs, idx, col, value) -> None:
-        obs[idx, col] = value.to(obs.dtype) if isinstance(value, self.torch.Tensor) else value
+    def put_row(self, obs, idx, head, tail: tuple) -> None:
+        """Fill the observations ``idx``: the columns of ``head`` first, then one column per entry of ``tail``."""
+        k = head.shape[1]
+        obs[idx, :k] = head
+        for j, v in enumerate(tail, k):
+            obs[idx, j] = v.to(obs.dtype) if isinstance(v, self.torch.Tensor) else v

@@ -27,6 +27,8 @@ EPISODE_KEYS = ("tokens_per_s", "transmission_rate", "skip_rate", "risk", "error
 
 def check_action(action, n: int) -> int:
     """The action as an int, or a ``ValueError`` naming it and the valid range."""
+    if type(action) is int and 0 <= action < n:  # the common case, first
+        return action
     if isinstance(action, (bool, np.bool_)):
         ok = False
     elif isinstance(action, (int, np.integer)):
@@ -178,31 +180,23 @@ class HybridLMEnv(gym.Env):
             return self._step_live(a)
         k = self._kernel
         r = k.row
-        a = k.send_action(a, r)
-        o = k.option(a)
-        out = k.step(a, r, o, k.trace_draft(r, o))
-        if out.rewound:  # the LLM's token at the rewind position, the rest of the block discarded
-            del self._out[len(self._out) - (r - out.rewind):]
-            self._out.append((out.rewind, "rejected"))
+        if k.deferred:
+            a = k.send_action(a, r)
+        reward, terminated, info, rewind, rewound = k.step(a, r, k.option(a))
+        if rewound:  # the LLM's token at the rewind position, the rest of the block discarded
+            del self._out[len(self._out) - (r - rewind):]
+            self._out.append((rewind, "rejected"))
         elif a == 0:
-            self._out.append((r, "skipped-wrong" if out.error else "skipped"))
+            self._out.append((r, "skipped-wrong" if info["error"] else "skipped"))
         else:
-            self._out.append((r, "rejected" if out.rejected else "accepted"))
-        info = self._step_info(out)
-        terminated = out.terminated
+            self._out.append((r, "rejected" if info["rejected"] else "accepted"))
         if terminated:
             self._done = True
             info.update(k.episode_metrics())
             k.observe(self._obs, rows=k.row - 1)  # the last row's signals (there is no next draft)
         else:
             k.observe(self._obs)
-        return self._obs.copy(), out.reward, terminated, False, info
-
-    @staticmethod
-    def _step_info(out) -> dict:
-        return {"latency_s": out.latency_s, "uplink_bits": out.uplink_bits, "sent": out.sent,
-                "rejected": out.rejected, "beta": out.beta, "error": out.error, "snr_db": out.snr_db,
-                "rate_bps": out.rate_bps, "energy_j": out.energy_j}
+        return self._obs.copy(), reward, terminated, False, info
 
     # ------------------------------------------------------------------ live mode
     def _step_live(self, a: int):
@@ -218,10 +212,10 @@ class HybridLMEnv(gym.Env):
             rec = live.commit(True, None if kk >= self.sim.vocab_size else kk)
             draft = Draft(beta_full=float(rec.beta), accepted_full=bool(rec.accepted), beta=float(rec.beta),
                           accepted=bool(rec.accepted), end=live.done)
-        out = k.step(a, r, o, draft, replay=False)
-        self._out.append((rec.token, "skipped" if a == 0 else ("rejected" if out.rejected else "accepted")))
-        info = self._step_info(out) | {"token": rec.token}
-        terminated = bool(out.terminated)
+        reward, terminated, info, _, _ = k.step(a, r, o, draft)
+        self._out.append((rec.token, "skipped" if a == 0 else ("rejected" if info["rejected"] else "accepted")))
+        info["token"] = rec.token
+        terminated = bool(terminated)
         if terminated:
             self._done = True
             skipped = k.skips > 0
@@ -232,7 +226,7 @@ class HybridLMEnv(gym.Env):
             k.observe(self._obs, signals=live.last_signals)
         else:
             k.observe(self._obs, signals=live.signals())
-        return self._obs.copy(), out.reward, terminated, False, info
+        return self._obs.copy(), reward, terminated, False, info
 
     # ------------------------------------------------------------------ render
     def render(self):

@@ -21,13 +21,13 @@ from hlm_gym.environments.backends import ALL
 from hlm_gym.environments.hybrid_lm.observation import write_observation
 from hlm_gym.environments.hybrid_lm.simulation import Simulation
 
-__all__ = ["HybridLMKernel", "Draft", "StepOut", "EPISODE_KEYS", "STEP_KEYS"]
+__all__ = ["HybridLMKernel", "Draft", "EPISODE_KEYS", "STEP_KEYS"]
 
 STEP_KEYS = ("latency_s", "uplink_bits", "sent", "rejected", "beta", "error", "snr_db", "rate_bps", "energy_j")
 EPISODE_KEYS = ("tokens_per_s", "transmission_rate", "skip_rate", "risk", "error_rate", "tokens", "time_s")
 
 
-@dataclass
+@dataclass(slots=True)
 class Draft:
     """What a decision needs to know of the current draft, per environment.
 
@@ -42,25 +42,6 @@ class Draft:
     beta: Any
     accepted: Any
     end: Any
-
-
-@dataclass
-class StepOut:
-    """The result of one decision per environment (backend scalars or arrays)."""
-
-    reward: Any
-    terminated: Any
-    sent: Any
-    rejected: Any
-    error: Any
-    beta: Any
-    latency_s: Any
-    uplink_bits: Any
-    energy_j: Any
-    snr_db: Any
-    rate_bps: Any
-    rewind: Any  # the rewind position (deferred verification), else the decided row
-    rewound: Any  # a deferred block was cut at ``rewind``
 
 
 class HybridLMKernel:
@@ -128,22 +109,29 @@ class HybridLMKernel:
 
     def grid(self, idx: Any = ALL) -> Any:
         """Flat bank index (realisation x grid point) of each environment's channel now."""
-        xp = self.xp
-        g = (xp.gather(self.j0, idx) + xp.floor_int(xp.gather(self.time, idx) / self.dt)) % self.G
-        return xp.gather(self.brow, idx) * self.G + g
+        if idx is ALL:
+            j0, time, brow = self.j0, self.time, self.brow
+        else:
+            g = self.xp.gather
+            j0, time, brow = g(self.j0, idx), g(self.time, idx), g(self.brow, idx)
+        return brow * self.G + (j0 + self.xp.floor_int(time / self.dt)) % self.G
 
     def observe(self, obs: Any, idx: Any = ALL, rows: Any = None, signals: Any = None) -> None:
         """Write the observation of environments ``idx`` into ``obs`` (signals of trace ``rows``,
         or the given ``signals`` in live mode)."""
         xp = self.xp
-        if signals is None:
-            signals = xp.take_rows(self.sig, xp.gather(self.row, idx) if rows is None else rows)
+        if idx is ALL:
+            row, start, pending, ring_n = self.row, self.start, self.pending, self.ring_n
+        else:
+            g = xp.gather
+            row, start, pending, ring_n = g(self.row, idx), g(self.start, idx), g(self.pending, idx), g(self.ring_n, idx)
         if rows is None:
-            rows = xp.gather(self.row, idx)
+            rows = row
+        if signals is None:
+            signals = xp.take_rows(self.sig, rows)
         f = self.grid(idx)
-        write_observation(xp, obs, idx, signals, xp.take(self.snr, f), xp.take(self.log_rate, f),
-                          xp.gather(self.pending, idx), rows - xp.gather(self.start, idx),
-                          xp.gather(self.ring_n, idx), self.max_tokens, self.window)
+        write_observation(xp, obs, idx, signals, xp.take(self.snr, f), xp.take(self.log_rate, f), pending,
+                          rows - start, ring_n, self.max_tokens, self.window)
 
     # ------------------------------------------------------------------ a decision
     def send_action(self, a: Any, r: Any) -> Any:
@@ -163,55 +151,70 @@ class HybridLMKernel:
         return Draft(beta_full=xp.take(self.beta_full, r), accepted_full=xp.take(self.acc_full, r),
                      beta=xp.take(self.beta_opt, ro), accepted=xp.take(self.acc_opt, ro), end=xp.take(self.end, r))
 
-    def step(self, a: Any, r: Any, o: Any, draft: Draft, replay: bool = True) -> StepOut:
-        """Apply actions ``a`` (options ``o``) at rows ``r`` to every environment; returns the outcome.
+    def step(self, a: Any, r: Any, o: Any, draft: Optional[Draft] = None) -> tuple[Any, Any, dict, Any, Any]:
+        """Apply actions ``a`` (upload options ``o``) at trace rows ``r`` to every environment.
 
-        ``replay``: trace mode (deferred rewinds from the trace's rejection index); live mode
-        passes ``False`` and advances one row per decision.
+        ``draft``: ``None`` replays the trace (the recorded draft, deferred rewinds from the
+        trace's rejection index); live mode passes the real draft's :class:`Draft` and advances
+        one row per decision. Returns ``(reward, terminated, info, rewind, rewound)``: ``info``
+        holds :data:`STEP_KEYS`; ``rewound`` flags a deferred block cut at row ``rewind``.
         """
         xp, c = self.xp, self.cost
+        take, where, not_ = xp.take, xp.where, xp.logical_not
+        if draft is None:
+            beta_full, acc_full, term = take(self.beta_full, r), take(self.acc_full, r), take(self.end, r)
+            if self.n_opts == 1:  # the only option is the full distribution
+                beta_o, acc_o = beta_full, acc_full
+            else:
+                ro = r * self.n_opts + o
+                beta_o, acc_o = take(self.beta_opt, ro), take(self.acc_opt, ro)
+        else:
+            beta_full, acc_full, beta_o, acc_o, term = (draft.beta_full, draft.accepted_full, draft.beta,
+                                                        draft.accepted, draft.end)
         p = self.pending
         f = self.grid()
         skip = a == 0
-        send = xp.logical_not(skip)
-        # the token cost account of a send (one formula: CostModel.send), a skip costs device compute
-        lat_send, up_bits, en_send = c.send_terms(xp.take(self.bits0, o), xp.take(self.pend_bits, o), xp.f64(p),
-                                                  xp.take(self.up_wait, f), xp.take(self.up_inv, f),
-                                                  xp.take(self.dl_wait, f), xp.take(self.dl_air, f), xp.where)
-        lat = xp.where(skip, c.dev_s, lat_send)
-        err = skip & xp.logical_not(draft.accepted_full)
-        risk = xp.f64(err) if self.risk_error else draft.beta_full
+        send = not_(skip)
+        # the token cost account of a send (one formula: CostModel.send_terms), a skip costs device compute
+        if self.n_opts == 1:
+            bits0, pend_bits = c.bits0[0], c.pend_bits[0]
+        else:
+            bits0, pend_bits = take(self.bits0, o), take(self.pend_bits, o)
+        lat_send, up_bits, en_send = c.send_terms(bits0, pend_bits, xp.f64(p),
+                                                  take(self.up_wait, f), take(self.up_inv, f),
+                                                  take(self.dl_wait, f), take(self.dl_air, f), where)
+        lat = where(skip, c.dev_s, lat_send)
+        err = skip & not_(acc_full)
+        risk = xp.f64(err) if self.risk_error else beta_full
         skip_reward = self.skip_reward0
         if self.risk_weight:  # (a zero weight ignores the risk, NaN in live mode, entirely)
             skip_reward = skip_reward - self.risk_weight * (risk - self.risk_target)
-        reward = xp.where(skip, skip_reward, -(lat_send * self.inv_ref))
+        reward = where(skip, skip_reward, -(lat_send * self.inv_ref))
         new_row = r + 1
-        term = draft.end
-        rejected = send & xp.logical_not(draft.accepted)
+        rejected = send & not_(acc_o)
         rewind, rewound = r, send & False
-        if self.deferred and replay:
-            cpos = xp.take(self.next_rej, o * self.n_rows + xp.maximum(r - p, 0))
+        if self.deferred and draft is None:
+            cpos = take(self.next_rej, o * self.n_rows + xp.maximum(r - p, 0))
             rewound = send & (p > 0) & (cpos < r)
-            rewind = xp.where(rewound, cpos, r)
-            new_row = xp.where(rewound, rewind + 1, new_row)
-            term = xp.take(self.end, rewind)
+            rewind = where(rewound, cpos, r)
+            new_row = where(rewound, rewind + 1, new_row)
+            term = take(self.end, rewind)
             rejected = rejected | rewound
         # state
-        self.pending = xp.where(skip, p + 1, 0)
+        self.pending = where(skip, p + 1, 0)
         self.skips = self.skips + skip
         self.sends = self.sends + send
         self.errors = self.errors + err
-        self.risk_sum = self.risk_sum + xp.where(skip, draft.beta_full, 0.0)
+        self.risk_sum = self.risk_sum + where(skip, beta_full, 0.0)
         self.time = self.time + lat
         sk = skip * 1
         self.ring_n = self.ring_n + sk - xp.ring_swap(self.ring, self.steps % self.window, sk)
         self.steps = self.steps + 1
         self.row = new_row
-        return StepOut(reward=reward, terminated=term, sent=send, rejected=rejected, error=err,
-                       beta=xp.where(skip, draft.beta_full, draft.beta), latency_s=lat,
-                       uplink_bits=xp.where(skip, 0.0, up_bits), energy_j=xp.where(skip, c.skip_energy, en_send),
-                       snr_db=xp.f64(xp.take(self.snr, f)), rate_bps=xp.take(self.up_rate, f),
-                       rewind=rewind, rewound=rewound)
+        info = {"latency_s": lat, "uplink_bits": where(skip, 0.0, up_bits), "sent": send, "rejected": rejected,
+                "beta": where(skip, beta_full, beta_o), "error": err, "snr_db": xp.f64(take(self.snr, f)),
+                "rate_bps": take(self.up_rate, f), "energy_j": where(skip, c.skip_energy, en_send)}
+        return reward, term, info, rewind, rewound
 
     # ------------------------------------------------------------------ metrics
     def episode_metrics(self, idx: Any = ALL, errors: Optional[Any] = None) -> dict[str, Any]:

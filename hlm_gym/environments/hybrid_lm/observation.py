@@ -42,9 +42,5 @@ def write_observation(xp: Any, obs: Any, idx: Any, signals: Any, snr_db: Any, lo
     and ``log_rate`` the clipped channel values, ``pending``/``position``/``skip_count`` counts;
     ``xp`` is an array backend of :mod:`hlm_gym.environments.backends`.
     """
-    xp.put(obs, idx, slice(0, 5), signals)
-    xp.put(obs, idx, 5, snr_db)
-    xp.put(obs, idx, 6, log_rate)
-    xp.put(obs, idx, 7, xp.minimum(xp.f64(pending) / max_tokens, 1.0))
-    xp.put(obs, idx, 8, xp.minimum(xp.f64(position) / max_tokens, 1.0))
-    xp.put(obs, idx, 9, xp.f64(skip_count) / window)
+    xp.put_row(obs, idx, signals, (snr_db, log_rate, xp.minimum(xp.f64(pending) / max_tokens, 1.0),
+                                   xp.minimum(xp.f64(position) / max_tokens, 1.0), xp.f64(skip_count) / window))

@@ -121,15 +121,13 @@ class HybridLMVectorEnv(VectorEnv):
         # every env is stepped; the ones being reset are overwritten afterwards (rows clipped to stay valid)
         r = xp.minimum(k.row, k.n_rows - 1) if any_reset else k.row
         a = k.send_action(a, r)
-        o = k.option(a)
-        out = k.step(a, r, o, k.trace_draft(r, o))
-        term = self._copy(out.terminated)
+        rewards, term, step_info, _, _ = k.step(a, r, k.option(a))
+        term = self._copy(term)
         if self.max_episode_steps is not None:
             truncated = k.steps >= self.max_episode_steps
         else:
             truncated = xp.zeros(self.num_envs, "b")
         k.observe(self._obs, ALL, xp.where(term, k.row - 1, k.row))
-        rewards = out.reward
         if any_reset:
             term[resetting] = False
             truncated[resetting] = False
@@ -139,7 +137,7 @@ class HybridLMVectorEnv(VectorEnv):
             mask = xp.logical_not(xp.zeros(self.num_envs, "b"))
         info: dict[str, Any] = {}
         for key in STEP_KEYS:
-            info[key] = getattr(out, key)
+            info[key] = step_info[key]
             info["_" + key] = mask
         if bool(term.any()):
             for key, val in k.episode_metrics().items():
