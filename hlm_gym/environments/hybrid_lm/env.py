@@ -89,19 +89,21 @@ class HybridLMEnv(gym.Env):
     limit; with ``verify="deferred"`` the rewinds add decisions, so long episodes can reach it
     before the response ends).
 
-    **Arguments**: keyword options of :class:`hlm_gym.environments.hybrid_lm.simulation.EnvConfig` (``scenario``,
+    **Arguments**: keyword options of :class:`hlm_gym.environments.hybrid_lm.config.EnvConfig` (``scenario``,
     ``split``, ``risk_weight``, ``risk_target``, ``risk``, ``verify``, ``mode``, ...); an
     unknown name or a bad value raises an error naming it and what is allowed.
 
     **Version history**: ``v0``: first release; ``risk_target`` added to the reward (default
-    0 keeps the original reward).
+    0 keeps the original reward); the single, numpy and torch envs run one step kernel
+    (trajectories unchanged bit for bit, checked against trajectories recorded before) and the
+    batched envs accept any ``skip_window`` (they were limited to 62).
 
     **Latency/energy** per token: :mod:`hlm_gym.wireless.cost`'s account with the instantaneous
     uplink/downlink rates at the decision time (device compute; for a send also the upload of
     the distribution and the pending ids, the LLM's verification and catch-up, the downlink).
     The simulated clock advances by each token's latency; the channel is the scenario's
     (a bank of realisations sampled every ``channel_dt_s``, see
-    :mod:`hlm_gym.environments.hybrid_lm.simulation`; each episode starts at a random realisation and time).
+    :mod:`hlm_gym.wireless.bank`; each episode starts at a random realisation and time).
 
     **info** per step: ``latency_s``, ``uplink_bits``, ``sent``, ``rejected`` (the LLM
     replaced a draft at this send), ``beta``, ``error`` (a skipped draft that would have been

@@ -1,19 +1,13 @@
-"""The simulation core shared by every HybridLM environment (no Gymnasium types here).
+"""What the HybridLM environments of the same options share (no Gymnasium types here).
 
-* :class:`EnvConfig`: the ONE place holding the defaults of all constructor options;
-  :func:`make_config` turns keyword arguments into it (unknown names raise ``TypeError``).
-* :class:`ChannelBank`: ``R`` realisations of the scenario's channel
-  (:class:`hlm_gym.wireless.channel.Channel`), sampled on a time grid of step ``dt`` with ``G``
-  points, turned into the per-grid-point quantities of the token cost account of
-  :mod:`hlm_gym.wireless.cost` (instantaneous-rate path). Built once per (scenario, grid, seed)
-  and shared by all environments of a process. Each episode picks a realisation and a start
-  point with the environment's ``np_random``; the channel seen at simulated time ``t`` is the
-  grid value at ``floor(t / dt)`` (sample-and-hold), cyclic over the ``G * dt`` seconds of a
-  realisation.
-* :class:`CostModel`: the per-token account (latency, bits, energy) as closed-form scalar
-  arithmetic on the bank's quantities, used identically by the scalar, numpy and torch
-  implementations (so they give bit-identical trajectories).
-* :class:`TraceTables`: the per-row arrays of a trace the environments replay.
+:func:`build_simulation` gathers, for an :class:`~hlm_gym.environments.hybrid_lm.config.EnvConfig`:
+the scenario (:mod:`hlm_gym.wireless.scenarios`), the trace (:mod:`hlm_gym.traces.store`) as
+:class:`TraceTables` (per-row arrays in observation units), the channel bank
+(:class:`hlm_gym.wireless.bank.ChannelBank`: ``R`` realisations sampled on a time grid; the
+channel seen at simulated time ``t`` is the grid value at ``floor(t / dt)``, cyclic over a
+realisation), the token cost account (:class:`hlm_gym.wireless.cost.CostModel`) and the reward's
+reference latency. :class:`EpisodeDraw` turns one uniform integer into an episode start
+(prompt, realisation, start phase), identically for the single and the batched envs.
 """
 
 from __future__ import annotations
