@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scenarios", default="static-good,cell-edge-fast-fading")
-    p.add_argument("--lambda", dest="lambda_", type=float, default=None, help="risk weight (default: the env's)")
+    p.add_argument("--risk-weight", "--lambda", dest="risk_weight", type=float, default=None,
+                   help="risk weight lambda of the reward (default: the env's)")
     p.add_argument("--out", default="docs/baseline_table.md")
     args = p.parse_args(argv)
     if args.split_from:
@@ -79,6 +80,7 @@ def main(argv=None) -> int:
         args.traces = str(split_trace_file(args.split_from, Path("runs/baseline_table/split_traces"), seed=args.seed))
 
     from hlm_gym.harness.evaluation import evaluate, make_eval_env
+    from hlm_gym.harness.family import EnvSettings
     from hlm_gym.paths import atomic_write_text
     from hlm_gym.policies.data import trace_columns
     from hlm_gym.policies.fit import fit_uhlm
@@ -96,7 +98,8 @@ def main(argv=None) -> int:
     rows = []
     extra = {}
     for sc in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
-        env = make_eval_env(sc, "test", args.lambda_, min(16, args.episodes), args.traces)
+        env = make_eval_env(EnvSettings(scenario=sc, risk_weight=args.risk_weight, traces=args.traces), "test",
+                            min(16, args.episodes))
         try:
             uhlm_skip = None
             for label, spec in BASELINES:
@@ -130,7 +133,7 @@ def main(argv=None) -> int:
                        "uplink_kbit_per_token": s["uplink_bits_per_token"]["mean"] / 1e3,
                        "energy_mj_per_token": s["energy_j_per_token"]["mean"] * 1e3,
                        "reward_per_step": s["reward_per_step"]["mean"], "episodes": s["tokens_per_s"]["n"],
-                       "lambda": res.config["lambda"]}
+                       "risk_weight": res.config["risk_weight"]}
                 rows.append(row)
                 print(f"{sc:>24} {label:<40} {row['tokens_per_s']:8.2f} tok/s  TR {row['transmission_rate']:.3f}  "
                       f"risk {row['risk']:.4f}", file=sys.stderr)
@@ -155,7 +158,7 @@ def main(argv=None) -> int:
     extra["ltt_holdout_check"] = {"delta=0.05": hold, "delta=0.5": hold5}
     ltt_d = extra.get("ltt:delta=0.05,eps=0.1", {})
     ltt5 = extra.get("ltt:delta=0.5,eps=0.1", {})
-    lam = next(r["lambda"] for r in rows if "lambda" in r)
+    risk_weight = next(r["risk_weight"] for r in rows if "risk_weight" in r)
     head = ["| scenario | policy | parameter | tokens/s (±95% CI) | transmission rate | risk (±95% CI) | error rate | "
             "uplink kbit/token | energy mJ/token | reward/step |",
             "|---|---|---|---|---|---|---|---|---|---|"]
@@ -176,7 +179,7 @@ def main(argv=None) -> int:
                   f"train/validation/test (seed {args.seed}), because the shipped trace set was not available."
                   if args.split_from else "")
     note = (f"Traces: {_trace_label(args.traces)}.{split_note} Test split, {args.episodes} episodes per row, seed {args.seed}, "
-            f"reward risk weight lambda = {lam}. "
+            f"reward risk weight lambda = {risk_weight}. "
             + (f"U-HLM fit on the training split: a = {fit.a:.4f}, b = {fit.b:.4f}, r = {fit.r:.4f}, residual std = "
                f"{fit.residual_std:.4f}, n = {fit.n}, Delta = {fit.delta:.4f}. " if fit else
                f"U-HLM fit on the training split failed: {fit_error}. ") +

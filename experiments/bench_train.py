@@ -47,7 +47,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     # one short untimed run first: imports, allocator and SB3 set-up would otherwise count
     # against whichever configuration runs first
-    train(TrainConfig(algo="ppo", scenario=args.scenario, lambda_=5.0, device="cpu", n_envs=args.n_envs,
+    train(TrainConfig(algo="ppo", scenario=args.scenario, risk_weight=5.0, device="cpu", n_envs=args.n_envs,
                       timesteps=4096, seed=0, out=str(args.out / "warmup"), eval_freq=4096, eval_episodes=8,
                       reference=False))
     rows = []
@@ -56,7 +56,7 @@ def main() -> None:
             print(f"{device}: skipped (torch sees no CUDA device)")
             continue
         for backend in ("numpy", "torch"):
-            cfg = TrainConfig(algo="ppo", scenario=args.scenario, lambda_=5.0, device=device, env_backend=backend,
+            cfg = TrainConfig(algo="ppo", scenario=args.scenario, risk_weight=5.0, device=device, env_backend=backend,
                               n_envs=args.n_envs, timesteps=args.timesteps, seed=0,
                               out=str(args.out / f"{device}-{backend}"), eval_freq=args.timesteps,
                               eval_episodes=32, reference=False, overrides=dict(overrides))

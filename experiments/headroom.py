@@ -29,6 +29,7 @@ import numpy as np
 
 from hlm_gym.harness.compare import ANALYTIC_FAMILY, DEFAULTS, dominance, format_dominance, result_row
 from hlm_gym.harness.evaluation import evaluate, make_eval_env
+from hlm_gym.harness.family import EnvSettings
 from hlm_gym.paths import atomic_write_text
 from hlm_gym.policies.channel_aware import ChannelAwareThreshold
 from hlm_gym.policies.data import trace_columns
@@ -73,7 +74,7 @@ def main() -> None:
     fit = fit_from_traces(None, "train")
     rows = []
     for sc in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
-        env = make_eval_env(sc, "test", 1.0, 16)
+        env = make_eval_env(EnvSettings(scenario=sc, risk_weight=1.0), "test", 16)
         sim = env.unwrapped.sim
         ev = {"scenario": sc, "episodes": args.episodes, "seed": 20_000, "env": env}
         rows.append(result_row(sc, ANALYTIC_FAMILY, "always", evaluate("always", **ev)))

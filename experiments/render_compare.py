@@ -10,11 +10,11 @@ pareto-<scenario>.png, compare.json), e.g. to publish a run made on another mach
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
-from hlm_gym.harness.compare import CompareConfig, dominance, write_outputs
+from hlm_gym.harness.compare import config_from_saved, dominance, write_outputs
+from hlm_gym.harness.families import family_for
 
 
 def main() -> None:
@@ -24,16 +24,12 @@ def main() -> None:
     args = ap.parse_args()
     try:
         doc = json.loads(args.json.read_text())
-        saved = dict(doc["config"])
-        rc = saved.pop("resolved")
+        config, rc = config_from_saved(dict(doc["config"]))
         rows, runs, wall = doc["rows"], doc["runs"], float(doc["wall_s"])
     except (OSError, ValueError, KeyError) as exc:
         raise SystemExit(f"{args.json}: not a compare.json written by hlm-gym compare ({exc})") from None
-    fields = {f.name for f in dataclasses.fields(CompareConfig)}
-    tuples = ("scenarios", "lambdas", "risk_targets", "thresholds", "ltt_deltas")
-    config = CompareConfig(**{k: (tuple(v) if k in tuples and v is not None else v)
-                              for k, v in saved.items() if k in fields})
-    dom = [d for metric in ("risk", "error_rate") for sc in rc["scenarios"] for d in dominance(rows, sc, metric)]
+    sweep = family_for(config.env_id).sweep_family
+    dom = [d for metric in ("risk", "error_rate") for sc in rc["scenarios"] for d in dominance(rows, sc, metric, sweep)]
     args.out.mkdir(parents=True, exist_ok=True)
     files = write_outputs(args.out, rows, dom, runs, rc, config, wall)
     for key, path in files.items():

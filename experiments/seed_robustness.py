@@ -3,7 +3,7 @@
     python experiments/seed_robustness.py [--seeds 0,1,2] [--timesteps 100000]
         [--scenarios vehicular,cell-edge-fast-fading] [--band 0.33,0.455] [--out runs/seeds]
 
-For each seed, runs ``hlm-gym compare --scenarios ... --lambdas none --seed S --timesteps T``
+For each seed, runs ``hlm-gym compare --scenarios ... --risk-weights none --seed S --timesteps T``
 into ``--out/seed<S>`` (skipped when that folder already holds a ``dominance.csv``, so an
 interrupted tally resumes), then counts, over the risk-target runs whose test risk lies in
 ``--band`` and whose 10% gain is attainable, how many are ahead of the U-HLM reference at
@@ -47,7 +47,7 @@ def main() -> None:
     for seed in seeds:
         run = args.out / f"seed{seed}"
         if not (run / "dominance.csv").is_file():
-            compare(CompareConfig(scenarios=scenarios, lambdas=(), seed=seed, timesteps=args.timesteps,
+            compare(CompareConfig(scenarios=scenarios, risk_weights=(), seed=seed, timesteps=args.timesteps,
                                   jobs=args.jobs, out=str(run), progress=True))
         with open(run / "dominance.csv", newline="") as f:
             rows += [r | {"seed": seed} for r in csv.DictReader(f)]

@@ -90,19 +90,20 @@ def fit_figure(traces, out: Path, seed: int = 0):
 
 
 def sweep(traces, scenarios: list[str], thresholds: np.ndarray, episodes: int, seed: int, out: Path,
-          lambda_: float | None = None):
+          risk_weight: float | None = None):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from hlm_gym.harness.evaluation import evaluate, make_eval_env
+    from hlm_gym.harness.family import EnvSettings
     from hlm_gym.paths import atomic_write_text
     from hlm_gym.policies.rules import UncertaintyThreshold
 
     rows = []
     for sc in scenarios:
-        env = make_eval_env(sc, "test", lambda_, min(16, episodes), traces)
+        env = make_eval_env(EnvSettings(scenario=sc, risk_weight=risk_weight, traces=traces), "test", min(16, episodes))
         try:
             for th in thresholds:
                 res = evaluate(UncertaintyThreshold(float(th)), scenario=sc, split="test", episodes=episodes,
@@ -148,7 +149,8 @@ def main(argv=None) -> int:
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step", type=float, default=0.05)
-    p.add_argument("--lambda", dest="lambda_", type=float, default=None)
+    p.add_argument("--risk-weight", "--lambda", dest="risk_weight", type=float, default=None,
+                   help="risk weight lambda of the reward (default: the env's)")
     p.add_argument("--scenarios", default="static-good,static-cell-edge,pedestrian,vehicular,cell-edge-fast-fading")
     args = p.parse_args(argv)
     if args.split_from:
@@ -163,7 +165,7 @@ def main(argv=None) -> int:
           f"n = {fit.n}, Delta = {fit.delta:.4f}, u_th averse = {d['u_th_averse']}, prone = {d['u_th_prone']}")
     ths = np.round(np.arange(0.0, 1.0 + 1e-9, args.step), 6)
     sweep(args.traces, [s.strip() for s in args.scenarios.split(",") if s.strip()], ths, args.episodes, args.seed,
-          out, args.lambda_)
+          out, args.risk_weight)
     print(f"wrote {out}/uhlm_fit.png, uhlm_fit.csv, uhlm_fit.json, uhlm_sweep.png, uhlm_sweep.csv")
     return 0
 

@@ -1,58 +1,63 @@
 """TensorBoard callbacks of ``hlm-gym train``: the domain's own scalars next to SB3's curves.
 
 * :class:`DomainScalarsCallback`: per rollout, the mean over the episodes that finished in it
-  of ``tokens_per_s``, ``skip_rate``, ``transmission_rate``, ``risk``, ``error_rate``,
-  ``energy_j_per_token`` (and ``uplink_bits_per_token``), under ``domain/``; plus
-  ``domain/episodes`` (how many finished).
+  of the env family's ``train_metrics`` (HybridLM: ``tokens_per_s``, ``skip_rate``,
+  ``transmission_rate``, ``risk``, ``error_rate``, ``energy_j_per_token``,
+  ``uplink_bits_per_token``), under ``domain/``; plus ``domain/episodes`` (how many finished).
 * :class:`HarnessEvalCallback`: every ``eval_freq`` timesteps, the current (deterministic)
   policy on the **validation** split through the evaluation harness
-  (:func:`hlm_gym.harness.evaluation.evaluate`), means under ``eval/``; keeps the best checkpoint by
-  validation ``reward_per_step`` (the environment's own objective at the run's lambda). The
-  analytic U-HLM threshold (``uhlm``, fitted on the training traces) is evaluated once on the
-  same validation episodes at the start and logged at every evaluation step under
-  ``reference/uhlm/`` so it draws as a flat line beside ``eval/``.
+  (:func:`hlm_gym.harness.evaluation.evaluate`), means under ``eval/``; keeps the best
+  checkpoint by validation ``reward_per_step`` (the environment's own objective at the run's
+  risk weight). The env family's reference policy (HybridLM: the analytic U-HLM threshold
+  ``uhlm``, fitted on the training traces) is evaluated once on the same validation episodes at
+  the start and logged at every evaluation step under ``reference/<spec>/`` so it draws as a
+  flat line beside ``eval/``.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-__all__ = ["DOMAIN_KEYS", "EVAL_KEYS", "DomainScalarsCallback", "HarnessEvalCallback"]
+from hlm_gym.errors import HLMGymError
+from hlm_gym.harness.evaluation import evaluate, make_eval_env
+from hlm_gym.harness.family import EnvSettings
+from hlm_gym.policies.sb3_model import SB3Policy
 
-DOMAIN_KEYS = ("tokens_per_s", "skip_rate", "transmission_rate", "risk", "error_rate", "energy_j_per_token",
-               "uplink_bits_per_token")
-EVAL_KEYS = DOMAIN_KEYS + ("reward_per_step",)
+__all__ = ["DomainScalarsCallback", "HarnessEvalCallback"]
 
 
 class DomainScalarsCallback(BaseCallback):
     """Domain scalars per rollout under ``domain/`` (mean over the episodes finished in the rollout)."""
 
-    def __init__(self, prefix: str = "domain") -> None:
+    def __init__(self, keys: Sequence[str], prefix: str = "domain") -> None:
         super().__init__()
+        self.keys = tuple(keys)
         self.prefix = prefix
-        self._buf: dict[str, list[float]] = {k: [] for k in DOMAIN_KEYS}
+        self._buf: dict[str, list[float]] = {k: [] for k in self.keys}
+        self._episodes = 0
 
     def _on_rollout_start(self) -> None:
-        self._buf = {k: [] for k in DOMAIN_KEYS}
+        self._buf = {k: [] for k in self.keys}
+        self._episodes = 0
 
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", ()):
             if "episode" not in info:
                 continue
-            for k in DOMAIN_KEYS:
+            self._episodes += 1
+            for k in self.keys:
                 v = info.get(k)
                 if v is not None and math.isfinite(v):
                     self._buf[k].append(float(v))
         return True
 
     def _on_rollout_end(self) -> None:
-        n = len(self._buf["tokens_per_s"])
-        self.logger.record(f"{self.prefix}/episodes", n)
+        self.logger.record(f"{self.prefix}/episodes", self._episodes)
         for k, vals in self._buf.items():
             if vals:
                 self.logger.record(f"{self.prefix}/{k}", float(np.mean(vals)))
@@ -63,18 +68,27 @@ def _means(result: Any) -> dict[str, float]:
 
 
 class HarnessEvalCallback(BaseCallback):
-    """Periodic validation through the evaluation harness, best checkpoint, U-HLM reference lines."""
+    """Periodic validation through the evaluation harness, best checkpoint, reference lines.
 
-    def __init__(self, config: Any, out: Path, eval_freq: int, vecnorm: Any = None, episodes: int = 64,
-                 seed: int = 0, save: Optional[Callable] = None, num_envs: int = 16) -> None:
+    ``env_id``/``settings``: the run's environment (validated on its ``validation`` split);
+    ``keys``: the metrics logged under ``eval/`` (plus ``reward_per_step``); ``reference``: the
+    spec drawn as a reference line (``None``: none); ``save(model, path, vecnorm) -> path``
+    writes the best checkpoint."""
+
+    def __init__(self, env_id: str, settings: EnvSettings, out: Path, eval_freq: int, keys: Sequence[str],
+                 vecnorm: Any = None, episodes: int = 64, seed: int = 0, save: Optional[Callable] = None,
+                 reference: Optional[str] = None, num_envs: int = 16) -> None:
         super().__init__()
-        self.config = config
+        self.env_id = env_id
+        self.settings = settings
         self.out = Path(out)
         self.eval_freq = max(int(eval_freq), 1)
+        self.keys = tuple(keys) + ("reward_per_step",)
         self.vecnorm = vecnorm
         self.episodes = int(episodes)
         self.eval_seed = int(seed) + 10_000  # validation episodes: fixed, apart from training's seeds
         self.save = save
+        self.reference_spec = reference
         self.num_envs = num_envs
         self._next = self.eval_freq
         self._env = None
@@ -86,31 +100,22 @@ class HarnessEvalCallback(BaseCallback):
         self.history: list[dict[str, float]] = []
         self._last_eval_at = -1
 
-    # the evaluation env (validation split), made once
     def _eval_env(self):
+        """The evaluation env (validation split), made once."""
         if self._env is None:
-            from hlm_gym.harness.evaluation import make_eval_env
-            from hlm_gym.harness.training import env_kwargs_for
-
-            kw = env_kwargs_for(self.config, "validation")
-            kw.pop("scenario"), kw.pop("split")
-            n = min(self.num_envs, self.episodes)
-            self._env = make_eval_env(self.config.scenario, "validation", None, n, None, kw)
+            self._env = make_eval_env(self.settings, "validation", min(self.num_envs, self.episodes), self.env_id)
         return self._env
 
     def _evaluate(self, policy: Any) -> dict[str, float]:
-        from hlm_gym.harness.evaluation import evaluate
-
-        ctx = {"traces": self.config.traces}
-        res = evaluate(policy, scenario=self.config.scenario, split="validation", episodes=self.episodes,
-                       seed=self.eval_seed, env=self._eval_env(), policy_context=ctx)
+        res = evaluate(policy, env_id=self.env_id, scenario=self.settings.scenario, split="validation",
+                       episodes=self.episodes, seed=self.eval_seed, env=self._eval_env(), traces=self.settings.traces)
         return _means(res)
 
     def _on_training_start(self) -> None:
-        if getattr(self.config, "reference", True):
+        if self.reference_spec:
             try:
-                self.reference = self._evaluate("uhlm")
-            except ValueError as exc:  # U-HLM undefined on these traces (or no training split): no line
+                self.reference = self._evaluate(self.reference_spec)
+            except (HLMGymError, ValueError) as exc:  # e.g. U-HLM undefined on these traces (or no training split): no line
                 self.reference = None
                 self.reference_error = str(exc).splitlines()[0]
 
@@ -120,21 +125,20 @@ class HarnessEvalCallback(BaseCallback):
             self._run_eval()
         return True
 
-    def _run_eval(self) -> None:
-        from hlm_gym.policies.sb3_model import SB3Policy
+    def _record(self, prefix: str, metrics: Mapping[str, float]) -> None:
+        for k in self.keys:
+            if k in metrics:
+                self.logger.record(f"{prefix}/{k}", metrics[k])
 
+    def _run_eval(self) -> None:
         m = self._evaluate(SB3Policy(self.model, vecnorm=self.vecnorm))
         m["timesteps"] = int(self.num_timesteps)
         self.last = m
         self.history.append(m)
         self._last_eval_at = self.num_timesteps
-        for k in EVAL_KEYS:
-            if k in m:
-                self.logger.record(f"eval/{k}", m[k])
+        self._record("eval", m)
         if self.reference:
-            for k in EVAL_KEYS:
-                if k in self.reference:
-                    self.logger.record(f"reference/uhlm/{k}", self.reference[k])
+            self._record(f"reference/{self.reference_spec}", self.reference)
         if self.best is None or m.get("reward_per_step", -math.inf) > self.best.get("reward_per_step", -math.inf):
             self.best = m
             if self.save is not None:
@@ -146,9 +150,6 @@ class HarnessEvalCallback(BaseCallback):
         """Evaluate the final model unless the last periodic evaluation was at the last step."""
         if self._last_eval_at != self.num_timesteps:
             self._run_eval()
-
-    def _on_training_end(self) -> None:
-        pass
 
     def close(self) -> None:
         if self._env is not None:

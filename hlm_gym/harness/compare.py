@@ -1,11 +1,13 @@
 """``hlm-gym compare``: learned PPO policies against the analytic thresholds, the project's main job.
 
-For each scenario (time-varying by default: pedestrian, vehicular, cell-edge-fast-fading):
+For each scenario (time-varying by default: pedestrian, vehicular, cell-edge-fast-fading), on
+one env id (``--env``, default ``hlm_gym/HybridLM-v0``; its env family supplies the analytic
+policies, see :mod:`hlm_gym.harness.hybrid_lm`):
 
 1. train PPO (:func:`hlm_gym.harness.training.train`) on the training split, keeping the best
    checkpoint by validation reward, for two sweeps of the reward: each risk weight lambda with
    ``risk_target`` 0 (the return prices the *error rate*, expected rejections per token), and
-   each risk target R at ``target_lambda`` (the return is the Lagrangian of "mean rejection
+   each risk target R at ``target_risk_weight`` (the return is the Lagrangian of "mean rejection
    probability of the skipped tokens <= R", the *risk* that the matched-risk check compares);
 2. evaluate, on the **test** split through the evaluation harness
    (:func:`hlm_gym.harness.evaluation.evaluate`, the same episodes for every policy): each PPO model,
@@ -25,12 +27,14 @@ For each scenario (time-varying by default: pedestrian, vehicular, cell-edge-fas
 
 Outputs in ``--out`` (all written atomically): ``results.csv``, ``results.md`` (table and
 dominance), ``dominance.csv``, ``pareto-<scenario>.png``, ``compare.json``, the training runs
-(``runs/<scenario>/lambda<L>/``, TensorBoard logs under ``tb/`` there).
+(``runs/<scenario>/lambda<L>/``, TensorBoard logs under ``tb/`` there). The tables' ``lambda``
+column is the risk weight of the row's reward.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -41,39 +45,31 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from hlm_gym.harness.compare_defaults import DEFAULTS
+from hlm_gym.harness.errors import TrainingError
+from hlm_gym.harness.families import DEFAULT_ENV_ID, family_for
+from hlm_gym.harness.hybrid_lm import SWEEP_FAMILY, reward_label
 from hlm_gym.paths import atomic_write_bytes, atomic_write_text
+from hlm_gym.policies.base import PolicyError
 
-__all__ = ["DEFAULTS", "CompareConfig", "compare", "command_line", "dominance", "analytic_front", "result_row"]
+__all__ = ["DEFAULTS", "CompareConfig", "compare", "command_line", "dominance", "analytic_front", "result_row",
+           "config_from_saved"]
 
-DEFAULTS: dict[str, Any] = {
-    "scenarios": ("pedestrian", "vehicular", "cell-edge-fast-fading"),
-    "lambdas": (1.0, 2.0, 3.0, 5.0),
-    "full_lambdas": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),
-    "risk_targets": (0.2, 0.3, 0.4, 0.45),
-    "full_risk_targets": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45),
-    "target_lambda": 10.0,
-    # 100k: over three seeds the risk-target runs were >= 10% ahead in the mid-risk band in 14 of 20
-    # cases at 100k steps and 11 of 20 at 40k (docs/training.md)
-    "timesteps": 100_000,
-    "full_timesteps": 1_000_000,
-    # u is recorded on a 0.05 grid and 39% of tokens have u = 1: the top of the sweep is dense
-    "thresholds": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0),
-    "ltt_deltas": (0.02, 0.05, 0.1),
-    "episodes": 200,
-    "full_episodes": 500,
-    "eval_episodes": 48,
-}
 MATCH_TOL = 0.10  # matched risk: within 10% relative
 GAIN_TARGET = 0.10  # the issue's claim: >= 10% more tokens/s at matched risk
-ANALYTIC_FAMILY = "uhlm-threshold"
+ANALYTIC_FAMILY = SWEEP_FAMILY  # the default env family's reference sweep (the U-HLM thresholds)
+#: Keys of compare.json files written before the risk weight had one name.
+LEGACY_KEYS = {"lambdas": "risk_weights", "target_lambda": "target_risk_weight"}
 
 
 @dataclass
 class CompareConfig:
+    """The settings of one comparison (the flags of ``hlm-gym compare``)."""
+
     scenarios: tuple[str, ...] = DEFAULTS["scenarios"]
-    lambdas: Optional[tuple[float, ...]] = None  # error-rate runs (risk_target 0); () for none
-    risk_targets: Optional[tuple[float, ...]] = None  # matched-risk runs at target_lambda; () for none
-    target_lambda: float = DEFAULTS["target_lambda"]
+    risk_weights: Optional[tuple[float, ...]] = None  # error-rate runs (risk_target 0); () for none
+    risk_targets: Optional[tuple[float, ...]] = None  # matched-risk runs at target_risk_weight; () for none
+    target_risk_weight: float = DEFAULTS["target_risk_weight"]
     timesteps: Optional[int] = None
     full: bool = False
     thresholds: Optional[tuple[float, ...]] = None
@@ -89,7 +85,7 @@ class CompareConfig:
     jobs: int = 0  # PPO runs trained at once (worker processes, one torch thread each); 0: auto
     resume: bool = False  # reuse runs in `out` that finished with the same settings
     algo: str = "ppo"
-    env_id: str = "hlm_gym/HybridLM-v0"
+    env_id: str = DEFAULT_ENV_ID
     eval_episodes: int = DEFAULTS["eval_episodes"]
     overrides: Optional[dict] = None  # PPO hyperparameter overrides (on top of agents/ppo.yml)
 
@@ -99,12 +95,12 @@ class CompareConfig:
         def pick(value, key):
             return tuple(value) if value is not None else tuple(DEFAULTS[("full_" if full else "") + key])
 
-        lambdas, targets = pick(self.lambdas, "lambdas"), pick(self.risk_targets, "risk_targets")
+        weights, targets = pick(self.risk_weights, "risk_weights"), pick(self.risk_targets, "risk_targets")
         return {"scenarios": tuple(self.scenarios),
-                "lambdas": lambdas, "risk_targets": targets, "target_lambda": float(self.target_lambda),
-                # the PPO runs: (lambda, risk_target)
-                "ppo_runs": tuple((float(lam), 0.0) for lam in lambdas)
-                            + tuple((float(self.target_lambda), float(t)) for t in targets),
+                "risk_weights": weights, "risk_targets": targets, "target_risk_weight": float(self.target_risk_weight),
+                # the PPO runs: (risk_weight, risk_target)
+                "ppo_runs": tuple((float(w), 0.0) for w in weights)
+                            + tuple((float(self.target_risk_weight), float(t)) for t in targets),
                 "timesteps": int(self.timesteps or (DEFAULTS["full_timesteps"] if full else DEFAULTS["timesteps"])),
                 "thresholds": tuple(self.thresholds or DEFAULTS["thresholds"]),
                 "ltt_deltas": tuple(self.ltt_deltas or DEFAULTS["ltt_deltas"]),
@@ -138,8 +134,11 @@ def front_at(front: Sequence[tuple[float, float]], risk: float) -> Optional[floa
     return float(np.interp(risk, rs, ts))
 
 
-def dominance(rows: list[dict[str, Any]], scenario: str, metric: str = "risk") -> list[dict[str, Any]]:
+def dominance(rows: list[dict[str, Any]], scenario: str, metric: str = "risk",
+              reference: str = ANALYTIC_FAMILY) -> list[dict[str, Any]]:
     """One record per PPO point of ``scenario``: matched analytic tokens/s and the gain.
+
+    ``reference``: the analytic family whose sweep points (and their front) are the reference.
 
     ``metric``: the risk axis, ``risk`` (mean rejection probability of skipped tokens, the
     primary check) or ``error_rate`` (skipped tokens that would have been rejected / tokens).
@@ -151,7 +150,7 @@ def dominance(rows: list[dict[str, Any]], scenario: str, metric: str = "risk") -
     reference within 10% risk *is* always-skip, which no policy can beat."""
     mine = [r for r in rows if r["scenario"] == scenario]
     ppo = [r for r in mine if r["family"] == "ppo"]
-    analytic = [r for r in mine if r["family"] == ANALYTIC_FAMILY]
+    analytic = [r for r in mine if r["family"] == reference]
     front = analytic_front([(r[metric], r["tokens_per_s"]) for r in analytic])
     ceiling = max((r["tokens_per_s"] for r in mine if math.isfinite(r["tokens_per_s"])), default=math.inf)
     out = []
@@ -186,13 +185,13 @@ def auto_jobs(n_runs: int) -> int:
     return max(1, min(4, cores, n_runs))
 
 
-def _train_config(config: CompareConfig, rc: dict[str, Any], out: Path, scenario: str, lam: float,
+def _train_config(config: CompareConfig, rc: dict[str, Any], out: Path, scenario: str, risk_weight: float,
                   target: float):
     """The :class:`~hlm_gym.harness.training.TrainConfig` of one PPO run of the sweep."""
     from hlm_gym.harness.training import TrainConfig
 
-    name = _reward_label(lam, target).replace("=", "").replace(",", "-")
-    return TrainConfig(algo=config.algo, env_id=config.env_id, scenario=scenario, lambda_=lam,
+    name = reward_label(risk_weight, target).replace("=", "").replace(",", "-")
+    return TrainConfig(algo=config.algo, env_id=config.env_id, scenario=scenario, risk_weight=risk_weight,
                        risk_target=target or None, device=config.device, env_backend=config.env_backend,
                        n_envs=config.n_envs, timesteps=rc["timesteps"], seed=config.seed,
                        out=str(out / "runs" / scenario / name), traces=config.traces,
@@ -259,16 +258,12 @@ def _train_all(configs: list[Any], jobs: int, bar: Any, resume: bool = False) ->
     return infos  # type: ignore[return-value]
 
 
-def _reward_label(lam: float, target: float) -> str:
-    """``lambda=L`` or ``lambda=L,target=R``: the reward a PPO run (or channel-aware rule) optimises."""
-    return f"lambda={lam:g}" + (f",target={target:g}" if target else "")
-
-
-def result_row(scenario: str, family: str, policy: str, res: Any, lam: Optional[float] = None,
+def result_row(scenario: str, family: str, policy: str, res: Any, risk_weight: Optional[float] = None,
                param: Any = None) -> dict[str, Any]:
-    """One results-table row of an :class:`~hlm_gym.harness.evaluation.EvaluationResult` (means and 95% half-widths)."""
+    """One results-table row of an :class:`~hlm_gym.harness.evaluation.EvaluationResult` (means and 95%
+    half-widths; the ``lambda`` column is the risk weight)."""
     s = res.summary
-    row = {"scenario": scenario, "family": family, "policy": policy, "lambda": lam, "param": param}
+    row = {"scenario": scenario, "family": family, "policy": policy, "lambda": risk_weight, "param": param}
     for m in ("tokens_per_s", "risk", "error_rate", "skip_rate", "transmission_rate", "energy_j_per_token"):
         row[m] = float(s[m]["mean"]) if m in s else math.nan
         if m in ("tokens_per_s", "risk", "error_rate"):
@@ -277,10 +272,11 @@ def result_row(scenario: str, family: str, policy: str, res: Any, lam: Optional[
     return row
 
 
-def _undefined_row(scenario: str, family: str, policy: str, lam: Optional[float], param: Any,
+def _undefined_row(scenario: str, family: str, policy: str, risk_weight: Optional[float], param: Any,
                    exc: BaseException) -> dict[str, Any]:
     """A policy that cannot be built on these traces: NaN metrics and the reason."""
-    row = {"scenario": scenario, "family": family, "policy": policy, "lambda": lam, "param": param, "episodes": 0,
+    row = {"scenario": scenario, "family": family, "policy": policy, "lambda": risk_weight, "param": param,
+           "episodes": 0,
            "note": f"undefined: {str(exc).splitlines()[0]}"}
     for m in ("tokens_per_s", "risk", "error_rate", "skip_rate", "transmission_rate", "energy_j_per_token",
               "tokens_per_s_ci", "risk_ci", "error_rate_ci"):
@@ -302,77 +298,69 @@ def _progress(enabled: bool, total: int, desc: str):
 def compare(config: CompareConfig) -> dict[str, Any]:
     """Run the comparison; returns the rows, the dominance records and the files written."""
     from hlm_gym.harness.evaluation import evaluate
-    from hlm_gym.policies.base import PolicyError
-    from hlm_gym.harness.training import TrainingError
-
-    t0 = time.perf_counter()
-    rc = config.resolved()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_traces(config.traces)
     from hlm_gym.wireless.scenarios import load_scenario
 
+    t0 = time.perf_counter()
+    family = family_for(config.env_id)
+    rc = config.resolved()
+    family.check_data(config.traces)
     for sc in rc["scenarios"]:
         load_scenario(sc)  # fail early on a bad name
-    if any(not (lam >= 0) for lam in rc["lambdas"]):
-        raise TrainingError(f"lambdas must be numbers >= 0, got {rc['lambdas']}")
+    if any(not (w >= 0) for w in rc["risk_weights"]):
+        raise TrainingError(f"risk weights must be numbers >= 0, got {rc['risk_weights']}")
     if any(not (0 <= t <= 1) for t in rc["risk_targets"]):
         raise TrainingError(f"risk targets must be numbers in [0, 1], got {rc['risk_targets']}")
-    if rc["risk_targets"] and not rc["target_lambda"] > 0:
-        raise TrainingError(f"target_lambda must be > 0 for risk-target runs, got {rc['target_lambda']}")
+    if rc["risk_targets"] and not rc["target_risk_weight"] > 0:
+        raise TrainingError(f"target risk weight must be > 0 for risk-target runs, got {rc['target_risk_weight']}")
     if not rc["ppo_runs"]:
-        raise TrainingError("no PPO runs: give at least one lambda or risk target")
+        raise TrainingError("no PPO runs: give at least one risk weight or risk target")
     if not (isinstance(config.jobs, int) and config.jobs >= 0):
         raise TrainingError(f"jobs must be a positive integer or 0 (auto), got {config.jobs!r}")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
 
-    # the U-HLM family "skip iff u <= u_th" includes u_th = -inf: send everything (risk 0)
-    analytic_specs = ([(ANALYTIC_FAMILY, "always", None, -math.inf)]
-                      + [(ANALYTIC_FAMILY, f"threshold:{u:g}", None, u) for u in rc["thresholds"]]
-                      + [("uhlm", "uhlm:averse", None, "averse"), ("uhlm", "uhlm:prone", None, "prone")]
-                      + [("ltt", f"ltt:delta={d:g},eps=0.1", None, d) for d in rc["ltt_deltas"]]
-                      + [("channel-aware", "channel-aware:" + _reward_label(lam, t), lam, t)
-                         for lam, t in rc["ppo_runs"] if lam > 0])
-    n_jobs = len(rc["scenarios"]) * (2 * len(rc["ppo_runs"]) + len(analytic_specs))
+    analytic = family.analytic_policies(rc)
+    n_jobs = len(rc["scenarios"]) * (2 * len(rc["ppo_runs"]) + len(analytic))
     bar = _progress(config.progress, n_jobs, "compare")
-    ev = {"split": "test", "episodes": rc["episodes"], "seed": config.seed + 20_000, "traces": config.traces}
+    ev = {"env_id": config.env_id, "split": "test", "episodes": rc["episodes"], "seed": config.seed + 20_000,
+          "traces": config.traces}
+    shared = family.shared_policy_context(config.traces)  # computed once (HybridLM: the U-HLM fit)
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
-    from hlm_gym.policies.fit import fit_from_traces
-
-    fit = fit_from_traces(config.traces, "train")  # the U-HLM fit, once (used by uhlm and channel-aware)
     try:
         # 1. PPO over the reward sweep (trained on train, best checkpoint by validation reward)
-        configs = [_train_config(config, rc, out, sc, lam, target)
-                   for sc in rc["scenarios"] for lam, target in rc["ppo_runs"]]
+        configs = [_train_config(config, rc, out, sc, weight, target)
+                   for sc in rc["scenarios"] for weight, target in rc["ppo_runs"]]
         infos = _train_all(configs, config.jobs or auto_jobs(len(configs)), bar, config.resume)
         for cfg, info in zip(configs, infos):
-            runs.append({"scenario": cfg.scenario, "lambda": cfg.lambda_, "risk_target": cfg.risk_target or 0.0} | info)
+            runs.append({"scenario": cfg.scenario, "risk_weight": cfg.risk_weight,
+                         "risk_target": cfg.risk_target or 0.0} | info)
         for sc in rc["scenarios"]:
             for run in (r for r in runs if r["scenario"] == sc):
-                label = _reward_label(run["lambda"], run["risk_target"])
+                label = reward_label(run["risk_weight"], run["risk_target"])
                 if bar is not None:
                     bar.set_description(f"test {sc} ppo {label}")
-                r = evaluate(f"ppo:{run['model']}", scenario=sc, lambda_=run["lambda"], **ev)
-                rows.append(result_row(sc, "ppo", f"ppo:{label}", r, run["lambda"], run["risk_target"]))
+                r = evaluate(f"ppo:{run['model']}", scenario=sc, risk_weight=run["risk_weight"], **ev)
+                rows.append(result_row(sc, "ppo", f"ppo:{label}", r, run["risk_weight"], run["risk_target"]))
                 if bar is not None:
                     bar.update(1)
             # 2. the analytic rules on the same test episodes
-            for family, spec, lam, param in analytic_specs:
+            for a in analytic:
                 if bar is not None:
-                    bar.set_description(f"test {sc} {spec}")
+                    bar.set_description(f"test {sc} {a.spec}")
                 try:
-                    r = evaluate(spec, scenario=sc, lambda_=lam, policy_context={"fit": fit}, **ev)
-                    rows.append(result_row(sc, family, spec, r, lam, param))
+                    r = evaluate(a.spec, scenario=sc, risk_weight=a.risk_weight, policy_context=shared, **ev)
+                    rows.append(result_row(sc, a.family, a.spec, r, a.risk_weight, a.param))
                 except PolicyError as exc:  # e.g. U-HLM thresholds undefined when beta does not grow with u
-                    rows.append(_undefined_row(sc, family, spec, lam, param, exc))
+                    rows.append(_undefined_row(sc, a.family, a.spec, a.risk_weight, a.param, exc))
                 if bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
 
-    dom = [d for sc in rc["scenarios"] for d in dominance(rows, sc)]
-    dom_err = [d for sc in rc["scenarios"] for d in dominance(rows, sc, "error_rate")]
+    dom = [d for sc in rc["scenarios"] for d in dominance(rows, sc, reference=family.sweep_family)]
+    dom_err = [d for sc in rc["scenarios"] for d in dominance(rows, sc, "error_rate", family.sweep_family)]
     wall = time.perf_counter() - t0
     files = write_outputs(out, rows, dom + dom_err, runs, rc, config, wall)
     print(format_table(rows))
@@ -388,18 +376,16 @@ def compare(config: CompareConfig) -> dict[str, Any]:
             "wall_s": wall}
 
 
-def _check_traces(traces: Optional[str]) -> None:
-    from hlm_gym.policies.data import resolve_trace_path
-    from hlm_gym.harness.training import TrainingError
-
-    for split in ("train", "validation", "test"):
-        try:
-            p = resolve_trace_path(traces, split)
-        except ValueError as exc:
-            raise TrainingError(str(exc)) from None
-        if not Path(p).is_file():
-            raise TrainingError(f"no {split} traces at {p}: build the default trace set "
-                                f"(hlm-gym traces build ...) or pass --traces FOLDER")
+def config_from_saved(saved: dict[str, Any]) -> tuple[CompareConfig, dict[str, Any]]:
+    """``(CompareConfig, resolved settings)`` of a ``compare.json``'s ``config`` (older files' keys
+    ``lambdas``/``target_lambda`` read as ``risk_weights``/``target_risk_weight``)."""
+    saved = {LEGACY_KEYS.get(k, k): v for k, v in saved.items()}
+    rc = {LEGACY_KEYS.get(k, k): v for k, v in saved.pop("resolved").items()}
+    fields = {f.name for f in dataclasses.fields(CompareConfig)}
+    tuples = ("scenarios", "risk_weights", "risk_targets", "thresholds", "ltt_deltas")
+    config = CompareConfig(**{k: (tuple(v) if k in tuples and v is not None else v)
+                              for k, v in saved.items() if k in fields})
+    return config, rc
 
 
 # ------------------------------------------------------------------------------------ outputs
@@ -423,11 +409,13 @@ def command_line(config: CompareConfig) -> str:
         flags.append(f"--scenarios {','.join(config.scenarios)}")
     if config.full:
         flags.append("--full")
-    for name, value in (("lambdas", config.lambdas), ("risk-targets", config.risk_targets),
+    if config.env_id != d.env_id:
+        flags.append(f"--env {config.env_id}")
+    for name, value in (("risk-weights", config.risk_weights), ("risk-targets", config.risk_targets),
                         ("thresholds", config.thresholds), ("ltt-deltas", config.ltt_deltas)):
         if value is not None:
             flags.append(f"--{name} {nums(value)}")
-    for name, value, default in (("target-lambda", config.target_lambda, d.target_lambda),
+    for name, value, default in (("target-risk-weight", config.target_risk_weight, d.target_risk_weight),
                                  ("timesteps", config.timesteps, None), ("episodes", config.episodes, None),
                                  ("seed", config.seed, d.seed), ("device", config.device, d.device),
                                  ("env-backend", config.env_backend, d.env_backend),
@@ -578,8 +566,8 @@ def write_outputs(out: Path, rows, dom, runs, rc, config: CompareConfig, wall: f
     atomic_write_text(files["dominance_csv"], _csv(dom, DOM_COLUMNS))
     cmd = command_line(config)
     md = ["# hlm-gym compare: learned PPO vs analytic thresholds", "",
-          f"Command: `{cmd}` (scenarios {', '.join(rc['scenarios'])}; lambdas {', '.join(map(str, rc['lambdas']))}; "
-          f"risk targets {', '.join(map(str, rc['risk_targets'])) or 'none'} at lambda {rc['target_lambda']:g}; "
+          f"Command: `{cmd}` (scenarios {', '.join(rc['scenarios'])}; lambdas {', '.join(map(str, rc['risk_weights']))}; "
+          f"risk targets {', '.join(map(str, rc['risk_targets'])) or 'none'} at lambda {rc['target_risk_weight']:g}; "
           f"{rc['timesteps']} PPO steps per run; {rc['episodes']} test episodes per policy; seed {config.seed}; "
           f"{wall / 60:.1f} min).", "",
           "Means over test episodes with 95% Student-t half-widths.", "", format_table(rows, markdown=True), "",

@@ -1,12 +1,13 @@
-"""Train a Stable-Baselines3 agent on a HybridLM environment (``hlm-gym train``).
+"""Train a Stable-Baselines3 agent on any env the harness knows (``hlm-gym train``).
 
 Read :func:`train` top to bottom to follow a whole run::
 
-    config  -> hyperparameters (agents/<algo>.yml, CLI overrides on top)
-    envs    -> the numpy batched env through the SB3 VecEnv adapter (+ VecNormalize)
+    config  -> hyperparameters (agents/<algo>.yml, the env id's entry; CLI overrides on top)
+    envs    -> the env family's training VecEnv (HybridLM: the batched env through the SB3
+               adapter) (+ VecNormalize)
     model   -> PPO / A2C / DQN with TensorBoard logging
     callbacks -> domain scalars per rollout, evaluation on the validation split through the
-                 evaluation harness (best checkpoint), analytic U-HLM reference lines
+                 evaluation harness (best checkpoint), the family's reference policy as lines
     learn   -> model.learn(...)
     save    -> model_last.zip, best_model.zip (self-contained: observation normalisation is
                baked into the saved policy), vecnormalize.pkl, summary.json
@@ -14,7 +15,7 @@ Read :func:`train` top to bottom to follow a whole run::
 
 Saved models are plain SB3 zips that ``hlm-gym evaluate --policy ppo:PATH`` (and
 ``PPO.load``) use as they are: when the run normalised observations, the statistics are folded
-into the saved policy as a fixed :class:`NormalizedObsExtractor`, so no separate
+into the saved policy as a fixed :class:`~hlm_gym.policies.sb3_model.NormalizedObsExtractor`, so no separate
 ``vecnormalize.pkl`` is needed to evaluate (it is still written, for rl-zoo style resuming).
 """
 
@@ -30,10 +31,13 @@ from typing import Any, Optional
 
 import numpy as np
 
+from hlm_gym.harness.errors import TrainingError
+from hlm_gym.harness.families import DEFAULT_ENV_ID, family_for
+from hlm_gym.harness.family import EnvSettings
 from hlm_gym.paths import atomic_write_text
 
-__all__ = ["TrainingError", "TrainConfig", "TrainResult", "load_hyperparams", "make_train_env", "train",
-           "save_model", "ALGOS"]
+__all__ = ["TrainingError", "TrainConfig", "TrainResult", "load_hyperparams", "train", "save_model", "ALGOS",
+           "config_dict", "format_summary"]
 
 ALGOS = ("ppo", "a2c", "dqn")
 
@@ -52,19 +56,15 @@ ALGO_KEYS = {
 }
 
 
-class TrainingError(ValueError):
-    """Bad training settings or hyperparameter file (one-line message)."""
-
-
 # ----------------------------------------------------------------------------------- config
 @dataclass
 class TrainConfig:
     """Everything one training run needs (the CLI flags of ``hlm-gym train``)."""
 
     algo: str = "ppo"
-    env_id: str = "hlm_gym/HybridLM-v0"
+    env_id: str = DEFAULT_ENV_ID
     scenario: str = "pedestrian"
-    lambda_: Optional[float] = None  # risk weight of the reward (None: the environment's default)
+    risk_weight: Optional[float] = None  # lambda of the reward (None: the environment's default)
     risk_target: Optional[float] = None  # the env's risk_target R (None: its default 0, error-rate pricing)
     device: str = "cpu"
     env_backend: str = "numpy"  # "numpy" (CPU) or "torch" (the batched torch env, on `device`)
@@ -78,10 +78,15 @@ class TrainConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # extra environment options
     eval_freq: Optional[int] = None  # timesteps between evaluations (None: 5 evaluations per run)
     eval_episodes: int = 64
-    reference: bool = True  # log the analytic U-HLM threshold as reference lines
+    reference: bool = True  # log the env family's reference policy (HybridLM: U-HLM) as reference lines
     progress_bar: bool = False
     verbose: int = 0
     run_name: Optional[str] = None
+
+    def env_settings(self) -> EnvSettings:
+        """The run's environment options (the env family turns them into env kwargs per split)."""
+        return EnvSettings(scenario=self.scenario, risk_weight=self.risk_weight, risk_target=self.risk_target,
+                           traces=self.traces, env_kwargs=dict(self.env_kwargs))
 
 
 @dataclass
@@ -186,103 +191,6 @@ def split_hyperparams(algo: str, hp: dict[str, Any]) -> tuple[dict[str, Any], di
     return run, kwargs
 
 
-# ----------------------------------------------------------------------------------- envs
-def env_kwargs_for(config: TrainConfig, split: str) -> dict[str, Any]:
-    """Environment options of a run for ``split`` (scenario, lambda, trace file)."""
-    kw: dict[str, Any] = {"scenario": config.scenario, "split": split}
-    if config.lambda_ is not None:
-        kw["risk_weight"] = float(config.lambda_)
-    if config.risk_target is not None:
-        kw["risk_target"] = float(config.risk_target)
-    if config.traces is not None:
-        from hlm_gym.policies.data import resolve_trace_path
-
-        kw["trace"] = str(resolve_trace_path(config.traces, split))
-    kw.update(config.env_kwargs)
-    return kw
-
-
-def make_train_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any],
-                   backend: str = "numpy", device: str = "cpu"):
-    """The SB3 ``VecEnv`` of ``n_envs`` batched environments (episode metrics in ``infos``).
-
-    ``backend="torch"`` steps the batched torch env on ``device`` (a GPU when training there);
-    ``"numpy"`` steps the numpy env on the CPU.
-    """
-    from hlm_gym.environments.hybrid_lm.sb3 import BACKENDS
-    from hlm_gym.environments.registration import ENV_IDS
-
-    if env_id not in ENV_IDS:
-        raise TrainingError(f"unknown env id {env_id!r}; choose one of {', '.join(ENV_IDS)}")
-    if backend not in BACKENDS:
-        raise TrainingError(f"bad env backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    extra: dict[str, Any] = {"backend": backend}
-    if backend == "torch":
-        extra["device"] = None if device == "auto" else device  # None: the torch env picks CUDA when there is one
-    venv = DomainSB3VecEnv(num_envs=n_envs, compressed=env_id.endswith("Compressed-v0"), **extra, **env_kwargs)
-    venv.seed(seed)
-    return venv
-
-
-def _domain_vec_env_class():
-    from hlm_gym.environments.hybrid_lm.sb3 import HybridLMSB3VecEnv
-
-    class _DomainSB3VecEnv(HybridLMSB3VecEnv):
-        """The adapter plus ``energy_j_per_token`` and ``uplink_bits_per_token`` in a finished episode's info.
-
-        Also seeds the batched env with one integer (``seed + i`` per sub-env, as SB3 means it)."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._energy = np.zeros(self.num_envs)
-            self._bits = np.zeros(self.num_envs)
-            self._int_seed: Optional[int] = None
-            inner_step = self.venv.step
-
-            def step(actions):
-                out = inner_step(actions)
-                info = out[4]
-                self._energy += np.asarray(info.get("energy_j", 0.0), dtype=np.float64)
-                self._bits += np.asarray(info.get("uplink_bits", 0.0), dtype=np.float64)
-                return out
-
-            self.venv.step = step
-
-        def seed(self, seed: Optional[int] = None):
-            seeds = super().seed(seed)
-            self._int_seed = int(seeds[0])
-            self._seeds = [None] * self.num_envs
-            return seeds
-
-        def reset(self):
-            self._energy[:] = 0.0
-            self._bits[:] = 0.0
-            if self._int_seed is None:
-                return super().reset()
-            obs, _ = self.venv.reset(seed=self._int_seed)
-            self._int_seed = None
-            self._reset_options()
-            self._ep_ret[:] = 0.0
-            self._ep_len[:] = 0
-            return obs
-
-        def step_wait(self):
-            obs, rew, done, infos = super().step_wait()
-            for i in np.flatnonzero(done):
-                tokens = infos[i].get("tokens") or infos[i].get("episode", {}).get("l", 1)
-                infos[i]["energy_j_per_token"] = float(self._energy[i] / max(tokens, 1))
-                infos[i]["uplink_bits_per_token"] = float(self._bits[i] / max(tokens, 1))
-                self._energy[i] = 0.0
-                self._bits[i] = 0.0
-            return obs, rew, done, infos
-
-    return _DomainSB3VecEnv
-
-
-def DomainSB3VecEnv(*args: Any, **kwargs: Any):  # noqa: N802 - a class factory (SB3 imported lazily)
-    return _domain_vec_env_class()(*args, **kwargs)
-
-
 # ----------------------------------------------------------------------------------- models
 def save_model(model: Any, path: Path, vecnorm: Any = None) -> Path:
     """Save ``model`` as a self-contained SB3 zip (``vecnorm``'s observation statistics baked in)."""
@@ -345,6 +253,7 @@ def train(config: TrainConfig) -> TrainResult:
     from hlm_gym.harness.callbacks import DomainScalarsCallback, HarnessEvalCallback
 
     t_start = time.perf_counter()
+    family = family_for(config.env_id)
     algo = config.algo.lower()
     # 1. config: YAML hyperparameters, CLI overrides on top
     hp = load_hyperparams(algo, config.env_id, config.hyperparams)
@@ -362,13 +271,14 @@ def train(config: TrainConfig) -> TrainResult:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     target = f"-target{config.risk_target:g}" if config.risk_target else ""
-    run_name = config.run_name or (f"{algo}-{config.scenario}-lambda"
-                                   f"{config.lambda_ if config.lambda_ is not None else 'default'}{target}-seed{config.seed}")
+    weight = config.risk_weight if config.risk_weight is not None else "default"
+    run_name = config.run_name or f"{algo}-{config.scenario}-lambda{weight}{target}-seed{config.seed}"
     set_random_seed(config.seed)
 
-    # 2. envs: batched numpy env (SB3 adapter), observation normalisation if the YAML says so
-    env = make_train_env(config.env_id, n_envs, config.seed, env_kwargs_for(config, "train"),
-                         backend=config.env_backend, device=device)
+    # 2. envs: the family's training VecEnv, observation normalisation if the YAML says so
+    settings = config.env_settings()
+    env = family.make_train_env(config.env_id, n_envs, config.seed, family.env_kwargs(settings, "train"),
+                                config.env_backend, device)
     vecnorm = None
     if run["normalize"] is not None:
         nk = {"norm_obs": True, "norm_reward": True} | dict(run["normalize"])
@@ -381,14 +291,16 @@ def train(config: TrainConfig) -> TrainResult:
 
     # 4. callbacks: domain scalars per rollout; evaluation on the validation split (+ reference)
     eval_freq = int(config.eval_freq or max(timesteps // 5, 1))
-    eval_cb = HarnessEvalCallback(config=config, out=out, eval_freq=eval_freq, vecnorm=vecnorm,
-                                  episodes=config.eval_episodes, seed=config.seed, save=save_model)
-    callbacks = CallbackList([DomainScalarsCallback(), eval_cb])
+    eval_cb = HarnessEvalCallback(config.env_id, settings, out=out, eval_freq=eval_freq, keys=family.train_metrics,
+                                  vecnorm=vecnorm, episodes=config.eval_episodes, seed=config.seed, save=save_model,
+                                  reference=family.reference_policy if config.reference else None)
+    callbacks = CallbackList([DomainScalarsCallback(family.train_metrics), eval_cb])
 
     # 5. learn
     progress = config.progress_bar and _progress_bar_available()
     model.learn(total_timesteps=timesteps, callback=callbacks, tb_log_name=run_name, progress_bar=progress)
     eval_cb.final_evaluation()  # the last model, if the last periodic evaluation was not at the end
+    eval_cb.close()
 
     # 6. save
     files: dict[str, Path] = {"model_last": save_model(model, out / "model_last.zip", vecnorm)}
@@ -402,14 +314,14 @@ def train(config: TrainConfig) -> TrainResult:
     wall = time.perf_counter() - t_start
 
     # 7. summary
-    summary = {"algo": algo, "env_id": config.env_id, "scenario": config.scenario, "lambda": config.lambda_,
+    summary = {"algo": algo, "env_id": config.env_id, "scenario": config.scenario, "risk_weight": config.risk_weight,
                "risk_target": config.risk_target, "config": config_dict(config),
                "seed": config.seed, "device": str(model.device), "env_backend": config.env_backend, "n_envs": n_envs, "timesteps": int(model.num_timesteps),
                "wall_s": round(wall, 2), "steps_per_s": round(model.num_timesteps / wall, 1),
                "hyperparams": {k: (v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v))
                                for k, v in hp.items()},
-               "best": eval_cb.best, "last": eval_cb.last, "reference_uhlm": eval_cb.reference,
-               "reference_uhlm_error": eval_cb.reference_error,
+               "best": eval_cb.best, "last": eval_cb.last, "reference_policy": eval_cb.reference_spec,
+               "reference": eval_cb.reference, "reference_error": eval_cb.reference_error,
                "evaluations": eval_cb.history, "files": {k: str(v) for k, v in files.items()}}
     files["summary"] = out / "summary.json"
     summary["files"]["summary"] = str(files["summary"])
@@ -439,7 +351,8 @@ def format_summary(result: TrainResult) -> str:
     """The end-of-run summary printed by ``hlm-gym train``."""
     s = result.summary
     target = f" risk target {s['risk_target']:g}" if s.get("risk_target") else ""
-    lines = [f"trained {s['algo']} on {s['env_id']} scenario {s['scenario']} lambda {s['lambda']}{target} seed {s['seed']}: "
+    lines = [f"trained {s['algo']} on {s['env_id']} scenario {s['scenario']} lambda {s['risk_weight']}{target} "
+             f"seed {s['seed']}: "
              f"{s['timesteps']} steps in {s['wall_s']:.1f} s ({s['steps_per_s']:.0f} steps/s, {s['device']})"]
 
     def row(label: str, m: Optional[dict]) -> None:
@@ -451,9 +364,10 @@ def format_summary(result: TrainResult) -> str:
 
     row("best (validation)", s.get("best"))
     row("last (validation)", s.get("last"))
-    row("U-HLM ref (validation)", s.get("reference_uhlm"))
-    if s.get("reference_uhlm_error"):
-        lines.append(f"  no U-HLM reference line: {s['reference_uhlm_error']}")
+    ref = s.get("reference_policy")
+    row(f"{ref} ref (validation)", s.get("reference"))
+    if s.get("reference_error"):
+        lines.append(f"  no {ref} reference line: {s['reference_error']}")
     lines.append("files written:")
     for k, v in s["files"].items():
         lines.append(f"  {k:<12} {v}")

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.stats import binom
 
 from hlm_gym.policies.base import PolicyError
 
@@ -59,6 +58,8 @@ def hb_pvalue(risk_hat: Any, n: int, delta: float) -> np.ndarray:
         raise PolicyError(f"need at least one calibration unit, got n={n}")
     if not 0.0 < delta < 1.0:
         raise PolicyError(f"delta must be in (0, 1), got {delta}")
+    from scipy.stats import binom  # scipy.stats takes a second to import: only when calibrating
+
     r = np.asarray(risk_hat, dtype=np.float64)
     hoeffding = np.exp(-n * _h1(np.minimum(r, delta), delta))
     bentkus = math.e * binom.cdf(np.ceil(n * r - 1e-9), n, delta)

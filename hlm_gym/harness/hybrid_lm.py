@@ -1,0 +1,343 @@
+"""The HybridLM env family as the harness sees it (:data:`HYBRID_LM`): both env ids, their
+options, metrics, episode accounting, analytic policies and action mapping.
+
+* ``hlm_gym/HybridLM-v0``: ``Discrete(2)`` (skip/send);
+* ``hlm_gym/HybridLMCompressed-v0``: ``Discrete(1 + len(k_choices))``, the full distribution
+  last, so a binary rule's SEND becomes the last action (an upload of the full distribution,
+  what the rule's analysis assumes).
+
+Metrics per episode (mean and a Student-t interval over episodes in the evaluation harness):
+
+==========================  ===============================================================
+``tokens_per_s``            output tokens / the episode's simulated latency
+``transmission_rate``       uploaded tokens / output tokens
+``skip_rate``               1 - transmission_rate
+``risk``                    the environment's risk of the episode (rejection probability of
+                            the tokens kept without verification, see the env's docs)
+``error_rate``              skipped tokens that verification would have rejected / tokens
+``uplink_bits_per_token``   uplink bits / output tokens
+``energy_j_per_token``      device energy (J) / output tokens
+``reward_per_step``         the environment's reward, averaged over the episode's decisions
+``fidelity``                (live mode) cosine similarity of the response's sentence
+                            embedding to the LLM-alone response for the same prompt
+==========================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from hlm_gym.harness.errors import EvaluationError, TrainingError
+from hlm_gym.harness.family import AnalyticPolicy, EnvFamily, EnvSettings
+from hlm_gym.harness.results import EvaluationResult, summarize_episodes
+from hlm_gym.policies.context import PolicyContext
+from hlm_gym.policies.hybrid_lm_kinds import HYBRID_LM_ENV_IDS
+
+__all__ = ["HYBRID_LM", "METRICS", "TRAIN_METRICS", "SWEEP_FAMILY", "HybridLMEpisodes", "reward_label"]
+
+METRICS: tuple[str, ...] = ("tokens_per_s", "transmission_rate", "skip_rate", "risk", "error_rate",
+                            "uplink_bits_per_token", "energy_j_per_token", "reward_per_step", "fidelity")
+#: What finished episodes report during training (the ``domain/`` scalars).
+TRAIN_METRICS: tuple[str, ...] = ("tokens_per_s", "skip_rate", "transmission_rate", "risk", "error_rate",
+                                  "energy_j_per_token", "uplink_bits_per_token")
+#: The U-HLM threshold sweep (``always`` = u_th -inf, ``threshold:U``): compare's reference front.
+SWEEP_FAMILY = "uhlm-threshold"
+_STEP_SUMS = ("latency_s", "uplink_bits", "energy_j", "sent", "rejected", "beta_skipped", "error_skipped", "reward")
+
+
+# ------------------------------------------------------------------------------------ options and envs
+def env_kwargs(settings: EnvSettings, split: str) -> dict[str, Any]:
+    """The environment options of a run for ``split`` (scenario, risk weight and target, trace file)."""
+    kw: dict[str, Any] = {"scenario": settings.scenario, "split": split}
+    if settings.risk_weight is not None:
+        kw["risk_weight"] = float(settings.risk_weight)
+    if settings.risk_target is not None:
+        kw["risk_target"] = float(settings.risk_target)
+    if settings.traces is not None:
+        from hlm_gym.policies.data import resolve_trace_path
+
+        kw["trace"] = str(resolve_trace_path(settings.traces, split))
+    kw.update(settings.env_kwargs)
+    return kw
+
+
+def make_vector_env(env_id: str, num_envs: int, kwargs: dict[str, Any]) -> Any:
+    """The numpy batched env (trace mode) through Gymnasium's ``make_vec``."""
+    import gymnasium as gym
+
+    import hlm_gym.environments.registration as reg
+
+    reg.register_envs()
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+
+
+def make_env(env_id: str, kwargs: dict[str, Any]) -> Any:
+    """One environment (live mode)."""
+    import gymnasium as gym
+
+    import hlm_gym.environments.registration as reg
+
+    reg.register_envs()
+    return gym.make(env_id, **kwargs)
+
+
+def make_train_env(env_id: str, n_envs: int, seed: int, kwargs: dict[str, Any], backend: str = "numpy",
+                   device: str = "cpu") -> Any:
+    """The SB3 ``VecEnv`` of ``n_envs`` batched environments (energy and uplink bits per token in
+    finished episodes' infos). ``backend="torch"`` steps the batched torch env on ``device``."""
+    from hlm_gym.environments.hybrid_lm.sb3 import BACKENDS
+    from hlm_gym.harness.hybrid_lm_sb3 import DomainSB3VecEnv
+
+    if backend not in BACKENDS:
+        raise TrainingError(f"bad env backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    extra: dict[str, Any] = {"backend": backend}
+    if backend == "torch":
+        extra["device"] = None if device == "auto" else device  # None: the torch env picks CUDA when there is one
+    venv = DomainSB3VecEnv(num_envs=n_envs, compressed=env_id.endswith("Compressed-v0"), **extra, **kwargs)
+    venv.seed(seed)
+    return venv
+
+
+def policy_context(env: Any) -> PolicyContext:
+    """What spec strings need from a HybridLM env (``env.sim``): max_tokens, latency_ref, risk
+    weight and target, scenario, vocabulary size."""
+    base = getattr(env, "unwrapped", env)
+    sim = getattr(base, "sim", None)
+    if sim is None:
+        return PolicyContext()
+    return PolicyContext(max_tokens=int(sim.max_tokens), latency_ref=float(sim.latency_ref),
+                         risk_weight=float(sim.config.risk_weight), risk_target=float(sim.config.risk_target),
+                         scenario=sim.scenario, vocab_size=int(sim.vocab_size))
+
+
+def send_action(n_actions: int) -> int:
+    """SEND of a binary rule: the last action (the full distribution in the compressed env)."""
+    return n_actions - 1
+
+
+# ------------------------------------------------------------------------------------ episodes
+def _column(info: dict, key: str, n: int) -> np.ndarray:
+    """``info[key]`` as a float array of length ``n`` with NaN where its ``_key`` mask is False."""
+    if key not in info:
+        return np.full(n, np.nan)
+    v = np.broadcast_to(np.asarray(info[key], dtype=np.float64), (n,)).copy()
+    mask = info.get("_" + key)
+    if mask is not None:
+        v[~np.asarray(mask, dtype=bool)] = np.nan
+    return v
+
+
+def _info_value(info: dict, key: str, i: int) -> float | None:
+    if key not in info:
+        return None
+    mask = info.get("_" + key)
+    if mask is not None and not bool(np.asarray(mask)[i]):
+        return None
+    v = np.asarray(info[key])
+    return float(v[i]) if v.ndim else float(v)
+
+
+def episode_metrics(acc: Mapping[str, float], final: Mapping[str, float]) -> dict[str, float]:
+    """Metrics of one finished episode: the env's end-of-episode info where it has them, else
+    computed from the per-step sums ``acc``."""
+    tokens = final.get("tokens", acc["tokens"])  # output tokens (the env's count; steps otherwise)
+    n = max(tokens, 1.0)
+    ep = {
+        "tokens": tokens,
+        "steps": acc["tokens"],
+        "latency_s": acc["latency_s"],
+        "tokens_per_s": tokens / acc["latency_s"] if acc["latency_s"] > 0 else math.nan,
+        "transmission_rate": acc["sent"] / max(acc["tokens"], 1.0),
+        "skip_rate": 1.0 - acc["sent"] / max(acc["tokens"], 1.0),
+        "uplink_bits_per_token": acc["uplink_bits"] / n,
+        "energy_j_per_token": acc["energy_j"] / n,
+        "reward_per_step": acc["reward"] / max(acc["tokens"], 1.0),
+    }
+    skipped = acc["tokens"] - acc["sent"]
+    ep["risk"] = acc["beta_skipped"] / skipped if skipped > 0 else 0.0
+    ep["error_rate"] = acc["error_skipped"] / n
+    for key in ("tokens_per_s", "transmission_rate", "skip_rate", "risk", "error_rate", "fidelity"):
+        if key in final and final[key] is not None and np.isfinite(final[key]):
+            ep[key] = float(final[key])
+    return ep
+
+
+class HybridLMEpisodes:
+    """Per-step sums of ``latency_s``, ``uplink_bits``, ``energy_j``, ``sent`` (an action != 0 when
+    the info has none), and ``beta``/``error`` of skipped tokens; end-of-episode infos override
+    the metrics computed from them."""
+
+    KEYS = _STEP_SUMS + ("tokens",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.acc = {k: np.zeros(n) for k in self.KEYS}
+
+    def step(self, actions: np.ndarray, rewards: np.ndarray, info: dict, valid: np.ndarray) -> None:
+        n, acc = self.n, self.acc
+        sent = _column(info, "sent", n)
+        sent = np.where(np.isnan(sent), (np.asarray(actions) != 0).astype(float), sent)
+        skipped = valid & (sent == 0)
+        acc["tokens"] += valid
+        acc["reward"] += np.where(valid, np.asarray(rewards, dtype=np.float64), 0.0)
+        acc["sent"] += np.where(valid, sent, 0.0)
+        for key in ("latency_s", "uplink_bits", "energy_j"):
+            acc[key] += np.where(valid, np.nan_to_num(_column(info, key, n)), 0.0)
+        acc["beta_skipped"] += np.where(skipped, np.nan_to_num(_column(info, "beta", n)), 0.0)
+        acc["error_skipped"] += np.where(skipped, np.nan_to_num(_column(info, "error", n)), 0.0)
+
+    def finish(self, i: int, info: dict) -> dict[str, float]:
+        final = {k: _info_value(info, k, i) for k in METRICS + ("tokens",)}
+        final = {k: v for k, v in final.items() if v is not None}
+        return episode_metrics({k: float(self.acc[k][i]) for k in self.KEYS}, final)
+
+    def clear(self, i: int) -> None:
+        for k in self.KEYS:
+            self.acc[k][i] = 0.0
+
+
+# ------------------------------------------------------------------------------------ compare
+def reward_label(risk_weight: float, target: float) -> str:
+    """``lambda=L`` or ``lambda=L,target=R``: the reward a PPO run (or channel-aware rule) optimises."""
+    return f"lambda={risk_weight:g}" + (f",target={target:g}" if target else "")
+
+
+def analytic_policies(sweep: Mapping[str, Any]) -> list[AnalyticPolicy]:
+    """The U-HLM threshold sweep (``always`` as u_th = -inf, ``threshold:U``), the fitted U-HLM
+    thresholds, Learn-then-Test at each delta and the channel-aware rule at each PPO run's reward
+    (``sweep``: compare's resolved settings ``thresholds``, ``ltt_deltas``, ``ppo_runs``)."""
+    return ([AnalyticPolicy(SWEEP_FAMILY, "always", None, -math.inf)]
+            + [AnalyticPolicy(SWEEP_FAMILY, f"threshold:{u:g}", None, u) for u in sweep["thresholds"]]
+            + [AnalyticPolicy("uhlm", "uhlm:averse", None, "averse"), AnalyticPolicy("uhlm", "uhlm:prone", None, "prone")]
+            + [AnalyticPolicy("ltt", f"ltt:delta={d:g},eps=0.1", None, d) for d in sweep["ltt_deltas"]]
+            + [AnalyticPolicy("channel-aware", "channel-aware:" + reward_label(w, t), w, t)
+               for w, t in sweep["ppo_runs"] if w > 0])
+
+
+def shared_policy_context(traces: Any) -> dict[str, Any]:
+    """The U-HLM fit on the training split, once for every analytic policy of a comparison."""
+    from hlm_gym.policies.fit import fit_from_traces
+
+    return {"fit": fit_from_traces(traces, "train")}
+
+
+def check_data(traces: Any) -> None:
+    """The train, validation and test trace files exist (``traces``: a folder; ``None``: the shipped set)."""
+    from hlm_gym.policies.data import resolve_trace_path
+
+    for split in ("train", "validation", "test"):
+        try:
+            p = resolve_trace_path(traces, split)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        if not Path(p).is_file():
+            raise TrainingError(f"no {split} traces at {p}: build the default trace set "
+                                f"(hlm-gym traces build ...) or pass --traces FOLDER")
+
+
+# ------------------------------------------------------------------------------------ live evaluation
+def evaluate_live(policy: Any, *, env_id: str, settings: EnvSettings, split: str, episodes: int, seed: int,
+                  policy_context: Optional[Mapping[str, Any]] = None, reference: str = "live",
+                  fidelity: bool = True) -> EvaluationResult:
+    """Live mode: the real pair in the loop (one env, ``mode="live"``), one episode after another.
+
+    Episode ``j`` decodes prompt ``order[j mod n]`` of a seeded permutation of the split's prompts.
+    Fidelity: cosine similarity of the response's sentence embedding to the LLM-alone response
+    for the same prompt. ``reference="live"`` (default) decodes that response in the same env
+    with always-send (same prompt, same per-prompt seed; speculative sampling makes it an exact
+    LLM sample), once per prompt; ``reference="trace"`` uses the trace's recorded always-send
+    response instead (cheaper, but only the same sample if the SLM artifact is the one the
+    trace was built with).
+    """
+    if reference not in ("live", "trace"):
+        raise EvaluationError(f"reference must be live or trace, got {reference!r}")
+    env = make_env(env_id, env_kwargs(settings, split) | {"mode": "live"})
+    base = env.unwrapped
+    try:
+        pol, ctx = HYBRID_LM.policy_for(policy, env, env_id, seed=seed, traces=settings.traces,
+                                        overrides=policy_context)
+        tok = base._live.pair.tokenizer
+        sim = base.sim
+        eps, responses, references = [], [], []
+        ref_cache: dict[int, str] = {}
+        t0 = time.perf_counter()
+        order = np.random.default_rng(seed).permutation(sim.traces.n_prompts)
+        for j in range(episodes):
+            # each prompt once (in a seeded order) before any repeats: live episodes are expensive
+            obs, info0 = env.reset(seed=seed if j == 0 else None, options={"prompt": int(order[j % order.size])})
+            pol.reset(1)
+            acc = {k: 0.0 for k in _STEP_SUMS} | {"tokens": 0.0}
+            while True:
+                a = int(pol.act(obs)[0])
+                obs, rew, term, trunc, info = env.step(a)
+                acc["tokens"] += 1
+                acc["reward"] += float(rew) if np.isfinite(rew) else math.nan
+                acc["sent"] += float(info["sent"])
+                for key in ("latency_s", "uplink_bits", "energy_j"):
+                    acc[key] += float(info[key])
+                if term or trunc:
+                    break
+            final = {k: float(info[k]) for k in METRICS + ("tokens",) if k in info}
+            ep = {"env": 0, "episode": j, "prompt": int(info0["prompt"])} | episode_metrics(acc, final)
+            # skipped tokens are not verified live: their risk is unknown
+            for key in ("risk", "error_rate"):
+                if key in final and not np.isfinite(final[key]):
+                    ep[key] = math.nan
+            eos = getattr(tok, "eos_token_id", None)
+            out = [t for t in base.output_tokens if t != eos]
+            p = int(info0["prompt"])
+            responses.append(tok.decode(out))
+            if fidelity:
+                if p not in ref_cache:
+                    if reference == "trace":
+                        ref = [int(t) for t in sim.tables.token[sim.tables.starts[p]:sim.tables.stops[p]] if t != eos]
+                    else:
+                        env.reset(options={"prompt": p})
+                        while True:
+                            _, _, rt, rtr, _ = env.step(ctx.send_action)
+                            if rt or rtr:
+                                break
+                        ref = [t for t in base.output_tokens if t != eos]
+                    ref_cache[p] = tok.decode(ref)
+                references.append(ref_cache[p])
+            eps.append(ep)
+        if fidelity:
+            from hlm_gym.lm.fidelity import response_fidelity
+
+            for ep, f in zip(eps, response_fidelity(responses, references)):
+                ep["fidelity"] = float(f)
+        wall = time.perf_counter() - t0
+    finally:
+        env.close()
+    config = {"policy": policy if isinstance(policy, str) else repr(policy), "env_id": env_id,
+              "scenario": settings.scenario, "split": split, "episodes": episodes, "seed": seed, "mode": "live",
+              "risk_weight": ctx.risk_weight, "risk_target": ctx.risk_target,
+              "traces": None if settings.traces is None else str(settings.traces), "latency_ref_s": ctx.latency_ref,
+              "max_tokens": ctx.max_tokens, "wall_s": round(wall, 3), "fidelity_reference": reference}
+    return EvaluationResult(config=config, episodes=eps, summary=summarize_episodes(eps, METRICS),
+                            policy=pol.describe(), responses=responses)
+
+
+HYBRID_LM = EnvFamily(
+    name="hybrid_lm",
+    env_ids=HYBRID_LM_ENV_IDS,
+    metrics=METRICS,
+    train_metrics=TRAIN_METRICS,
+    env_kwargs=env_kwargs,
+    make_vector_env=make_vector_env,
+    make_train_env=make_train_env,
+    policy_context=policy_context,
+    send_action=send_action,
+    episode_tracker=HybridLMEpisodes,
+    reference_policy="uhlm",
+    analytic_policies=analytic_policies,
+    sweep_family=SWEEP_FAMILY,
+    shared_policy_context=shared_policy_context,
+    check_data=check_data,
+    evaluate_live=evaluate_live,
+)
