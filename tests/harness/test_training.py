@@ -33,7 +33,7 @@ def traces(tmp_path_factory):
 def _config(traces, out, **kw):
     from hlm_gym.harness.training import TrainConfig
 
-    base = dict(algo="ppo", scenario="pedestrian", lambda_=5.0, n_envs=4, timesteps=256, seed=3, out=str(out),
+    base = dict(algo="ppo", scenario="pedestrian", risk_weight=5.0, n_envs=4, timesteps=256, seed=3, out=str(out),
                 traces=str(traces), overrides=dict(TINY), eval_freq=128, eval_episodes=8)
     return TrainConfig(**(base | kw))
 
@@ -74,7 +74,7 @@ def test_saved_model_evaluates_through_hlm_gym_evaluate(tiny_run, traces, tmp_pa
 
     model = tiny_run.files["model_best"]
     rc = main(["evaluate", "--policy", f"ppo:{model}", "--scenario", "pedestrian", "--split", "validation",
-               "--episodes", "8", "--seed", "10003", "--traces", str(traces), "--lambda", "5",
+               "--episodes", "8", "--seed", "10003", "--traces", str(traces), "--risk-weight", "5",
                "--num-envs", "8", "--out", str(tmp_path)])
     assert rc == 0
     assert "tokens/s" in capsys.readouterr().out
@@ -160,7 +160,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, traces):
     with pytest.raises(SystemExit) as exc:
         main(["compare", "--risk-targets", "0.2,x", "--out", str(tmp_path)])
     assert exc.value.code == 2 and "expected comma-separated numbers" in capsys.readouterr().err
-    rc = main(["compare", "--lambdas", "none", "--risk-targets", "none", "--traces", str(traces),
+    rc = main(["compare", "--risk-weights", "none", "--risk-targets", "none", "--traces", str(traces),
                "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "no PPO runs" in err and "\n" not in err
@@ -199,7 +199,7 @@ def test_dominance_matches_risk_and_computes_gain():
 def test_compare_end_to_end_tiny(traces, tmp_path, capsys):
     from hlm_gym.harness.compare import CompareConfig, compare
 
-    cfg = CompareConfig(scenarios=("vehicular",), lambdas=(5.0,), risk_targets=(0.3,), timesteps=256,
+    cfg = CompareConfig(scenarios=("vehicular",), risk_weights=(5.0,), risk_targets=(0.3,), timesteps=256,
                         thresholds=(0.0, 0.3, 1.0), ltt_deltas=(0.1,), episodes=8, n_envs=4, traces=str(traces),
                         out=str(tmp_path), eval_episodes=8, overrides=dict(TINY), jobs=1)
     res = compare(cfg)
@@ -213,10 +213,10 @@ def test_compare_end_to_end_tiny(traces, tmp_path, capsys):
     assert {r["policy"] for r in res["rows"] if r["family"] == "channel-aware"} == {
         "channel-aware:lambda=5", "channel-aware:lambda=10,target=0.3"}
     summary = json.loads((tmp_path / "runs" / "vehicular" / "lambda10-target0.3" / "summary.json").read_text())
-    assert summary["risk_target"] == 0.3 and summary["lambda"] == 10.0
+    assert summary["risk_target"] == 0.3 and summary["risk_weight"] == 10.0
     assert Path(res["files"]["pareto_vehicular"]).read_bytes()[:4] == b"\x89PNG"
     md = Path(res["files"]["results_md"]).read_text()
-    assert "`hlm-gym compare --scenarios vehicular --lambdas 5 --risk-targets 0.3 --thresholds 0,0.3,1" in md
+    assert "`hlm-gym compare --scenarios vehicular --risk-weights 5 --risk-targets 0.3 --thresholds 0,0.3,1" in md
     assert "learned-front points where a 10% gain is attainable" in out
 
 
@@ -241,7 +241,7 @@ def test_compare_resume_reuses_finished_runs(traces, tmp_path, monkeypatch, caps
     import hlm_gym.harness.training as training
     from hlm_gym.harness.compare import CompareConfig, compare
 
-    cfg = dict(scenarios=("vehicular",), lambdas=(5.0,), risk_targets=(0.3,), timesteps=256, thresholds=(0.0, 1.0),
+    cfg = dict(scenarios=("vehicular",), risk_weights=(5.0,), risk_targets=(0.3,), timesteps=256, thresholds=(0.0, 1.0),
                ltt_deltas=(0.1,), episodes=8, n_envs=4, traces=str(traces), out=str(tmp_path), eval_episodes=8,
                overrides=dict(TINY), jobs=1)
     first = compare(CompareConfig(**cfg))
@@ -257,3 +257,79 @@ def test_compare_resume_reuses_finished_runs(traces, tmp_path, monkeypatch, caps
     with pytest.raises(AssertionError, match="trained .* again"):  # other settings: retrained
         compare(CompareConfig(**(cfg | {"timesteps": 128}), resume=True))
     capsys.readouterr()
+
+
+# ------------------------------------------------------------------------------ the compressed env, end to end
+COMPRESSED = "hlm_gym/HybridLMCompressed-v0"
+
+
+def test_compressed_env_trains_and_its_model_evaluates_through_the_cli(traces, tmp_path, capsys):
+    """hlm-gym train --env HybridLMCompressed-v0 trains, validates and saves a model whose top-k
+    actions hlm-gym evaluate --env ... reproduces; the binary env refuses it."""
+    from hlm_gym.cli.main import main
+    from hlm_gym.policies import PolicyContext, make_policy
+
+    tiny = [f"--hp={k}={v}" for k, v in TINY.items()]
+    rc = main(["train", "--env", COMPRESSED, "--scenario", "vehicular", "--risk-weight", "5", "--n-envs", "4",
+               "--timesteps", "256", "--eval-freq", "128", "--eval-episodes", "8", "--seed", "3", "--no-progress",
+               "--traces", str(traces), "--out", str(tmp_path / "run"), *tiny])
+    assert rc == 0 and "trained ppo on hlm_gym/HybridLMCompressed-v0" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["env_id"] == COMPRESSED and summary["timesteps"] >= 256 and len(summary["evaluations"]) >= 2
+    assert summary["reference_policy"] == "uhlm" and summary["reference"]["tokens_per_s"] > 0
+    model = summary["files"]["model_best"]
+    pol = make_policy(f"ppo:{model}", PolicyContext(env_id=COMPRESSED, n_actions=3, send_action=2))
+    assert pol.n_actions == 3  # Discrete(1 + len(k_choices)): skip, top-8, full distribution
+    rc = main(["evaluate", "--env", COMPRESSED, "--policy", f"ppo:{model}", "--scenario", "vehicular",
+               "--split", "validation", "--episodes", "8", "--seed", "10003", "--traces", str(traces),
+               "--risk-weight", "5", "--num-envs", "8", "--out", str(tmp_path / "eval")])
+    assert rc == 0
+    res = json.loads((tmp_path / "eval" / "result.json").read_text())
+    assert res["config"]["env_id"] == COMPRESSED
+    for key in ("tokens_per_s", "reward_per_step", "uplink_bits_per_token"):
+        assert res["summary"][key]["mean"] == pytest.approx(summary["best"][key], rel=1e-6), key
+    capsys.readouterr()
+    rc = main(["evaluate", "--policy", f"ppo:{model}", "--scenario", "vehicular", "--episodes", "2",
+               "--traces", str(traces)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "has 3 actions; hlm_gym/HybridLM-v0 has 2" in err and "\n" not in err
+
+
+def test_binary_rules_send_the_full_distribution_in_the_compressed_env(traces):
+    """A binary rule's SEND is the compressed env's last action (the full distribution): the same
+    episodes as in the binary env."""
+    from hlm_gym.harness.evaluation import evaluate
+
+    kw = dict(scenario="vehicular", split="test", episodes=8, seed=1, traces=traces, num_envs=4)
+    for spec in ("always", "threshold:0.3"):
+        binary = evaluate(spec, **kw)
+        compressed = evaluate(spec, env_id=COMPRESSED, **kw)
+        assert compressed.config["env_id"] == COMPRESSED and compressed.policy["actions"] == [0, 2]
+        for key in ("tokens_per_s", "uplink_bits_per_token", "risk", "skip_rate"):
+            assert compressed.summary[key]["mean"] == pytest.approx(binary.summary[key]["mean"], rel=1e-9), (spec, key)
+
+
+def test_compare_runs_on_the_compressed_env(traces, tmp_path, capsys):
+    from hlm_gym.cli.main import main
+
+    rc = main(["compare", "--env", COMPRESSED, "--scenarios", "vehicular", "--risk-weights", "5", "--risk-targets",
+               "none", "--timesteps", "128", "--thresholds", "0,1", "--ltt-deltas", "0.1", "--episodes", "8",
+               "--n-envs", "4", "--traces", str(traces), "--jobs", "1", "--out", str(tmp_path),
+               *[f"--hp={k}={v}" for k, v in TINY.items()]])
+    assert rc == 0
+    doc = json.loads((tmp_path / "compare.json").read_text())
+    assert doc["config"]["env_id"] == COMPRESSED
+    assert {r["family"] for r in doc["rows"]} == {"ppo", "uhlm-threshold", "uhlm", "ltt", "channel-aware"}
+    assert (tmp_path / "runs" / "vehicular" / "lambda5" / "summary.json").is_file()
+    assert "--env hlm_gym/HybridLMCompressed-v0" in (tmp_path / "results.md").read_text()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("command", [["train"], ["evaluate", "--policy", "always"], ["compare"]])
+def test_unknown_env_id_is_a_one_line_error_listing_the_known_ones(command, tmp_path, capsys):
+    from hlm_gym.cli.main import main
+
+    rc = main([*command, "--env", "hlm_gym/Nope-v0", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert "unknown env id 'hlm_gym/Nope-v0'; known: hlm_gym/HybridLM-v0, hlm_gym/HybridLMCompressed-v0" in err

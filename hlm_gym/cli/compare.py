@@ -1,0 +1,80 @@
+"""``hlm-gym compare``: learned PPO policies against the analytic thresholds, the project's main job."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from hlm_gym.cli.argtypes import (add_env_argument, add_threads_argument, apply_threads, float_list, hyper_override,
+                                  nonneg_float, positive_int, str_list)
+
+__all__ = ["register"]
+
+def _run(args: argparse.Namespace) -> int:
+    from hlm_gym.harness.compare import CompareConfig, compare
+
+    def opt(values):
+        return None if values is None else tuple(values)
+
+    apply_threads(args.threads)
+    cfg = CompareConfig(scenarios=tuple(args.scenarios), risk_weights=opt(args.risk_weights),
+                        risk_targets=opt(args.risk_targets), target_risk_weight=args.target_risk_weight,
+                        timesteps=args.timesteps, full=args.full, thresholds=opt(args.thresholds),
+                        ltt_deltas=opt(args.ltt_deltas), episodes=args.episodes, seed=args.seed, device=args.device,
+                        env_backend=args.env_backend, n_envs=args.n_envs, traces=args.traces, out=args.out,
+                        progress=True, overrides=dict(args.overrides), jobs=args.jobs, resume=args.resume,
+                        env_id=args.env_id)
+    compare(cfg)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``compare`` to the ``hlm-gym`` sub-parsers."""
+    from hlm_gym.harness.compare_defaults import DEFAULTS as d  # plain data, no heavy import
+
+    def nums(key: str) -> str:
+        return ",".join(f"{x:g}" for x in d[key])
+    p = subparsers.add_parser("compare", help="the main job: learned PPO vs analytic thresholds on the test split",
+                              description="Train PPO over sweeps of the reward (risk weights lambda; risk targets R), "
+                                          "sweep the U-HLM, Learn-then-Test and channel-aware thresholds, evaluate all "
+                                          "on the test split per scenario; write a table (terminal/Markdown/CSV), "
+                                          "Pareto plots and TensorBoard logs.")
+    add_env_argument(p)
+    p.add_argument("--scenarios", type=str_list, default=list(d["scenarios"]),
+                   help=f"comma-separated scenarios (default {','.join(d['scenarios'])})")
+    p.add_argument("--risk-weights", dest="risk_weights", type=float_list, default=None, metavar="L1,L2,...",
+                   help=f"PPO risk weights lambda of the error-rate runs, risk_target 0 (default {nums('risk_weights')}; "
+                        f"--full: {nums('full_risk_weights')}; 'none' for no such runs)")
+    p.add_argument("--lambdas", dest="risk_weights", type=float_list, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--risk-targets", type=float_list, default=None,
+                   help=f"risk targets R of the matched-risk runs, at --target-risk-weight (default "
+                        f"{nums('risk_targets')}; --full: {nums('full_risk_targets')}; 'none' for no such runs)")
+    p.add_argument("--target-risk-weight", dest="target_risk_weight", type=nonneg_float,
+                   default=d["target_risk_weight"], metavar="L",
+                   help=f"risk weight of the risk-target runs (default {d['target_risk_weight']:g})")
+    p.add_argument("--target-lambda", dest="target_risk_weight", type=nonneg_float, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
+    p.add_argument("--timesteps", type=positive_int, default=None,
+                   help=f"PPO steps per run (default {d['timesteps']}; --full: {d['full_timesteps']})")
+    p.add_argument("--full", action="store_true",
+                   help="the large budget (more steps, risk weights and risk targets; use --jobs on a many-core machine)")
+    p.add_argument("--thresholds", type=float_list, default=None, help="U-HLM u_th sweep (comma-separated)")
+    p.add_argument("--ltt-deltas", type=float_list, default=None, help="Learn-then-Test risk levels delta")
+    p.add_argument("--episodes", type=positive_int, default=None, help="test episodes per policy and scenario")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--env-backend", choices=["numpy", "torch"], default="numpy",
+                   help="PPO training environments: numpy on the CPU, or torch on --device")
+    p.add_argument("--n-envs", type=positive_int, default=None, help="PPO parallel environments (default: YAML)")
+    p.add_argument("--traces", default=None, help="trace folder (default: the shipped traces)")
+    p.add_argument("--hp", dest="overrides", type=hyper_override, action="append", default=[],
+                   metavar="KEY=VALUE", help="override one PPO hyperparameter of agents/ppo.yml (repeatable)")
+    p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
+    add_threads_argument(p)
+    p.add_argument("--jobs", type=int, default=0,
+                   help="PPO runs trained at once, in worker processes of one torch thread each "
+                        "(default 0: one per CPU core, at most 4)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the training runs in --out that finished with the same settings "
+                        "(their summary.json says so); train only the others")
+    p.set_defaults(func=_run)
