@@ -1,155 +1,83 @@
-"""The ``hlm-gym`` command line: one sub-command per job.
+"""The ``hlm-gym`` command line: one entry point, one error handler, one module per command.
 
-``hlm-gym generate`` runs the live hybrid loop on one prompt; the other sub-commands
-(``slm``, ``traces``, ``evaluate``, ``train``, ``compare``) are added by the modules that
-implement them. Errors in user input print one line (``hlm-gym: error: ...``) and exit 2.
+Each command lives in ``hlm_gym.cli.<command>`` and exposes ``register(subparsers)``, which adds
+its parser(s) with ``set_defaults(func=...)``; heavy libraries (torch, transformers, gymnasium,
+Stable-Baselines3, scipy, matplotlib) are imported only inside the command functions, so
+``hlm-gym --help`` starts fast. An error a user can cause (:class:`hlm_gym.errors.HLMGymError`)
+prints one line, ``hlm-gym: error: <message>``, and exits 2; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
-# (module, function) pairs that add sub-commands; each takes the sub-parsers object.
-_COMMAND_PROVIDERS: tuple[tuple[str, str], ...] = (
-    ("hlm_gym.cli.slm", "add_slm_commands"),
-    ("hlm_gym.cli.traces", "add_traces_commands"),
-    ("hlm_gym.cli.evaluate", "add_evaluate_commands"),
-    ("hlm_gym.cli.train", "add_train_commands"),
+from hlm_gym import __version__
+from hlm_gym.cli import compare, evaluate, generate, slm, traces, train
+from hlm_gym.errors import HLMGymError
+
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+
+#: The command modules, in the order ``--help`` lists their commands.
+COMMAND_MODULES = (generate, traces, slm, evaluate, train, compare)
+
+# User-facing errors that do not derive from HLMGymError yet, as (module, class). Only modules
+# already imported are looked at: an exception of a class whose module was never imported
+# cannot have been raised, so the handler imports nothing.
+_OTHER_USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("hlm_gym.lm.decoding", "DecodingError"),
+    ("hlm_gym.lm.prompts", "PromptError"),
+    ("hlm_gym.lm.model_types", "ModelLoadError"),
+    ("hlm_gym.lm.models", "ModelLoadError"),
+    ("hlm_gym.lm.student", "DistillError"),
+    ("hlm_gym.lm.distill", "DistillError"),
+    ("hlm_gym.lm.slm_report", "ReportError"),
+    ("hlm_gym.lm.flops", "FlopsError"),
+    ("hlm_gym.environments.hybrid_lm.config", "EnvConfigError"),
 )
-
-_STYLE = {  # outcome -> (ANSI colour, plain-text opening and closing marker)
-    "accepted": ("\033[32m", "", ""),
-    "skipped": ("\033[36m", "[", "]"),
-    "resampled": ("\033[31m", "<", ">"),
-}
-_RESET = "\033[0m"
-
-
-def render_tokens(pieces: Sequence[tuple[str, str]], colour: bool) -> str:
-    """Join ``(text, outcome)`` pieces, marking outcomes with colour or plain brackets."""
-    out = []
-    for text, outcome in pieces:
-        ansi, left, right = _STYLE[outcome]
-        out.append(f"{ansi}{text}{_RESET}" if colour else f"{left}{text}{right}")
-    return "".join(out)
-
-
-def _legend(colour: bool) -> str:
-    return "legend: " + " ".join(render_tokens([(name, name)], colour) for name in _STYLE)
-
-
-def _cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-
-    from hlm_gym.lm.decoding import DecoderConfig, HybridDecoder
-    from hlm_gym.lm.models import load_pair
-    from hlm_gym.policies.spec import make_draft_policy, validate_spec
-    from hlm_gym.lm.prompts import PromptError, chat_input_ids
-
-    if not args.prompt or not args.prompt.strip():
-        raise PromptError("empty prompt: pass some text with --prompt")
-    validate_spec(args.policy)
-    config = DecoderConfig(mode="greedy" if args.greedy else "sample", max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pair = load_pair(slm=args.slm, llm=args.llm, device=args.device)
-    ids = chat_input_ids(pair.tokenizer, args.prompt)
-    policy = make_draft_policy(args.policy, max_tokens=config.max_new_tokens)
-    result = HybridDecoder(pair, config).generate(ids, policy, seed=args.seed)
-    colour = sys.stdout.isatty() and not args.no_colour
-    pieces = []
-    for r in result.records:
-        if r.token == pair.tokenizer.eos_token_id:
-            continue
-        outcome = "skipped" if not r.sent else ("accepted" if r.accepted else "resampled")
-        pieces.append((pair.tokenizer.decode([r.token]), outcome))
-    print(f"SLM: {pair.slm_name}\nLLM: {pair.llm_name}\npolicy: {args.policy}, mode: {config.mode}, seed: {args.seed}")
-    print(_legend(colour))
-    print()
-    print(render_tokens(pieces, colour))
-    print()
-    s = result.summary()
-    print(f"tokens {s['tokens']}  sent {s['sent']}  transmission rate {s['transmission_rate']:.3f}  "
-          f"skip rate {s['skip_rate']:.3f}  rejections {s['rejections']}  "
-          f"LLM tokens fed {s['llm_forward_tokens']}  loop {s['tokens_per_s']:.1f} tokens/s")
-    return 0
-
-
-def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="generate one response with the live hybrid SLM/LLM loop",
-                       description="Generate a response with the hybrid loop and mark each token as "
-                                   "skipped [..], accepted, or resampled <..> by the LLM.")
-    p.add_argument("--prompt", required=True, help="the user prompt (chat template applied)")
-    p.add_argument("--slm", default=None, help="SLM spec (default: the shipped distilled SLM)")
-    p.add_argument("--llm", default=None, help="LLM spec (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--policy", default="always",
-                   help="policy spec: always, never, threshold:U (send iff u > U), uhlm, bild:A, calm:L, "
-                        "ltt:..., channel-aware:..., ppo:PATH.zip (see docs/policies.md)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--greedy", action="store_true", help="greedy mode: accept iff the draft is the LLM's argmax")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--no-colour", action="store_true", help="plain markers even on a terminal")
-    p.set_defaults(func=_cmd_generate)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser, with every available sub-command."""
-    parser = argparse.ArgumentParser(prog="hlm-gym", description=__doc__.splitlines()[0])
-    from hlm_gym import __version__
-
+    """The full argument parser, with every command's sub-parser (imports no heavy library)."""
+    parser = argparse.ArgumentParser(prog="hlm-gym", description="Hybrid small/large language-model inference "
+                                     "over a wireless link: environments, policies, traces and models.")
     parser.add_argument("--version", action="version", version=f"hlm-gym {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    _add_generate(sub)
-    for module_name, func_name in _COMMAND_PROVIDERS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        add: Callable = getattr(module, func_name)
-        add(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from hlm_gym.lm.decoding import DecodingError
-    from hlm_gym.lm.models import ModelLoadError
-    from hlm_gym.lm.prompts import PromptError
-
-    errors: list[type[BaseException]] = [ModelLoadError, PromptError, DecodingError]
-    for module_name, cls_name in (("hlm_gym.wireless.scenarios", "ScenarioError"), ("hlm_gym.traces.store", "TraceError"),
-                                  ("hlm_gym.policies.base", "PolicyError"),
-                                  ("hlm_gym.harness.evaluation", "EvaluationError"),
-                                  ("hlm_gym.environments.hybrid_lm.simulation", "EnvConfigError"),
-                                  ("hlm_gym.harness.training", "TrainingError")):
-        try:
-            errors.append(getattr(importlib.import_module(module_name), cls_name))
-        except (ImportError, AttributeError):
-            pass
+    """HLMGymError plus the user-facing error classes of the modules imported so far."""
+    errors: list[type[BaseException]] = [HLMGymError]
+    for module_name, cls_name in _OTHER_USER_ERRORS:
+        cls = getattr(sys.modules.get(module_name), cls_name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            errors.append(cls)
     return tuple(errors)
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``hlm-gym`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Entry point of the ``hlm-gym`` console script: parse, run the command, report errors."""
     try:
+        args: Any = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except _user_errors() as exc:
-        print(f"hlm-gym: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("hlm-gym: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if isinstance(exc, _user_errors()):
+            print(f"hlm-gym: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -1,10 +1,40 @@
-"""``hlm-gym slm build`` and ``hlm-gym slm report`` (argparse sub-commands)."""
+"""``hlm-gym slm build`` and ``hlm-gym slm report``: distil the on-device SLM, or evaluate it.
+
+The build defaults are :class:`hlm_gym.lm.distill.BuildConfig`'s. That module imports torch, so
+the parser holds :class:`_BuildDefault` placeholders, looked up only when ``slm build --help``
+shows them or the command runs; ``hlm-gym --help`` imports no model code.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+class _BuildDefault:
+    """The default of one :class:`hlm_gym.lm.distill.BuildConfig` field, imported when first needed."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def value(self) -> Any:
+        """The field's default value."""
+        from hlm_gym.lm.distill import BuildConfig
+
+        return getattr(BuildConfig(), self.field)
+
+    def __str__(self) -> str:  # what %(default)s shows in --help
+        return str(self.value())
+
+
+def _resolve_defaults(args: argparse.Namespace) -> None:
+    """Replace every :class:`_BuildDefault` left in ``args`` by its value."""
+    for name, value in vars(args).items():
+        if isinstance(value, _BuildDefault):
+            setattr(args, name, value.value())
 
 
 def _int_list(text: str) -> list[int]:
@@ -32,11 +62,11 @@ def _vocab_size(text: str) -> int | None:
     return n
 
 
-def add_slm_commands(subparsers) -> None:
-    """Add ``slm build`` and ``slm report`` to an argparse sub-parser collection."""
-    from hlm_gym.lm.distill import BuildConfig
-
-    d = BuildConfig()
+def register(subparsers: Any) -> None:
+    """Add ``slm build`` and ``slm report`` to the ``hlm-gym`` sub-parsers."""
+    d = argparse.Namespace(**{f: _BuildDefault(f) for f in (
+        "layers", "rank", "mlp_width", "vocab", "steps", "batch_size", "seq_len", "lr", "warmup", "tv_weight",
+        "seed", "ckpt_every", "eval_every", "eval_sequences")})
     slm = subparsers.add_parser("slm", help="build or evaluate the distilled on-device SLM")
     sub = slm.add_subparsers(dest="slm_command", required=True)
 
@@ -78,7 +108,7 @@ def add_slm_commands(subparsers) -> None:
                         "over it (whichever of --steps and --time-budget comes first)")
     b.add_argument("--resume", action="store_true", help="continue the run in --out")
     b.add_argument("--no-progress", action="store_true")
-    b.set_defaults(func=cmd_build)
+    b.set_defaults(func=_build)
 
     r = sub.add_parser("report", help="evaluate an SLM against the LLM on held-out ShareGPT turns")
     r.add_argument("--slm", default=None, help="artifact folder (default: the shipped one)")
@@ -93,7 +123,7 @@ def add_slm_commands(subparsers) -> None:
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("--out", type=Path, default=Path("runs/slm_report"),
                    help="folder for report.json and beta_vs_u.png (default %(default)s)")
-    r.set_defaults(func=cmd_report)
+    r.set_defaults(func=_report)
 
 
 def _device(name: str) -> str:
@@ -104,10 +134,13 @@ def _device(name: str) -> str:
     return name
 
 
-def cmd_build(args) -> int:
-    from hlm_gym.lm.distill import BuildConfig, DistillError, build, export_artifact, load_checkpoint_student
-    from hlm_gym.lm.models import EMBEDDED_LLM, ModelLoadError, load_model
+def _build(args: argparse.Namespace) -> int:
+    from hlm_gym.lm.chat_examples import eval_prompts
+    from hlm_gym.lm.distill import (BuildConfig, build, calibrate_temperature, export_artifact,
+                                    load_checkpoint_student, packed_sequences)
+    from hlm_gym.lm.models import EMBEDDED_LLM, load_model
 
+    _resolve_defaults(args)
     alpha = args.alpha if args.alpha is not None else 2.0 * args.rank
     cfg = BuildConfig(layers=args.layers, rank=args.rank, alpha=alpha, steps=args.steps,
                       batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
@@ -116,60 +149,36 @@ def cmd_build(args) -> int:
                       eval_sequences=args.eval_sequences, device=_device(args.device),
                       threads=args.threads, vocab=args.vocab, mlp_width=args.mlp_width,
                       time_budget_s=args.time_budget * 60 if args.time_budget else None)
-    try:
-        llm = load_model(EMBEDDED_LLM, device=cfg.device)
-        if args.export_only:
-            student, cfg, state = load_checkpoint_student(args.out, llm)
-            summary = {"steps": state["step"], "tokens_seen": state["tokens_seen"],
-                       "train_seconds": state.get("train_seconds")}
-        else:
-            student, cfg, summary = build(cfg, args.out, resume=args.resume, llm=llm,
-                                          progress=not args.no_progress)
-        if not args.no_calibrate:
-            from hlm_gym.lm.distill import _eval_prompts, calibrate_temperature, packed_sequences
-
-            c_ids, c_mask = packed_sequences(llm.tokenizer, _eval_prompts(), cfg.seq_len,
-                                             cfg.eval_sequences, cfg.seed + 2)
-            teacher = llm.model
-            student = student.to(next(teacher.parameters()).device).eval()
-            cal = calibrate_temperature(teacher, student, c_ids.to(cfg.device), c_mask.to(cfg.device))
-            summary = {**summary, "calibration": cal}
-            print(f"draft temperature {cal['temperature']} (validation acceptance "
-                  f"{cal['acceptance_by_temperature'][1.0]:.4f} at T=1 -> "
-                  f"{cal['acceptance_by_temperature'][cal['temperature']]:.4f})")
-        export_dir = args.export if args.export is not None else Path(args.out) / "artifact"
-        meta = export_artifact(student.cpu(), cfg, llm if cfg.device == "cpu" else load_model(EMBEDDED_LLM),
-                               export_dir, summary)
-    except (DistillError, ModelLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    llm = load_model(EMBEDDED_LLM, device=cfg.device)
+    if args.export_only:
+        student, cfg, state = load_checkpoint_student(args.out, llm)
+        summary = {"steps": state["step"], "tokens_seen": state["tokens_seen"],
+                   "train_seconds": state.get("train_seconds")}
+    else:
+        student, cfg, summary = build(cfg, args.out, resume=args.resume, llm=llm, progress=not args.no_progress)
+    if not args.no_calibrate:
+        c_ids, c_mask = packed_sequences(llm.tokenizer, eval_prompts(), cfg.seq_len, cfg.eval_sequences, cfg.seed + 2)
+        teacher = llm.model
+        student = student.to(next(teacher.parameters()).device).eval()
+        cal = calibrate_temperature(teacher, student, c_ids.to(cfg.device), c_mask.to(cfg.device))
+        summary = {**summary, "calibration": cal}
+        print(f"draft temperature {cal['temperature']} (validation acceptance "
+              f"{cal['acceptance_by_temperature'][1.0]:.4f} at T=1 -> "
+              f"{cal['acceptance_by_temperature'][cal['temperature']]:.4f})")
+    export_dir = args.export if args.export is not None else Path(args.out) / "artifact"
+    meta = export_artifact(student.cpu(), cfg, llm if cfg.device == "cpu" else load_model(EMBEDDED_LLM),
+                           export_dir, summary)
     chk = meta["check"]
     print(f"exported {export_dir}: {len(cfg.layers)} layers {cfg.layers}, rank {cfg.rank}, "
           f"check acceptance {chk['acceptance']:.4f} ({chk['positions']} positions)")
     return 0
 
 
-def cmd_report(args) -> int:
-    from hlm_gym.lm.models import ModelLoadError
-    from hlm_gym.lm.slm_report import ReportError, run_report
+def _report(args: argparse.Namespace) -> int:
+    from hlm_gym.lm.slm_report import run_report
 
-    try:
-        run_report(slm_dir=args.slm, n_prompts=args.prompts, max_tokens=args.max_tokens,
-                   context=args.context, latency_steps=args.latency_steps, seed=args.seed,
-                   out_dir=args.out, threads=args.threads, generated=args.generated,
-                   gen_tokens=args.gen_tokens)
-    except (ReportError, ModelLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    run_report(slm_dir=args.slm, n_prompts=args.prompts, max_tokens=args.max_tokens,
+               context=args.context, latency_steps=args.latency_steps, seed=args.seed,
+               out_dir=args.out, threads=args.threads, generated=args.generated,
+               gen_tokens=args.gen_tokens)
     return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="hlm-gym")
-    add_slm_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

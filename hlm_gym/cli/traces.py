@@ -1,6 +1,7 @@
-"""``hlm-gym traces build`` and ``hlm-gym traces info`` (argparse sub-commands).
+"""``hlm-gym traces build`` and ``hlm-gym traces info``: record or inspect per-token traces.
 
-Run standalone as ``python -m hlm_gym.cli.traces traces build ...``.
+The parser reads the trace store's constants (:mod:`hlm_gym.traces.store` imports only numpy);
+models, torch and pyarrow load only when a command runs.
 """
 
 from __future__ import annotations
@@ -8,6 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
+
+__all__ = ["register"]
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -59,8 +63,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_traces_commands(subparsers) -> None:
-    """Add ``traces build`` and ``traces info`` to an argparse sub-parser collection."""
+def register(subparsers: Any) -> None:
+    """Add ``traces build`` and ``traces info`` to the ``hlm-gym`` sub-parsers."""
     from hlm_gym.traces.store import DEFAULT_K_CHOICES, SPLITS
 
     tr = subparsers.add_parser("traces", help="record or inspect per-token traces of the hybrid loop")
@@ -91,20 +95,3 @@ def add_traces_commands(subparsers) -> None:
     i.add_argument("path")
     i.set_defaults(func=_cmd_info)
 
-
-def main(argv=None) -> int:
-    from hlm_gym.traces.store import TraceError
-
-    parser = argparse.ArgumentParser(prog="hlm-gym")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_traces_commands(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (TraceError, ValueError) as exc:
-        print(f"hlm-gym: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

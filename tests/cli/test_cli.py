@@ -1,10 +1,11 @@
-"""The hlm-gym command line: generate on the real embedded LLM, and one-line errors."""
+"""``hlm-gym generate``: the live loop on the real embedded LLM, and its one-line errors."""
 
 from __future__ import annotations
 
 import pytest
 
-from hlm_gym.cli.main import main, render_tokens
+from hlm_gym.cli.generate import render_tokens
+from hlm_gym.cli.main import main
 
 
 def test_render_tokens_plain_and_colour():
