@@ -251,7 +251,7 @@ def test_build_with_trimmed_vocab_exports_and_reloads(llm, tmp_path):
 
 @pytest.mark.slow
 def test_build_cli_tiny_budget(tmp_path):
-    from hlm_gym.cli.slm import main
+    from hlm_gym.cli.main import main
 
     rc = main(["slm", "build", "--layers", "0,29", "--rank", "2", "--steps", "2", "--batch-size", "1",
                "--seq-len", "32", "--eval-sequences", "1", "--out", str(tmp_path / "r"),
@@ -280,7 +280,7 @@ def test_bad_layers_and_rank_are_clear_errors(tiny_llm):
 
 @pytest.mark.slow
 def test_cli_reports_bad_layers(tmp_path, capsys):
-    from hlm_gym.cli.slm import main
+    from hlm_gym.cli.main import main
 
     rc = main(["slm", "build", "--layers", "0,31", "--steps", "1", "--out", str(tmp_path / "x"), "--no-progress"])
     assert rc == 2
@@ -288,7 +288,7 @@ def test_cli_reports_bad_layers(tmp_path, capsys):
 
 
 def test_cli_reports_bad_vocab(tmp_path, capsys):
-    from hlm_gym.cli.slm import main
+    from hlm_gym.cli.main import main
 
     with pytest.raises(SystemExit):
         main(["slm", "build", "--vocab", "lots", "--out", str(tmp_path / "y")])

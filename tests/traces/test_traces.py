@@ -172,10 +172,10 @@ def test_not_a_trace_file(tmp_path):
 
 
 def test_cli_info(trace_file):
-    out = subprocess.run([sys.executable, "-m", "hlm_gym.cli.traces", "traces", "info", str(trace_file)],
+    out = subprocess.run([sys.executable, "-m", "hlm_gym.cli.main", "traces", "info", str(trace_file)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["prompts"] == 12
-    bad = subprocess.run([sys.executable, "-m", "hlm_gym.cli.traces", "traces", "info", "/nope.parquet"],
+    bad = subprocess.run([sys.executable, "-m", "hlm_gym.cli.main", "traces", "info", "/nope.parquet"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "trace file not found" in bad.stderr
