@@ -11,12 +11,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from hlm_gym.errors import HLMGymError
+
 RISKS = ("beta", "error")
 VERIFIES = ("none", "deferred")
 MODES = ("trace", "live")
 
 
-class EnvConfigError(ValueError):
+class EnvConfigError(HLMGymError, ValueError):
     """An environment option has a bad value."""
 
 
