@@ -58,8 +58,3 @@ class PolicyContext:
         if bad:
             raise PolicyError(f"unknown policy context field(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
         return dataclasses.replace(self, **changes)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The fields that describe the environment, for reports (no traces, fits or generators)."""
-        keys = ("env_id", "n_actions", "max_tokens", "latency_ref", "risk_weight", "risk_target", "vocab_size")
-        return {k: getattr(self, k) for k in keys}

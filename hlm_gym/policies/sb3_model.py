@@ -36,7 +36,8 @@ from hlm_gym.policies.base import Policy, PolicyError
 from hlm_gym.policies.context import PolicyContext
 from hlm_gym.policies.sb3_zip import check_sb3_zip
 
-__all__ = ["NormalizedObsExtractor", "SB3Policy", "load_sb3_policy", "LEGACY_CLASS_PATHS", "SB3_ALGOS"]
+__all__ = ["NormalizedObsExtractor", "SB3Policy", "load_sb3_policy", "saved_policy_kwargs", "LEGACY_CLASS_PATHS",
+           "SB3_ALGOS"]
 
 SB3_ALGOS = ("PPO", "A2C", "DQN")
 

@@ -119,8 +119,11 @@ def test_shipped_yaml_has_zoo_layout():
         assert set(hp) <= set(ZOO_KEYS) | set(ALGO_KEYS["ppo"])
         run, kwargs = split_hyperparams("ppo", load_hyperparams("ppo", env_id))
         assert kwargs["policy_kwargs"] == {"net_arch": [64, 64]} and run["normalize"]["norm_obs"] is True and run["normalize"]["norm_reward"] is True
-    for algo in ("a2c", "dqn"):
-        load_hyperparams(algo, "hlm_gym/HybridLM-v0")
+    from hlm_gym.harness.families import env_ids
+
+    for algo in ("ppo", "a2c", "dqn"):  # every algorithm can train on every env id the harness knows
+        for env_id in env_ids():
+            load_hyperparams(algo, env_id)
 
 
 def test_import_registers_env_ids():

@@ -382,6 +382,15 @@ def test_binary_rules_map_onto_the_compressed_action_space():
     assert make_policy("threshold:0.5").n_actions == 2  # the binary env: unchanged
 
 
+def test_policy_context_is_typed():
+    ctx = PolicyContext(max_tokens=MAX_TOKENS)
+    assert ctx.replace(risk_weight=2.0).risk_weight == 2.0 and ctx.risk_weight is None
+    with pytest.raises(PolicyError, match="unknown policy context field.*lambda_"):
+        ctx.replace(lambda_=2.0)
+    with pytest.raises(Exception):
+        ctx.max_tokens = 3  # frozen
+
+
 def _dummy_env_class(n_actions: int):
     import gymnasium as gym
 
