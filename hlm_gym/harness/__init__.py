@@ -1,1 +1,7 @@
-"""harness"""
+"""The harness: evaluation (:mod:`~hlm_gym.harness.evaluation`), training
+(:mod:`~hlm_gym.harness.training`, :mod:`~hlm_gym.harness.callbacks`) and the learned-vs-analytic
+comparison (:mod:`~hlm_gym.harness.compare`) for any env id whose env family
+(:mod:`~hlm_gym.harness.family`, :mod:`~hlm_gym.harness.families`) is declared here.
+
+Import the submodules directly; this package imports nothing.
+"""
