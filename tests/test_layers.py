@@ -145,3 +145,23 @@ def test_the_checks_catch_a_cycle_and_an_upward_import():
     assert upward_imports(graph) == ["hlm_gym.lm.c (lm) -> hlm_gym.wireless.a (wireless)",
                                      "hlm_gym.wireless.a (wireless) -> hlm_gym.harness.b (harness)"]
     assert len(GRAPH) > 50 and GRAPH["hlm_gym.cli.main"], "the module graph of the package is empty"
+
+
+def test_every_error_class_is_a_user_error():
+    """Every ``...Error`` class of the package derives from HLMGymError (the CLI prints it as one line)."""
+    import importlib
+    import inspect
+
+    from hlm_gym.errors import HLMGymError
+
+    internal = {"hlm_gym.policies.kind.SpecArgumentError"}  # never leaves the registry: it re-raises a PolicyError
+    stray = []
+    for module in sorted(MODULES):
+        if module.startswith("hlm_gym.cli") or "sionna" in module:
+            continue
+        mod = importlib.import_module(module)
+        for name, obj in vars(mod).items():
+            if (inspect.isclass(obj) and obj.__module__ == module and issubclass(obj, Exception)
+                    and not issubclass(obj, HLMGymError) and not name.startswith("_")):
+                stray.append(f"{module}.{name}")
+    assert not set(stray) - internal, f"error classes outside HLMGymError: {stray}"

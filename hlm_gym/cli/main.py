@@ -22,22 +22,6 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 #: The command modules, in the order ``--help`` lists their commands.
 COMMAND_MODULES = (generate, traces, slm, evaluate, train, compare)
 
-# User-facing errors that do not derive from HLMGymError yet, as (module, class). Only modules
-# already imported are looked at: an exception of a class whose module was never imported
-# cannot have been raised, so the handler imports nothing.
-_OTHER_USER_ERRORS: tuple[tuple[str, str], ...] = (
-    ("hlm_gym.lm.decoding", "DecodingError"),
-    ("hlm_gym.lm.prompts", "PromptError"),
-    ("hlm_gym.lm.model_types", "ModelLoadError"),
-    ("hlm_gym.lm.models", "ModelLoadError"),
-    ("hlm_gym.lm.student", "DistillError"),
-    ("hlm_gym.lm.distill", "DistillError"),
-    ("hlm_gym.lm.slm_report", "ReportError"),
-    ("hlm_gym.lm.flops", "FlopsError"),
-    ("hlm_gym.environments.hybrid_lm.config", "EnvConfigError"),
-)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every command's sub-parser (imports no heavy library)."""
     parser = argparse.ArgumentParser(prog="hlm-gym", description="Hybrid small/large language-model inference "
@@ -48,16 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         module.register(sub)
     return parser
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """HLMGymError plus the user-facing error classes of the modules imported so far."""
-    errors: list[type[BaseException]] = [HLMGymError]
-    for module_name, cls_name in _OTHER_USER_ERRORS:
-        cls = getattr(sys.modules.get(module_name), cls_name, None)
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            errors.append(cls)
-    return tuple(errors)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -73,11 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hlm-gym: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        if isinstance(exc, _user_errors()):
-            print(f"hlm-gym: error: {_one_line(exc)}", file=sys.stderr)
-            return 2
-        raise
+    except HLMGymError as exc:
+        print(f"hlm-gym: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

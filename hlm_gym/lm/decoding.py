@@ -30,13 +30,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from hlm_gym.errors import HLMGymError
 from hlm_gym.lm.draft_verify import MODES, prompt_generators, sample_draft, verify_draft
 from hlm_gym.lm.model_types import ModelPair
 from hlm_gym.lm.speculative import truncated_draft
 from hlm_gym.lm.uncertainty import SIGNAL_NAMES
 
 
-class DecodingError(ValueError):
+class DecodingError(HLMGymError, ValueError):
     """Bad decoder settings, prompt or policy spec."""
 
 

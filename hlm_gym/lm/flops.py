@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from hlm_gym.errors import HLMGymError
 
-class FlopsError(ValueError):
+
+class FlopsError(HLMGymError, ValueError):
     """A config lacks the fields needed to count FLOPs, or a count argument is invalid."""
 
 

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from hlm_gym.errors import HLMGymError
+
 if TYPE_CHECKING:  # transformers is imported by whoever loads a model, not by these types
     from transformers import PreTrainedModel
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(HLMGymError, ValueError):
     """A model spec could not be resolved or loaded, or a pair is inconsistent."""
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from hlm_gym.errors import HLMGymError
 from hlm_gym.paths import atomic_write_text, cache_dir
 
 SPLITS = ("train", "validation", "test")
@@ -28,7 +29,7 @@ _SPLIT_BOUNDS = {"train": (0, 80), "validation": (80, 90), "test": (90, 100)}
 _CACHE_VERSION = 1
 
 
-class PromptError(ValueError):
+class PromptError(HLMGymError, ValueError):
     """A prompt source is missing, malformed, or a split name is unknown."""
 
 

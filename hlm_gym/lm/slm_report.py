@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
+from hlm_gym.errors import HLMGymError
 from hlm_gym.paths import atomic_write_bytes, atomic_write_text
 
 
-class ReportError(ValueError):
+class ReportError(HLMGymError, ValueError):
     """Bad report settings."""
 
 

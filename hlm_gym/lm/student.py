@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hlm_gym.errors import HLMGymError
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class DistillError(ValueError):
+class DistillError(HLMGymError, ValueError):
     """Bad distillation settings (layer indices, rank, budget) or a broken run folder."""
 
 
