@@ -14,6 +14,7 @@ def test_render_tokens_plain_and_colour():
     assert "\033[31mc" in render_tokens(pieces, colour=True)
 
 
+@pytest.mark.slow  # loads the embedded LLM
 def test_generate_prints_marked_tokens_and_summary(capsys):
     rc = main(["generate", "--prompt", "Say hi.", "--slm", "early-exit:4", "--policy", "threshold:0.2",
                "--max-new-tokens", "6", "--seed", "3"])
