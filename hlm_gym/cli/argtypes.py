@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hlm_gym.environments.registration import ENV_IDS
+from hlm_gym.environments.registration import DEFAULT_ENV_ID, ENV_IDS
 
 __all__ = ["positive_int", "nonneg_float", "unit_float", "float_list", "str_list", "hyper_override",
            "add_env_argument", "add_risk_weight_argument", "add_threads_argument", "apply_threads"]
@@ -75,7 +75,7 @@ def hyper_override(text: str) -> tuple[str, Any]:
 
 def add_env_argument(p: argparse.ArgumentParser) -> None:
     """``--env ENV_ID`` (the command checks it against the env families the harness knows)."""
-    p.add_argument("--env", dest="env_id", default=ENV_IDS[0], metavar="ENV_ID",
+    p.add_argument("--env", dest="env_id", default=DEFAULT_ENV_ID, metavar="ENV_ID",
                    help=f"environment id: {', '.join(ENV_IDS)} (default %(default)s)")
 
 

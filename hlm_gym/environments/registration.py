@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 MAX_EPISODE_STEPS = 128
 
 ENV_IDS = ("hlm_gym/HybridLM-v0", "hlm_gym/HybridLMCompressed-v0")
+#: The env id commands and the harness use when none is given.
+DEFAULT_ENV_ID = ENV_IDS[0]
 
 
 def _register_now() -> None:

@@ -90,15 +90,14 @@ def make_train_env(env_id: str, n_envs: int, seed: int, kwargs: dict[str, Any], 
                    device: str = "cpu") -> Any:
     """The SB3 ``VecEnv`` of ``n_envs`` batched environments (energy and uplink bits per token in
     finished episodes' infos). ``backend="torch"`` steps the batched torch env on ``device``."""
-    from hlm_gym.environments.hybrid_lm.sb3 import BACKENDS
-    from hlm_gym.harness.hybrid_lm_sb3 import DomainSB3VecEnv
+    from hlm_gym.environments.hybrid_lm.sb3 import BACKENDS, HybridLMSB3VecEnv
 
     if backend not in BACKENDS:
         raise TrainingError(f"bad env backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     extra: dict[str, Any] = {"backend": backend}
     if backend == "torch":
         extra["device"] = None if device == "auto" else device  # None: the torch env picks CUDA when there is one
-    venv = DomainSB3VecEnv(num_envs=n_envs, compressed=env_id.endswith("Compressed-v0"), **extra, **kwargs)
+    venv = HybridLMSB3VecEnv(num_envs=n_envs, compressed=env_id.endswith("Compressed-v0"), **extra, **kwargs)
     venv.seed(seed)
     return venv
 

@@ -212,7 +212,7 @@ class HybridSession:
 
 
 DraftPolicy = Callable[[Draft], bool]
-"""A live-loop policy: ``policy(draft) -> send``; see :func:`hlm_gym.policies.spec.make_draft_policy`."""
+"""A live-loop policy: ``policy(draft) -> send``; see :func:`hlm_gym.policies.registry.make_draft_policy`."""
 
 
 @dataclass

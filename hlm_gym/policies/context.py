@@ -13,13 +13,10 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from hlm_gym.environments.registration import ENV_IDS
+from hlm_gym.environments.registration import DEFAULT_ENV_ID
 from hlm_gym.policies.base import OBS_DIM, SEND, PolicyError
 
 __all__ = ["PolicyContext", "DEFAULT_ENV_ID"]
-
-#: The default env: the first registered id (``hlm_gym/HybridLM-v0``).
-DEFAULT_ENV_ID = ENV_IDS[0]
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+import numpy as np
+
 from hlm_gym.errors import HLMGymError
 
+SPLITS = ("train", "validation", "test")
 RISKS = ("beta", "error")
 VERIFIES = ("none", "deferred")
 MODES = ("trace", "live")
@@ -20,6 +24,10 @@ MODES = ("trace", "live")
 
 class EnvConfigError(HLMGymError, ValueError):
     """An environment option has a bad value."""
+
+
+class UnknownOptionError(EnvConfigError, TypeError):
+    """An environment was given an option it does not have."""
 
 
 @dataclass(frozen=True)
@@ -77,34 +85,81 @@ class EnvConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        def bad(name, msg):
-            raise EnvConfigError(f"bad option {name}={getattr(self, name)!r}: {msg}")
+        def choice(name: str, allowed: tuple[str, ...]) -> None:
+            if self.__dict__[name] not in allowed:
+                raise _bad(name, self.__dict__[name], f"expected one of {', '.join(map(repr, allowed))}")
 
-        if self.split not in ("train", "validation", "test"):
-            bad("split", "expected 'train', 'validation' or 'test'")
-        if self.risk not in RISKS:
-            bad("risk", f"expected one of {RISKS}")
-        if self.verify not in VERIFIES:
-            bad("verify", f"expected one of {VERIFIES}")
-        if self.mode not in MODES:
-            bad("mode", f"expected one of {MODES}")
-        if not (isinstance(self.risk_weight, (int, float)) and math.isfinite(self.risk_weight)
-                and self.risk_weight >= 0):
-            bad("risk_weight", "expected a finite number >= 0")
-        if not (isinstance(self.risk_target, (int, float)) and 0.0 <= self.risk_target <= 1.0):
-            bad("risk_target", "expected a number in [0, 1] (a rejection probability)")
-        if not isinstance(self.skip_window, int) or self.skip_window < 1:
-            bad("skip_window", "expected a positive integer")
-        if self.latency_ref_s is not None and not self.latency_ref_s > 0:
-            bad("latency_ref_s", "expected a positive number or None")
-        if self.channel_dt_s is not None and not self.channel_dt_s > 0:
-            bad("channel_dt_s", "expected a positive number or None")
-        if self.channel_bank_size is not None and self.channel_bank_size < 1:
-            bad("channel_bank_size", "expected a positive integer or None")
-        if self.channel_bank_points is not None and self.channel_bank_points < 2:
-            bad("channel_bank_points", "expected an integer >= 2 or None")
-        if self.k_choices is not None and (len(self.k_choices) == 0 or any(int(k) < 1 for k in self.k_choices)):
-            bad("k_choices", "expected a non-empty sequence of positive integers")
+        def put(name: str, value: Any) -> None:  # the normalised value (the dataclass is frozen)
+            object.__setattr__(self, name, value)
+
+        choice("split", SPLITS)
+        choice("risk", RISKS)
+        choice("verify", VERIFIES)
+        choice("mode", MODES)
+        put("risk_weight", real("risk_weight", self.risk_weight, lo=0.0))
+        put("risk_target", real("risk_target", self.risk_target, lo=0.0, hi=1.0,
+                                what="a number in [0, 1] (a rejection probability)"))
+        put("skip_window", integer("skip_window", self.skip_window, lo=1))
+        put("channel_seed", integer("channel_seed", self.channel_seed, lo=0))
+        for name in ("latency_ref_s", "channel_dt_s"):
+            if self.__dict__[name] is not None:
+                put(name, real(name, self.__dict__[name], lo=0.0, open_lo=True, what="a finite number > 0 or None"))
+        for name, lo in (("channel_bank_size", 1), ("channel_bank_points", 2)):
+            if self.__dict__[name] is not None:
+                put(name, integer(name, self.__dict__[name], lo=lo))
+        if self.k_choices is not None:
+            ks = integers("k_choices", self.k_choices, lo=1)
+            if len(set(ks)) != len(ks):
+                raise _bad("k_choices", self.k_choices, "expected distinct sizes")
+            put("k_choices", ks)
+        if self.prompts is not None:
+            put("prompts", integers("prompts", self.prompts, lo=0))
+        for name in ("trace", "slm", "llm"):
+            value = self.__dict__[name]
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise _bad(name, value, "expected a path or None")
+            if value is not None:
+                put(name, os.fspath(value))
+        if not isinstance(self.device, str) or not self.device:
+            raise _bad("device", self.device, "expected a torch device name such as 'cpu' or 'cuda'")
+
+
+def _bad(name: str, value: Any, what: str) -> EnvConfigError:
+    return EnvConfigError(f"bad option {name}={value!r}: {what}")
+
+
+def real(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf, open_lo: bool = False,
+         what: Optional[str] = None) -> float:
+    """``value`` as a finite float in ``[lo, hi]`` (``(lo, hi]`` if ``open_lo``); numpy numbers accepted,
+    bools and non-numbers refused with an :class:`EnvConfigError` naming the option."""
+    if what is None:
+        what = f"a finite number {'>' if open_lo else '>='} {lo:g}" + (f" and <= {hi:g}" if hi < math.inf else "")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise _bad(name, value, f"expected {what}")
+    v = float(value)
+    if not math.isfinite(v) or v < lo or v > hi or (open_lo and v == lo):
+        raise _bad(name, value, f"expected {what}")
+    return v
+
+
+def integer(name: str, value: Any, lo: int = 0) -> int:
+    """``value`` as an int ``>= lo`` (numpy integers accepted; bools, floats and text refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or int(value) < lo:
+        raise _bad(name, value, f"expected an integer >= {lo}")
+    return int(value)
+
+
+def integers(name: str, values: Any, lo: int = 0) -> tuple[int, ...]:
+    """A non-empty sequence of integers ``>= lo`` as a tuple."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise _bad(name, values, f"expected a non-empty sequence of integers >= {lo}")
+    out = tuple(values)
+    if not out:
+        raise _bad(name, values, f"expected a non-empty sequence of integers >= {lo}")
+    for v in out:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or int(v) < lo:
+            raise _bad(name, values, f"expected a non-empty sequence of integers >= {lo}; {v!r} is not")
+    return tuple(int(v) for v in out)
 
 
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(EnvConfig))
@@ -113,8 +168,8 @@ CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(EnvConfig))
 def make_config(kwargs: Mapping[str, Any], extra_allowed: tuple[str, ...] = ()) -> tuple[EnvConfig, dict]:
     """Split keyword arguments into an :class:`EnvConfig` and the ``extra_allowed`` ones.
 
-    Names containing a dot are scenario overrides. Any other unknown name raises ``TypeError``
-    naming it and listing the allowed options.
+    Names containing a dot are scenario overrides. Any other unknown name raises
+    :class:`UnknownOptionError` (also a ``TypeError``) naming it and listing the allowed options.
     """
     kw = dict(kwargs)
     overrides = dict(kw.pop("scenario_overrides", None) or {})
@@ -124,12 +179,6 @@ def make_config(kwargs: Mapping[str, Any], extra_allowed: tuple[str, ...] = ()) 
     unknown = sorted(set(kw) - set(CONFIG_FIELDS))
     if unknown:
         allowed = ", ".join(sorted(set(CONFIG_FIELDS) | set(extra_allowed)))
-        raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for the HybridLM environment; "
+        raise UnknownOptionError(f"unknown option(s) {', '.join(map(repr, unknown))} for the HybridLM environment; "
                         f"allowed: {allowed} (and dotted scenario overrides such as 'link.mean_snr_db')")
-    if kw.get("k_choices") is not None:
-        kw["k_choices"] = tuple(int(k) for k in kw["k_choices"])
-    if kw.get("prompts") is not None:
-        kw["prompts"] = tuple(int(k) for k in kw["prompts"])
-    if kw.get("trace") is not None:
-        kw["trace"] = str(kw["trace"])
     return EnvConfig(scenario_overrides=overrides, **kw), extra

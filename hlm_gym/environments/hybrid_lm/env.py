@@ -158,10 +158,8 @@ class HybridLMEnv(gym.Env):
         super().reset(seed=seed)
         ep = self._episode_draw
         prompt, brow, j0 = ep.split(int(self.np_random.integers(0, ep.total)))
-        if options and "prompt" in options:
-            prompt = int(options["prompt"])
-            if not 0 <= prompt < self.sim.traces.n_prompts:
-                raise ValueError(f"options['prompt']={prompt} out of range 0..{self.sim.traces.n_prompts - 1}")
+        if options:
+            prompt = self._prompt_option(options, prompt)
         self._prompt = prompt
         self._kernel.reset(None, prompt, brow, j0)
         self._out: list[tuple[int, str]] = []
@@ -172,6 +170,18 @@ class HybridLMEnv(gym.Env):
         else:
             self._kernel.observe(self._obs)
         return self._obs.copy(), {"prompt": prompt, "prompt_id": self.sim.traces.meta["prompts"][prompt]["id"]}
+
+    def _prompt_option(self, options: dict, default: int) -> int:
+        """The episode's prompt from reset ``options`` (``{"prompt": i}``); other keys are refused."""
+        unknown = sorted(set(options) - {"prompt"})
+        if unknown:
+            raise EnvConfigError(f"bad reset option(s) {', '.join(map(repr, unknown))}: the only reset option is "
+                                 "'prompt' (a prompt index of the trace)")
+        prompt = options.get("prompt", default)
+        n = self.sim.traces.n_prompts
+        if isinstance(prompt, (bool, np.bool_)) or not isinstance(prompt, (int, np.integer)) or not 0 <= prompt < n:
+            raise EnvConfigError(f"bad reset option prompt={prompt!r}: expected an integer in 0..{n - 1}")
+        return int(prompt)
 
     # ------------------------------------------------------------------ step
     def step(self, action):

@@ -92,6 +92,17 @@ class HybridLMKernel:
         self.ring = xp.ring(n, self.window)
         self.ring_n = z(n)
 
+    def __getstate__(self) -> dict:
+        """Picklable state (``copy.deepcopy``, ``pickle``): ``memoryview`` tables as arrays."""
+        return {k: (np.asarray(v) if isinstance(v, memoryview) else v) for k, v in self.__dict__.items()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if not self.xp.batched:  # the scalar backend reads 1-D tables through memoryviews
+            for k, v in state.items():
+                if isinstance(v, np.ndarray) and v.ndim == 1 and k not in ("starts",):
+                    self.__dict__[k] = self.xp.table(v)
+
     # ------------------------------------------------------------------ episodes
     def reset(self, idx: Any, prompt: Any, brow: Any, j0: Any) -> None:
         """Start new episodes in environments ``idx`` (prompt, bank realisation, start phase)."""

@@ -8,8 +8,9 @@ SB3 resets a finished sub-environment in the same step: the returned observation
 first of the next episode, ``infos[i]["terminal_observation"]`` the last of the finished
 one, and ``infos[i]["TimeLimit.truncated"]`` is set when it was cut by
 ``max_episode_steps``. The episode metrics (``tokens_per_s``, ``transmission_rate``,
-``skip_rate``, ``risk``, ``error_rate``, ``tokens``, ``time_s``) are added to the info of a
-finished sub-environment, together with ``episode = {"r", "l", "t"}`` (the return, length
+``skip_rate``, ``risk``, ``error_rate``, ``tokens``, ``time_s``, and the episode's
+``energy_j_per_token`` and ``uplink_bits_per_token``) are added to the info of a finished
+sub-environment, together with ``episode = {"r", "l", "t"}`` (the return, length
 and wall time) as SB3's ``Monitor`` would give, so ``ep_info_buffer`` fills without a
 ``VecMonitor``.
 """
@@ -56,6 +57,8 @@ class HybridLMSB3VecEnv(VecEnv):
         self._actions: Optional[np.ndarray] = None
         self._ep_ret = np.zeros(num_envs)
         self._ep_len = np.zeros(num_envs, dtype=np.int64)
+        self._ep_energy = np.zeros(num_envs)
+        self._ep_bits = np.zeros(num_envs)
         self._t0 = time.time()
 
     def reset(self):
@@ -63,8 +66,8 @@ class HybridLMSB3VecEnv(VecEnv):
         obs, _ = self.venv.reset(seed=seeds)
         self._reset_seeds()
         self._reset_options()
-        self._ep_ret[:] = 0.0
-        self._ep_len[:] = 0
+        for acc in (self._ep_ret, self._ep_len, self._ep_energy, self._ep_bits):
+            acc[:] = 0
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -74,6 +77,8 @@ class HybridLMSB3VecEnv(VecEnv):
         obs, rew, term, trunc, info = self.venv.step(self._actions)
         self._ep_ret += rew
         self._ep_len += 1
+        self._ep_energy += info["energy_j"]
+        self._ep_bits += info["uplink_bits"]
         done = term | trunc
         infos: list[dict] = [{} for _ in range(self.num_envs)]
         ended = np.flatnonzero(done)
@@ -89,8 +94,11 @@ class HybridLMSB3VecEnv(VecEnv):
                 for key in EPISODE_KEYS:
                     if key in info and info["_" + key][i]:
                         d[key] = float(info[key][i])
-            self._ep_ret[ended] = 0.0
-            self._ep_len[ended] = 0
+                tokens = max(d.get("tokens") or d["episode"]["l"], 1)
+                d["energy_j_per_token"] = float(self._ep_energy[i] / tokens)
+                d["uplink_bits_per_token"] = float(self._ep_bits[i] / tokens)
+            for acc in (self._ep_ret, self._ep_len, self._ep_energy, self._ep_bits):
+                acc[ended] = 0
         return obs, rew.astype(np.float32), done, infos
 
     def close(self) -> None:

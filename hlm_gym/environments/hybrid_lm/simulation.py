@@ -107,9 +107,16 @@ def resolve_topk(config: EnvConfig, traces, compressed: bool) -> tuple[int, ...]
     """The top-k options: ``(V,)`` for the binary env, ``k_choices`` (default recorded + V) otherwise."""
     V = traces.vocab_size
     if not compressed:
+        if config.k_choices is not None:
+            raise EnvConfigError(f"bad option k_choices={config.k_choices!r}: only the compressed env "
+                                 "(hlm_gym/HybridLMCompressed-v0) has top-k sizes; HybridLM-v0 always sends the full "
+                                 "distribution")
         return (V,)
     ks = config.k_choices if config.k_choices is not None else tuple(traces.k_choices) + (V,)
     ks = tuple(min(int(k), V) for k in ks)
+    if len(set(ks)) != len(ks):
+        raise EnvConfigError(f"bad option k_choices={config.k_choices!r}: sizes >= V={V} all mean the full "
+                             "distribution; give it once")
     for k in ks:
         if k < V and k not in traces.k_choices:
             raise EnvConfigError(f"bad option k_choices={config.k_choices!r}: {k} was not recorded in the trace "

@@ -103,6 +103,9 @@ class HybridLMVectorEnv(VectorEnv):
         self._needs_reset[idx] = False
 
     def reset(self, *, seed: Optional[int | list] = None, options: Optional[dict] = None):
+        if options:
+            raise EnvConfigError(f"bad reset option(s) {', '.join(map(repr, sorted(options)))}: the batched envs "
+                                 "take no reset options (episodes start at random prompts)")
         super().reset(seed=int(seed) if isinstance(seed, (int, np.integer)) else None)
         self._gens = [seeding.np_random(s)[0] for s in sub_env_seeds(seed, self.num_envs)]
         self._reset_envs(self._arange)
