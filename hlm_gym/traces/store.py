@@ -44,6 +44,7 @@ written as part files next to the output so that an interrupted build resumes.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,10 +61,11 @@ SIGNALS = ("u", "entropy", "top1_prob", "margin", "saturation")
 BASE_COLUMNS = ("prompt", "position", "draft", "token", "accepted", "end") + SIGNALS + (
     "q_draft", "p_draft", "beta", "uniform")
 SPLITS = ("train", "validation", "test")
+MODES = ("sample", "greedy")
 
 
 class TraceError(HLMGymError, ValueError):
-    """A trace file is missing, unreadable, incomplete or of an unsupported schema version."""
+    """A trace file is missing, unreadable, incomplete, of an unsupported schema version or holds bad values."""
 
 
 def k_columns(k: int) -> tuple[str, str]:
@@ -145,7 +147,7 @@ class Traces:
 
 
 def read_meta(path: str | os.PathLike) -> dict:
-    """The JSON metadata of a trace file (validated), without reading the columns."""
+    """The JSON metadata of a trace file (validated by :func:`validate_meta`), without reading the columns."""
     import pyarrow.parquet as pq
 
     p = Path(path)
@@ -163,15 +165,9 @@ def read_meta(path: str | os.PathLike) -> dict:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TraceError(f"trace file {p} has corrupt metadata: {exc}") from None
-    version = meta.get("schema_version")
-    if not isinstance(version, int):
-        raise TraceError(f"trace file {p} has no integer schema_version in its metadata")
-    if version > SCHEMA_VERSION:
-        raise TraceError(f"trace file {p} has schema version {version}, newer than the supported "
-                         f"version {SCHEMA_VERSION}; upgrade hlm-gym or rebuild the traces")
-    for key in ("vocab_size", "k_choices", "prompts", "max_new_tokens", "mode"):
-        if key not in meta:
-            raise TraceError(f"trace file {p} metadata lacks {key!r}")
+    if not isinstance(meta, dict):
+        raise TraceError(f"trace file {p} has corrupt metadata: a JSON {type(meta).__name__}, not an object")
+    validate_meta(meta, p)
     missing = [c for c in BASE_COLUMNS if c not in schema.names]
     for k in meta["k_choices"]:
         missing += [c for c in k_columns(k) if c not in schema.names]
@@ -181,7 +177,11 @@ def read_meta(path: str | os.PathLike) -> dict:
 
 
 def load_traces(path: str | os.PathLike) -> Traces:
-    """Read a trace file into numpy columns (no per-row Python objects); raises :class:`TraceError`."""
+    """Read and validate a trace file into numpy columns (no per-row Python objects).
+
+    Raises :class:`TraceError` naming the file, the metadata key or column, the first bad row
+    and what is allowed (see :func:`validate_meta` and :func:`validate_columns`).
+    """
     import pyarrow.parquet as pq
 
     meta = read_meta(path)
@@ -197,22 +197,256 @@ def load_traces(path: str | os.PathLike) -> Traces:
         if col.null_count:
             raise TraceError(f"trace file {path}: column {name!r} has {col.null_count} missing values")
         cols[name] = col.to_numpy()
+    offsets = validate_columns(cols, meta, path)
     # u is a count over K temperature samples, stored as float16: snap it back to its exact grid
     # so that thresholds at multiples of 1/K behave as in live decoding.
-    k = int(meta.get("k", 0))
+    k = int(meta.get("k") or 0)
     if k > 0:
         cols["u"] = (np.round(cols["u"].astype(np.float64) * k) / k).astype(np.float32)
+    return Traces(str(path), meta, cols, offsets, k_choices)
+
+
+def validate(traces: Traces) -> None:
+    """Check a loaded :class:`Traces`: metadata, column values and episode boundaries.
+
+    :func:`load_traces` runs the same checks on every file it reads; this is for traces
+    assembled in memory. Raises :class:`TraceError`.
+    """
+    validate_meta(traces.meta, traces.path)
+    offsets = validate_columns(traces.columns, traces.meta, traces.path)
+    if not np.array_equal(offsets, traces.offsets):
+        raise TraceError(f"traces {traces.path}: offsets do not match the 'prompt' column")
+
+
+# ------------------------------------------------------------------------------ validation
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _meta_error(where, key: str, value, allowed: str) -> TraceError:
+    return TraceError(f"trace file {where}: metadata key {key!r} = {value!r}; allowed: {allowed}")
+
+
+def _check_meta_int(meta: dict, where, key: str, lo: int, hi: int | None = None) -> None:
+    value = meta[key]
+    if not _is_int(value) or value < lo or (hi is not None and value > hi):
+        allowed = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
+        raise _meta_error(where, key, value, allowed)
+
+
+def _check_schema_version(meta: dict, where) -> None:
+    version = meta.get("schema_version")
+    if not _is_int(version):
+        raise TraceError(f"trace file {where} has no integer schema_version in its metadata "
+                         f"(got {version!r}); allowed: an integer in 1..{SCHEMA_VERSION}")
+    if version > SCHEMA_VERSION:
+        raise TraceError(f"trace file {where} has schema version {version}, newer than the supported "
+                         f"version {SCHEMA_VERSION}; upgrade hlm-gym or rebuild the traces")
+    if version < 1:
+        raise _meta_error(where, "schema_version", version, f"an integer in 1..{SCHEMA_VERSION}")
+
+
+def _check_k_choices(meta: dict, where) -> None:
+    ks, vocab = meta["k_choices"], meta["vocab_size"]
+    allowed = f"a list of distinct integers in 1..{vocab - 1} (V - 1)"
+    if not isinstance(ks, list):
+        raise _meta_error(where, "k_choices", ks, allowed)
+    for k in ks:
+        if not _is_int(k) or not 1 <= k < vocab:
+            raise TraceError(f"trace file {where}: metadata key 'k_choices' holds {k!r}; allowed: {allowed}")
+    if len(set(ks)) != len(ks):
+        raise _meta_error(where, "k_choices", ks, allowed)
+
+
+def _check_optional_meta(meta: dict, where) -> None:
+    """Decoding settings the live environment reads: checked when present."""
+    if meta.get("k") is not None:
+        _check_meta_int(meta, where, "k", 1)
+    for key in ("temperature", "theta_max"):
+        if key in meta and not (_is_real(meta[key]) and meta[key] > 0):
+            raise _meta_error(where, key, meta[key], "a finite number > 0")
+    eos = meta.get("eos_token_id")
+    if eos is not None and not (_is_int(eos) and 0 <= eos < meta["vocab_size"]):
+        raise _meta_error(where, "eos_token_id", eos, f"null or an integer in 0..{meta['vocab_size'] - 1}")
+    if "token_text" in meta and not isinstance(meta["token_text"], dict):
+        raise _meta_error(where, "token_text", type(meta["token_text"]).__name__, "an object (id -> text)")
+
+
+_PROMPT_FIELDS = (("id", str, "a string"), ("split", str, "a string"), ("seed", int, "an integer"),
+                  ("n_tokens", int, "an integer >= 1"))
+
+
+def _check_prompts_meta(meta: dict, where) -> None:
+    prompts = meta["prompts"]
+    if not isinstance(prompts, list) or not prompts:
+        raise _meta_error(where, "prompts", prompts if not isinstance(prompts, list) else [],
+                          "a non-empty list of {id, split, seed, n_tokens} objects")
+    for i, entry in enumerate(prompts):
+        if not isinstance(entry, dict):
+            raise TraceError(f"trace file {where}: metadata 'prompts'[{i}] = {entry!r}; allowed: an object "
+                             "with id, split, seed and n_tokens")
+        for key, kind, allowed in _PROMPT_FIELDS:
+            value = entry.get(key)
+            ok = isinstance(value, kind) and not isinstance(value, bool)
+            if key not in entry or not ok or (key == "n_tokens" and value < 1):
+                raise TraceError(f"trace file {where}: metadata 'prompts'[{i}][{key!r}] = "
+                                 f"{value if key in entry else '<missing>'!r}; allowed: {allowed}")
+
+
+def validate_meta(meta: dict, where: str | os.PathLike = "<traces>") -> None:
+    """Check a trace file's metadata; raises :class:`TraceError` naming the key, its value and what is allowed.
+
+    Schema version an int in 1..SCHEMA_VERSION; ``vocab_size`` an int >= 2; ``max_new_tokens``
+    an int >= 1; ``mode`` sample or greedy; ``k_choices`` distinct ints in 1..V-1; ``prompts`` a
+    non-empty list of {id, split, seed, n_tokens}; ``k``, ``temperature``, ``theta_max``,
+    ``eos_token_id`` and ``token_text`` sensible when present.
+    """
+    _check_schema_version(meta, where)
+    for key in ("vocab_size", "k_choices", "prompts", "max_new_tokens", "mode"):
+        if key not in meta:
+            raise TraceError(f"trace file {where} metadata lacks {key!r}")
+    _check_meta_int(meta, where, "vocab_size", 2)
+    _check_meta_int(meta, where, "max_new_tokens", 1)
+    if meta["mode"] not in MODES:
+        raise _meta_error(where, "mode", meta["mode"], " or ".join(MODES))
+    _check_k_choices(meta, where)
+    _check_optional_meta(meta, where)
+    _check_prompts_meta(meta, where)
+
+
+def _row_error(where, cols: dict, name: str, bad: np.ndarray, allowed: str, locate: str = "position") -> TraceError:
+    """The error for column ``name`` at the first row of the boolean mask ``bad``.
+
+    ``locate`` names the row by ``"position"`` (prompt and position), ``"prompt"`` (prompt only,
+    for a bad position column) or ``"row"`` (row index only, for a bad prompt column).
+    """
+    rows = np.flatnonzero(bad)
+    r = int(rows[0])
+    value = cols[name][r]
+    text = f"{float(value):.6g}" if np.issubdtype(np.asarray(value).dtype, np.floating) else repr(value.item())
+    where_row = {"position": f"prompt {int(cols['prompt'][r])}, position {int(cols['position'][r])} (row {r})",
+                 "prompt": f"prompt {int(cols['prompt'][r])} (row {r})", "row": f"row {r}"}[locate]
+    more = f" and {len(rows) - 1} more rows" if len(rows) > 1 else ""
+    return TraceError(f"trace file {where}: column {name!r} = {text} at {where_row}{more}; allowed: {allowed}")
+
+
+def _check_dtypes(cols: dict, k_choices, where) -> None:
+    ints = ("prompt", "position", "draft", "token")
+    bools = ("accepted", "end") + tuple(k_columns(k)[1] for k in k_choices)
+    for name, col in cols.items():
+        kind = "iu" if name in ints else "b" if name in bools else "f"
+        if col.dtype.kind not in kind:
+            allowed = {"iu": "integers", "b": "booleans", "f": "floating-point numbers"}[kind]
+            raise TraceError(f"trace file {where}: column {name!r} has type {col.dtype}; allowed: {allowed}")
+
+
+def _prompt_offsets(cols: dict, meta: dict, where) -> np.ndarray:
+    """Row offsets of each prompt, checking that rows are grouped by prompt 0..N-1 in order."""
     prompt = cols["prompt"]
     n_prompts = len(meta["prompts"])
     if len(prompt) == 0:
-        raise TraceError(f"trace file {path} has no token rows")
-    if np.any(np.diff(prompt) < 0) or prompt[0] != 0 or prompt[-1] != n_prompts - 1:
-        raise TraceError(f"trace file {path}: rows are not grouped by prompt 0..{n_prompts - 1}")
-    counts = np.bincount(prompt, minlength=n_prompts)
-    if np.any(counts == 0):
-        raise TraceError(f"trace file {path}: some prompts have no tokens")
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return Traces(str(path), meta, cols, offsets, k_choices)
+        raise TraceError(f"trace file {where} has no token rows")
+    allowed = f"rows grouped by prompt in order 0..{n_prompts - 1} (metadata lists {n_prompts} prompts), no gaps"
+    step = np.diff(prompt.astype(np.int64))
+    bad = np.zeros(len(prompt), dtype=bool)
+    bad[0] = prompt[0] != 0
+    bad[1:] = (step != 0) & (step != 1)
+    if bad.any():
+        raise _row_error(where, cols, "prompt", bad, allowed, locate="row")
+    if prompt[-1] != n_prompts - 1:
+        bad = np.zeros(len(prompt), dtype=bool)
+        bad[-1] = True
+        raise _row_error(where, cols, "prompt", bad, allowed + " (the last prompt is missing or extra)",
+                         locate="row")
+    return np.concatenate([[0], np.flatnonzero(step) + 1, [len(prompt)]]).astype(np.int64)
+
+
+def _check_episodes(cols: dict, meta: dict, offsets: np.ndarray, where) -> None:
+    """Positions 0..L-1 in each prompt, one ``end`` on its last row, lengths as in the metadata."""
+    lengths = np.diff(offsets)
+    starts = np.repeat(offsets[:-1], lengths)
+    expected = np.arange(len(starts), dtype=np.int64) - starts
+    bad = cols["position"] != expected
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise _row_error(where, cols, "position", bad,
+                         f"0..L-1 in order within each prompt (expected {int(expected[r])} here)",
+                         locate="prompt")
+    last = np.zeros(len(starts), dtype=bool)
+    last[offsets[1:] - 1] = True
+    bad = cols["end"] != last
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        end_pos = int(offsets[int(cols["prompt"][r]) + 1] - starts[r] - 1)
+        raise _row_error(where, cols, "end", bad, f"exactly one end per prompt, on its last row "
+                         f"(here position {end_pos})")
+    max_new = meta["max_new_tokens"]
+    if lengths.max() > max_new:
+        i = int(np.argmax(lengths > max_new))
+        raise TraceError(f"trace file {where}: prompt {i} has {int(lengths[i])} token rows, more than metadata "
+                         f"key 'max_new_tokens' = {max_new}; allowed: at most max_new_tokens rows per prompt")
+    listed = np.asarray([p["n_tokens"] for p in meta["prompts"]], dtype=np.int64)
+    if not np.array_equal(listed, lengths):
+        i = int(np.argmax(listed != lengths))
+        raise TraceError(f"trace file {where}: metadata 'prompts'[{i}]['n_tokens'] = {int(listed[i])} but "
+                         f"prompt {i} has {int(lengths[i])} token rows; allowed: the prompt's row count")
+
+
+def _value_rules(meta: dict, k_choices) -> list[tuple[str, float, float, bool, str]]:
+    """(column, low, high, NaN allowed, allowed text) of every float column."""
+    unit = "finite, in [0, 1]"
+    ln_v = math.log(meta["vocab_size"])
+    rules = [(name, 0.0, 1.0, False, unit) for name in ("u", "top1_prob", "margin", "q_draft", "p_draft", "beta")]
+    rules += [(k_columns(k)[0], 0.0, 1.0, False, unit) for k in k_choices]
+    # float16 storage may round ln V up by half a unit in the last place
+    rules.append(("entropy", 0.0, ln_v * (1 + 1e-3), False, f"finite, in [0, ln V = {ln_v:.4g}] nats"))
+    rules.append(("saturation", -1.0, 1.0, True, "in [-1, 1], or NaN (no hidden states)"))
+    greedy = meta["mode"] == "greedy"
+    rules.append(("uniform", 0.0, 1.0, greedy, "in [0, 1], or NaN in greedy mode" if greedy
+                  else "finite, in [0, 1] (sample mode)"))
+    return rules
+
+
+def _check_values(cols: dict, meta: dict, k_choices, where) -> None:
+    vocab = meta["vocab_size"]
+    for name in ("draft", "token"):
+        col = cols[name]
+        bad = (col < 0) | (col >= vocab)
+        if bad.any():
+            raise _row_error(where, cols, name, bad, f"token ids in 0..{vocab - 1} (vocab_size {vocab})")
+    for name, lo, hi, nan_ok, allowed in _value_rules(meta, k_choices):
+        col = cols[name].astype(np.float32, copy=False)  # float16 comparisons are emulated: slower
+        bad = ~((col >= lo) & (col <= hi))
+        if nan_ok:
+            bad &= ~np.isnan(col)
+        if bad.any():
+            raise _row_error(where, cols, name, bad, allowed)
+
+
+def validate_columns(cols: dict[str, np.ndarray], meta: dict, where: str | os.PathLike = "<traces>") -> np.ndarray:
+    """Check the columns of a trace against its (validated) metadata; returns the per-prompt row offsets.
+
+    One vectorised pass: column types (ints, booleans, floats); rows grouped by prompt 0..N-1
+    with positions 0..L-1; exactly one ``end`` per prompt on its last row; no response longer
+    than ``max_new_tokens`` and row counts as listed in ``prompts``; token ids in 0..V-1;
+    probabilities, ``u``, ``beta``/``beta_k*`` finite in [0, 1]; ``entropy`` in [0, ln V];
+    ``saturation`` in [-1, 1] or NaN; ``uniform`` in [0, 1] (NaN allowed in greedy mode).
+    Raises :class:`TraceError` naming the column, the first bad row (prompt, position), the
+    value and what is allowed.
+    """
+    k_choices = tuple(meta["k_choices"])
+    missing = [c for c in BASE_COLUMNS + tuple(c for k in k_choices for c in k_columns(k)) if c not in cols]
+    if missing:
+        raise TraceError(f"trace file {where} lacks columns {missing}")
+    _check_dtypes(cols, k_choices, where)
+    offsets = _prompt_offsets(cols, meta, where)
+    _check_episodes(cols, meta, offsets, where)
+    _check_values(cols, meta, k_choices, where)
+    return offsets
 
 
 def default_trace_path(split: str) -> Path:
