@@ -20,7 +20,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from hlm_gym.environments.backends import ALL, NumpyOps
-from hlm_gym.environments.hybrid_lm.config import EnvConfigError, make_config
+from hlm_gym.environments.hybrid_lm.config import EnvConfigError, integer, make_config
 from hlm_gym.environments.hybrid_lm.kernel import EPISODE_KEYS, STEP_KEYS, HybridLMKernel
 from hlm_gym.environments.hybrid_lm.observation import OBS_HIGH, OBS_LOW, OBS_NAMES
 from hlm_gym.environments.hybrid_lm.simulation import EpisodeDraw, build_simulation, sub_env_seeds
@@ -52,11 +52,10 @@ class HybridLMVectorEnv(VectorEnv):
                                  "use the single environment for mode='live'")
         if render_mode is not None:
             raise EnvConfigError(f"bad option render_mode={render_mode!r}: the vector environment does not render")
-        if int(num_envs) < 1:
-            raise EnvConfigError(f"bad option num_envs={num_envs!r}: expected a positive integer")
         self.config = config
-        self.num_envs = n = int(num_envs)
-        self.max_episode_steps = int(max_episode_steps) if max_episode_steps else None
+        self.num_envs = n = integer("num_envs", num_envs, lo=1)
+        self.max_episode_steps = None if max_episode_steps is None else integer("max_episode_steps",
+                                                                                 max_episode_steps, lo=1)
         self.render_mode = None
         self.sim = sim = build_simulation(config, self.compressed)
         self._xp = xp
