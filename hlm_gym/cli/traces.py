@@ -21,23 +21,48 @@ def _int_tuple(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+#: Where ``traces build`` writes without ``--out`` (relative to the current folder); never the package.
+DEFAULT_OUT = "runs/traces/embedded-{split}.parquet"
+
+
+def _check_build_args(args: argparse.Namespace) -> None:
+    """One-line errors for bad numbers, before any model is loaded."""
+    from hlm_gym.traces.store import TraceError
+
+    for flag, value, low in (("--prompts", args.prompts, 1), ("--batch-size", args.batch_size, 1),
+                             ("--max-new-tokens", args.max_new_tokens, 1), ("--k", args.k, 1),
+                             ("--threads", args.threads, 1), ("--offset", args.offset, 0)):
+        if value < low:
+            raise TraceError(f"{flag} must be an integer >= {low}, got {value}")
+    if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
+        raise TraceError(f"--max-prompt-tokens must be an integer >= 1, got {args.max_prompt_tokens}")
+    for flag, value in (("--temperature", args.temperature), ("--theta-max", args.theta_max)):
+        if not value > 0 or value == float("inf"):
+            raise TraceError(f"{flag} must be a finite number > 0, got {value}")
+    bad = [k for k in args.k_choices if k < 1]
+    if bad or not args.k_choices:
+        raise TraceError(f"--k-choices must be positive integers, got {list(args.k_choices)}")
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
+    from hlm_gym.traces.builder import check_output
+
+    _check_build_args(args)
+    out = check_output(args.out or DEFAULT_OUT.format(split=args.split), overwrite=args.overwrite, label="--out")
+
     import torch
 
     from hlm_gym.lm.decoding import DecoderConfig
     from hlm_gym.lm.models import load_pair
     from hlm_gym.traces.builder import build_traces, sharegpt_trace_prompts
-    from hlm_gym.traces.store import TraceError, default_trace_path
+    from hlm_gym.traces.store import TraceError
 
-    if args.prompts < 1:
-        raise TraceError(f"--prompts must be a positive integer, got {args.prompts}")
     torch.set_num_threads(args.threads)
     config = DecoderConfig(mode=args.mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            k=args.k, theta_max=args.theta_max)
     pair = load_pair(slm=args.slm, llm=args.llm, device=args.device)
     vocab = pair.vocab_size
     k_choices = tuple(k for k in args.k_choices if k < vocab)
-    out = args.out or default_trace_path(args.split)
     prompts = sharegpt_trace_prompts(pair.tokenizer, args.split, args.prompts, args.seed, offset=args.offset,
                                      max_prompt_tokens=args.max_prompt_tokens)
     if not prompts:
@@ -52,8 +77,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
                              "max_prompt_tokens": args.max_prompt_tokens,
                              "build_command": "hlm-gym traces " + " ".join(sys.argv[sys.argv.index("build"):])
                              if "build" in sys.argv else " ".join(sys.argv)},
-                 log=lambda msg: print(msg, flush=True))
+                 log=lambda msg: print(msg, flush=True), on_stop=_note_stop, overwrite=args.overwrite)
     return 0
+
+
+def _note_stop(msg: str) -> None:
+    """What an interrupted or failed build leaves behind, to stderr."""
+    print(f"hlm-gym: {msg}", file=sys.stderr, flush=True)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -89,7 +119,13 @@ def register(subparsers: Any) -> None:
     b.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     b.add_argument("--device", default="cpu")
-    b.add_argument("--out", default=None, help="output .parquet (default: the shipped file of the split)")
+    b.add_argument("--out", default=None,
+                   help="output .parquet file (default: " + DEFAULT_OUT.replace("{split}", "SPLIT") + " in the "
+                        "current folder; the shipped files of the package are replaced only when named here, "
+                        "e.g. --out hlm_gym/data/traces/embedded-train.parquet --overwrite)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file (an interrupted build of the same settings resumes "
+                        "from OUT.parts/ either way)")
     b.set_defaults(func=_cmd_build)
     i = sub.add_parser("info", help="summarise a trace file")
     i.add_argument("path")

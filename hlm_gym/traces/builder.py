@@ -10,6 +10,7 @@ and the loader are in :mod:`hlm_gym.traces.store`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -191,68 +192,121 @@ def _columns_to_table(cols: dict[str, list], k_choices, prompt_offset: int, prom
     return pa.table(arrays)
 
 
-def build_traces(pair, prompts: Sequence[TracePrompt], config, out: str | os.PathLike,
-                 k_choices: Sequence[int] = DEFAULT_K_CHOICES, batch_size: int = 8, extra_meta: dict | None = None,
-                 measure: bool = True, log=None, resume: bool = True) -> Path:
-    """Trace ``prompts`` with always-send and write the Parquet file ``out`` (resumable by chunk).
+def check_output(out: str | os.PathLike, overwrite: bool = False, label: str = "output") -> Path:
+    """Check that the trace file ``out`` can be written, before any work; returns it as a :class:`Path`.
 
-    Each chunk of ``batch_size`` prompts is written to ``<out>.parts/part-XXXXX.parquet``;
-    an existing part whose fingerprint (settings + prompt ids) matches is reused. The parts
-    are merged into ``out`` (atomically) at the end and the part folder is removed.
+    Refused with a one-line :class:`TraceError` (``label`` names the flag, e.g. ``--out``): a
+    path that is a folder; an existing file unless ``overwrite``; a path under a file; a folder
+    that cannot be written; a part folder ``<out>.parts`` that is not a folder.
     """
+    out = Path(out)
+    if out.is_dir() or str(out).endswith(os.sep):
+        raise TraceError(f"{label} {out} is a folder; give the path of a .parquet file")
+    if out.exists() or out.is_symlink():
+        if not out.is_file():
+            raise TraceError(f"{label} {out} exists and is not a regular file")
+        if not overwrite:
+            raise TraceError(f"{label} {out} already exists; pass --overwrite to replace it, or choose another path")
+    parts = _parts_dir(out)
+    if parts.exists() and not parts.is_dir():
+        raise TraceError(f"{label} {out}: its part folder {parts} exists and is not a folder; remove it")
+    _check_writable_folder(out.parent, label, out)
+    return out
+
+
+def _check_writable_folder(folder: Path, label: str, out: Path) -> None:
+    """The nearest existing ancestor of ``folder`` must be a folder this process can write in."""
+    import tempfile
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TraceError(f"{label} {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TraceError(f"{label} {out}: folder {existing} is not writable")
+    if existing == folder:  # probe for read-only file systems and the like
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".hlm-gym-probe-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise TraceError(f"{label} {out}: cannot write in folder {folder} ({exc.strerror or exc})") from None
+
+
+def _parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def _parts_note(parts_dir: Path) -> str:
+    """What an interrupted build leaves behind (removing the part folder if it is empty)."""
+    parts = sorted(parts_dir.glob("part-*.parquet")) if parts_dir.is_dir() else []
+    if not parts:
+        with contextlib.suppress(OSError):
+            parts_dir.rmdir()
+        return "no finished chunks; nothing was left behind"
+    return (f"{len(parts)} finished chunk(s) kept in {parts_dir} for resuming: rerun the same command "
+            "(same settings and output) to continue, or delete the folder")
+
+
+def _chunk_fingerprint(settings: dict, chunk: Sequence[TracePrompt]) -> str:
     import hashlib
 
-    import pyarrow as pa
+    blob = json.dumps([settings, [(p.id, p.seed, list(p.ids)) for p in chunk]], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _write_parquet(table, path: Path, **kwargs) -> None:
+    """Write ``table`` to ``path`` through a unique temporary sibling (removed on any failure)."""
     import pyarrow.parquet as pq
 
-    out = Path(out)
-    log = log or (lambda msg: None)
-    k_choices = tuple(sorted(int(k) for k in k_choices))
-    settings = {"mode": config.mode, "temperature": config.temperature, "k": config.k,
-                "theta_max": config.theta_max, "max_new_tokens": config.max_new_tokens,
-                "stop_at_eos": config.stop_at_eos, "k_choices": list(k_choices),
-                "slm_fingerprint": pair.slm_fingerprint, "llm_fingerprint": pair.llm_fingerprint}
-    parts_dir = out.with_name(out.name + ".parts")
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    vocab = pair.vocab_size
+    from hlm_gym.paths import atomic_path
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, **kwargs)
+
+
+def _trace_chunks(pair, prompts: Sequence[TracePrompt], config, k_choices: tuple[int, ...], batch_size: int,
+                  parts_dir: Path, settings: dict, resume: bool, log) -> list:
+    """Trace ``prompts`` chunk by chunk, writing (or reusing) one part file per chunk; returns the tables."""
+    import pyarrow.parquet as pq
+
     eos = getattr(pair.tokenizer, "eos_token_id", None)
-    t_start = time.perf_counter()
-    n_tok = 0
+    n_chunks = math.ceil(len(prompts) / batch_size)
     tables = []
     for c0 in range(0, len(prompts), batch_size):
         chunk = list(prompts[c0:c0 + batch_size])
-        fp = hashlib.sha256(json.dumps([settings, [(p.id, p.seed, list(p.ids)) for p in chunk]],
-                                       sort_keys=True).encode()).hexdigest()[:16]
-        part = parts_dir / f"part-{c0 // batch_size:05d}-{fp}.parquet"
+        part = parts_dir / f"part-{c0 // batch_size:05d}-{_chunk_fingerprint(settings, chunk)}.parquet"
         if resume and part.is_file():
             try:
                 tables.append(pq.read_table(part))
                 log(f"chunk {c0 // batch_size}: reused {part.name}")
                 continue
-            except Exception:
-                part.unlink()
+            except Exception:  # a damaged part: trace the chunk again
+                part.unlink(missing_ok=True)
         t0 = time.perf_counter()
         cols = trace_batch(pair, chunk, config, k_choices, eos_token_id=eos)
         cols.pop("vocab_size", None)
         table = _columns_to_table(cols, k_choices, c0, chunk)
-        tmp = part.with_suffix(".tmp")
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, part)
+        _write_parquet(table, part, compression="zstd")
         tables.append(table)
-        n_tok += table.num_rows
         dt = time.perf_counter() - t0
-        log(f"chunk {c0 // batch_size + 1}/{math.ceil(len(prompts) / batch_size)}: {table.num_rows} tokens "
+        log(f"chunk {c0 // batch_size + 1}/{n_chunks}: {table.num_rows} tokens "
             f"in {dt:.1f} s ({table.num_rows / max(dt, 1e-9):.1f} tok/s)")
-    table = pa.concat_tables(tables)
+    return tables
+
+
+def _build_meta(pair, prompts: Sequence[TracePrompt], config, k_choices, table, t_start: float) -> dict:
     lengths = np.bincount(table.column("prompt").to_numpy(), minlength=len(prompts))
     token_ids = np.concatenate([table.column("draft").to_numpy(), table.column("token").to_numpy()])
-    meta = {
+    return {
         "schema_version": SCHEMA_VERSION,
         "slm_name": pair.slm_name, "llm_name": pair.llm_name,
         "slm_fingerprint": pair.slm_fingerprint, "llm_fingerprint": pair.llm_fingerprint,
         "mode": config.mode, "temperature": config.temperature, "k": config.k, "theta_max": config.theta_max,
         "max_new_tokens": config.max_new_tokens, "stop_at_eos": config.stop_at_eos,
-        "k_choices": list(k_choices), "vocab_size": vocab, "eos_token_id": eos,
+        "k_choices": list(k_choices), "vocab_size": pair.vocab_size,
+        "eos_token_id": getattr(pair.tokenizer, "eos_token_id", None),
         "prompts": [{"id": p.id, "split": p.split, "seed": int(p.seed), "n_tokens": int(n)}
                     for p, n in zip(prompts, lengths)],
         "token_text": _token_text(pair.tokenizer, token_ids),
@@ -260,23 +314,62 @@ def build_traces(pair, prompts: Sequence[TracePrompt], config, out: str | os.Pat
         "build_command": " ".join(sys.argv),
         "created_unix": int(time.time()),
     }
-    if measure and prompts:
-        meta.update(measure_step_times(pair, prompts[0].ids, config))
-    if extra_meta:
-        meta.update(extra_meta)
-    md = dict(table.schema.metadata or {})
-    md[META_KEY] = json.dumps(meta).encode("utf-8")
-    table = table.replace_schema_metadata(md)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd", compression_level=9)
-    os.replace(tmp, out)
+
+
+def _remove_parts(parts_dir: Path) -> None:
     for f in parts_dir.glob("part-*.parquet"):
-        f.unlink()
-    try:
+        f.unlink(missing_ok=True)  # a concurrent build of the same output may have removed it
+    with contextlib.suppress(OSError):
         parts_dir.rmdir()
-    except OSError:
-        pass
+
+
+def build_traces(pair, prompts: Sequence[TracePrompt], config, out: str | os.PathLike,
+                 k_choices: Sequence[int] = DEFAULT_K_CHOICES, batch_size: int = 8, extra_meta: dict | None = None,
+                 measure: bool = True, log=None, resume: bool = True, overwrite: bool = True,
+                 on_stop=None) -> Path:
+    """Trace ``prompts`` with always-send and write the Parquet file ``out`` (resumable by chunk).
+
+    ``out`` is checked first (:func:`check_output`; an existing file is replaced only with
+    ``overwrite``). Each chunk of ``batch_size`` prompts is written to
+    ``<out>.parts/part-XXXXX-<fingerprint>.parquet``; an existing part whose fingerprint
+    (settings + prompt ids) matches is reused. The parts are merged into ``out`` at the end and
+    the part folder is removed. Every file goes through a unique temporary name, so a failure
+    or Ctrl-C leaves no temporary file, only the finished parts; ``on_stop`` (default ``log``)
+    receives the line saying so before the exception propagates.
+    """
+    import pyarrow as pa
+
+    out = check_output(out, overwrite)
+    if not prompts:
+        raise TraceError("no prompts to trace")
+    if batch_size < 1:
+        raise TraceError(f"batch size must be a positive integer, got {batch_size}")
+    log = log or (lambda msg: None)
+    on_stop = on_stop or log
+    k_choices = tuple(sorted(int(k) for k in k_choices))
+    settings = {"mode": config.mode, "temperature": config.temperature, "k": config.k,
+                "theta_max": config.theta_max, "max_new_tokens": config.max_new_tokens,
+                "stop_at_eos": config.stop_at_eos, "k_choices": list(k_choices),
+                "slm_fingerprint": pair.slm_fingerprint, "llm_fingerprint": pair.llm_fingerprint}
+    parts_dir = _parts_dir(out)
+    t_start = time.perf_counter()
+    try:
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        table = pa.concat_tables(_trace_chunks(pair, prompts, config, k_choices, batch_size, parts_dir,
+                                               settings, resume, log))
+        meta = _build_meta(pair, prompts, config, k_choices, table, t_start)
+        if measure:
+            meta.update(measure_step_times(pair, prompts[0].ids, config))
+        meta.update(extra_meta or {})
+        md = dict(table.schema.metadata or {})
+        md[META_KEY] = json.dumps(meta).encode("utf-8")
+        _write_parquet(table.replace_schema_metadata(md), out, compression="zstd", compression_level=9)
+    except OSError as exc:
+        raise TraceError(f"cannot write traces for {out}: {exc}; {_parts_note(parts_dir)}") from None
+    except BaseException:
+        on_stop(f"trace build stopped: {_parts_note(parts_dir)}")
+        raise
+    _remove_parts(parts_dir)
     log(f"wrote {out} ({table.num_rows} tokens, {len(prompts)} prompts, {out.stat().st_size / 1e6:.2f} MB)")
     return out
 
