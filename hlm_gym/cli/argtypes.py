@@ -1,39 +1,96 @@
 """Arguments shared by the ``hlm-gym`` sub-commands: types that reject bad values in one line,
 and the options several commands take (``--env``, ``--risk-weight``, ``--threads``, ``--hp``).
-
 Nothing heavy is imported here (the env ids are plain strings), so ``hlm-gym --help`` stays fast.
+
+:func:`one_line_errors` makes a sub-parser report a bad flag as an
+:class:`~hlm_gym.errors.HLMGymError` (``hlm-gym: error: argument --seed: ...``, exit 2, no
+usage dump); values that need the harness (an available CUDA device, a scenario that exists,
+a writable output folder, typed hyperparameters) are checked by the harness before any work.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import math
+import re
+from typing import Any, NoReturn
 
 from hlm_gym.environments.registration import DEFAULT_ENV_ID, ENV_IDS
+from hlm_gym.errors import HLMGymError
 
-__all__ = ["positive_int", "nonneg_float", "unit_float", "float_list", "str_list", "hyper_override",
-           "add_env_argument", "add_risk_weight_argument", "add_threads_argument", "apply_threads"]
+__all__ = ["CommandLineError", "one_line_errors", "SEED_MAX", "positive_int", "nonneg_int", "seed", "device",
+           "nonneg_float", "unit_float", "float_list", "str_list", "hyper_override", "add_env_argument",
+           "add_risk_weight_argument", "add_threads_argument", "apply_threads"]
+
+#: The largest ``--seed`` (numpy's legacy seeding takes 32 bits; the harness adds offsets to it).
+SEED_MAX = 2**31 - 1
+_DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
+
+
+class CommandLineError(HLMGymError, ValueError):
+    """A flag the parser itself refuses (a bad value, a missing required flag)."""
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``parser`` raise :class:`CommandLineError` instead of printing its usage and exiting,
+    so the entry point reports ``hlm-gym: error: <command>: <message>`` in one line (exit 2)."""
+    command = parser.prog.split()[-1]
+
+    def error(message: str) -> NoReturn:
+        raise CommandLineError(f"{command}: {message} (see hlm-gym {command} --help)")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
+
+def _integer(text: str) -> int | None:
+    """``text`` as an integer (``1e5`` accepted); None when it is not one."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if math.isfinite(value) and value.is_integer() else None
 
 
 def positive_int(text: str) -> int:
     """A positive integer; scientific notation of an integer (``1e5``) is accepted."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if not value.is_integer() or value < 1:
+    value = _integer(text)
+    if value is None or value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(value)
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    """An integer >= 0."""
+    value = _integer(text)
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A seed: an integer in [0, SEED_MAX]."""
+    value = _integer(text)
+    if value is None or not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {SEED_MAX}], got {text!r}")
+    return value
+
+
+def device(text: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (whether CUDA is there is checked when the command runs)."""
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or auto, got {text!r}")
+    return text
 
 
 def nonneg_float(text: str) -> float:
-    """A number >= 0."""
+    """A finite number >= 0."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return value
 
 
@@ -49,28 +106,37 @@ def unit_float(text: str) -> float:
 
 
 def float_list(text: str) -> list[float]:
-    """Comma-separated numbers; ``none`` for an empty list."""
+    """Comma-separated numbers; ``none`` for an empty list (an empty text or item is refused)."""
     if text.strip().lower() == "none":
         return []
+    items = [x.strip() for x in text.split(",")]
+    if not text.strip() or any(not x for x in items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers (or none), got {text!r}")
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        return [float(x) for x in items]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def str_list(text: str) -> list[str]:
-    """Comma-separated names."""
-    return [x.strip() for x in text.split(",") if x.strip()]
+    """Comma-separated names (an empty text or item is refused)."""
+    items = [x.strip() for x in text.split(",")]
+    if not text.strip() or any(not x for x in items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return items
 
 
 def hyper_override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as YAML (``--hp n_steps=64``)."""
+    """``KEY=VALUE`` with VALUE read as YAML (``--hp n_steps=64``); the harness checks key and value."""
     import yaml
 
     key, eq, val = text.partition("=")
     if not eq or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(val)
+    try:
+        return key.strip(), yaml.safe_load(val)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: VALUE is not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def add_env_argument(p: argparse.ArgumentParser) -> None:
@@ -89,7 +155,7 @@ def add_risk_weight_argument(p: argparse.ArgumentParser, what: str = "risk weigh
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
     """``--threads N``: torch CPU threads."""
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (0: torch's default)")
 
 
 def apply_threads(n: int) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hlm_gym.cli.argtypes import (add_env_argument, add_threads_argument, apply_threads, float_list, hyper_override,
-                                  nonneg_float, positive_int, str_list)
+from hlm_gym.cli.argtypes import (add_env_argument, add_threads_argument, apply_threads, device, float_list,
+                                  hyper_override, nonneg_float, nonneg_int, one_line_errors, positive_int, seed,
+                                  str_list)
 
 __all__ = ["register"]
 
@@ -16,7 +17,6 @@ def _run(args: argparse.Namespace) -> int:
     def opt(values):
         return None if values is None else tuple(values)
 
-    apply_threads(args.threads)
     cfg = CompareConfig(scenarios=tuple(args.scenarios), risk_weights=opt(args.risk_weights),
                         risk_targets=opt(args.risk_targets), target_risk_weight=args.target_risk_weight,
                         timesteps=args.timesteps, full=args.full, thresholds=opt(args.thresholds),
@@ -24,6 +24,7 @@ def _run(args: argparse.Namespace) -> int:
                         env_backend=args.env_backend, n_envs=args.n_envs, traces=args.traces, out=args.out,
                         progress=True, overrides=dict(args.overrides), jobs=args.jobs, resume=args.resume,
                         env_id=args.env_id)
+    apply_threads(args.threads)
     compare(cfg)
     return 0
 
@@ -34,11 +35,13 @@ def register(subparsers: Any) -> None:
 
     def nums(key: str) -> str:
         return ",".join(f"{x:g}" for x in d[key])
-    p = subparsers.add_parser("compare", help="the main job: learned PPO vs analytic thresholds on the test split",
+    p = one_line_errors(subparsers.add_parser("compare", help="the main job: learned PPO vs analytic thresholds on the test split",
                               description="Train PPO over sweeps of the reward (risk weights lambda; risk targets R), "
                                           "sweep the U-HLM, Learn-then-Test and channel-aware thresholds, evaluate all "
                                           "on the test split per scenario; write a table (terminal/Markdown/CSV), "
-                                          "Pareto plots and TensorBoard logs.")
+                                          "Pareto plots and TensorBoard logs. Every flag is checked before any "
+                                          "work; --out is locked while the comparison runs and its results are "
+                                          "replaced only when the whole comparison completes."))
     add_env_argument(p)
     p.add_argument("--scenarios", type=str_list, default=list(d["scenarios"]),
                    help=f"comma-separated scenarios (default {','.join(d['scenarios'])})")
@@ -58,11 +61,13 @@ def register(subparsers: Any) -> None:
                    help=f"PPO steps per run (default {d['timesteps']}; --full: {d['full_timesteps']})")
     p.add_argument("--full", action="store_true",
                    help="the large budget (more steps, risk weights and risk targets; use --jobs on a many-core machine)")
-    p.add_argument("--thresholds", type=float_list, default=None, help="U-HLM u_th sweep (comma-separated)")
-    p.add_argument("--ltt-deltas", type=float_list, default=None, help="Learn-then-Test risk levels delta")
+    p.add_argument("--thresholds", type=float_list, default=None,
+                   help="U-HLM u_th sweep, comma-separated values in [0, 1] (default: 16 values from 0 to 1)")
+    p.add_argument("--ltt-deltas", type=float_list, default=None,
+                   help=f"Learn-then-Test risk levels delta, comma-separated values in (0, 1) (default {nums('ltt_deltas')})")
     p.add_argument("--episodes", type=positive_int, default=None, help="test episodes per policy and scenario")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=seed, default=0, help="random seed, an integer >= 0 (default 0)")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--env-backend", choices=["numpy", "torch"], default="numpy",
                    help="PPO training environments: numpy on the CPU, or torch on --device")
     p.add_argument("--n-envs", type=positive_int, default=None, help="PPO parallel environments (default: YAML)")
@@ -71,10 +76,10 @@ def register(subparsers: Any) -> None:
                    metavar="KEY=VALUE", help="override one PPO hyperparameter of agents/ppo.yml (repeatable)")
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     add_threads_argument(p)
-    p.add_argument("--jobs", type=int, default=0,
+    p.add_argument("--jobs", type=nonneg_int, default=0,
                    help="PPO runs trained at once, in worker processes of one torch thread each "
                         "(default 0: one per CPU core, at most 4)")
     p.add_argument("--resume", action="store_true",
-                   help="reuse the training runs in --out that finished with the same settings "
-                        "(their summary.json says so); train only the others")
+                   help="reuse the training runs in --out that finished with the same settings and whose files "
+                        "match the sha256 their summary.json records; train only the others (one line each says why)")
     p.set_defaults(func=_run)

@@ -5,19 +5,25 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hlm_gym.cli.argtypes import add_env_argument, add_risk_weight_argument, positive_int, unit_float
+from hlm_gym.cli.argtypes import (add_env_argument, add_risk_weight_argument, one_line_errors, positive_int, seed,
+                                  unit_float)
 
 __all__ = ["register"]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hlm_gym.harness.evaluation import evaluate, format_table, write_outputs
+    from hlm_gym.harness.checks import check_out_dir
+    from hlm_gym.harness.evaluation import check_evaluation, evaluate, format_table, write_outputs
 
+    check_evaluation(args.policy, env_id=args.env_id, scenario=args.scenario, split=args.split, episodes=args.episodes,
+                     seed=args.seed, mode=args.mode, num_envs=args.num_envs, reference=args.reference)
+    if args.out is not None:  # before the evaluation: a bad --out must not cost the work
+        check_out_dir(args.out, "--out")
     res = evaluate(args.policy, env_id=args.env_id, scenario=args.scenario, split=args.split, episodes=args.episodes,
                    seed=args.seed, mode=args.mode, risk_weight=args.risk_weight, risk_target=args.risk_target,
                    num_envs=args.num_envs, traces=args.traces, reference=args.reference)
     print(format_table(res))
-    if args.out:
+    if args.out is not None:
         paths = write_outputs(res, args.out)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -25,8 +31,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``evaluate`` to the ``hlm-gym`` sub-parsers."""
-    p = subparsers.add_parser("evaluate", help="evaluate a policy on held-out traces or live",
-                              description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p = one_line_errors(subparsers.add_parser("evaluate", help="evaluate a policy on held-out traces or live",
+                                              description=__doc__.splitlines()[0].split(": ", 1)[1]))
     p.add_argument("--policy", required=True,
                    help="policy spec: always, never, random:R, threshold:U, uhlm[:prone], bild[:A], calm[:L], "
                         "ltt[:delta=D,eps=E], channel-aware[:lambda=L,target=R], ppo:PATH.zip")
@@ -34,7 +40,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--scenario", default="static-good", help="scenario name or YAML path (default static-good)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"))
     p.add_argument("--episodes", type=positive_int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="random seed, an integer >= 0 (default 0)")
     p.add_argument("--mode", choices=("trace", "live"), default="trace")
     add_risk_weight_argument(p)
     p.add_argument("--risk-target", type=unit_float, default=None,

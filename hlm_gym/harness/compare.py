@@ -33,27 +33,33 @@ column is the risk weight of the row's reward.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
+from hlm_gym.harness.checks import (check_int, check_number, check_out_dir, check_scenarios, check_seed,
+                                    check_sweep)
 from hlm_gym.harness.compare_defaults import DEFAULTS
-from hlm_gym.harness.errors import TrainingError
+from hlm_gym.harness.errors import CompareError
 from hlm_gym.harness.families import DEFAULT_ENV_ID, family_for
 from hlm_gym.harness.hybrid_lm import SWEEP_FAMILY, reward_label
-from hlm_gym.paths import atomic_write_bytes, atomic_write_text
+from hlm_gym.harness.hyperparams import check_algo
+from hlm_gym.harness.run_folder import FolderLock, signals_deferred, verify_artifacts
+from hlm_gym.paths import atomic_write_bytes
 from hlm_gym.policies.base import PolicyError
 
-__all__ = ["DEFAULTS", "CompareConfig", "compare", "command_line", "dominance", "analytic_front", "result_row",
-           "config_from_saved"]
+__all__ = ["DEFAULTS", "CompareConfig", "compare", "check_config", "command_line", "dominance", "analytic_front",
+           "result_row", "config_from_saved", "finished_run", "render_outputs", "write_outputs"]
 
 MATCH_TOL = 0.10  # matched risk: within 10% relative
 GAIN_TARGET = 0.10  # the issue's claim: >= 10% more tokens/s at matched risk
@@ -102,8 +108,8 @@ class CompareConfig:
                 "ppo_runs": tuple((float(w), 0.0) for w in weights)
                             + tuple((float(self.target_risk_weight), float(t)) for t in targets),
                 "timesteps": int(self.timesteps or (DEFAULTS["full_timesteps"] if full else DEFAULTS["timesteps"])),
-                "thresholds": tuple(self.thresholds or DEFAULTS["thresholds"]),
-                "ltt_deltas": tuple(self.ltt_deltas or DEFAULTS["ltt_deltas"]),
+                "thresholds": tuple(self.thresholds) if self.thresholds is not None else tuple(DEFAULTS["thresholds"]),
+                "ltt_deltas": tuple(self.ltt_deltas) if self.ltt_deltas is not None else tuple(DEFAULTS["ltt_deltas"]),
                 "episodes": int(self.episodes or (DEFAULTS["full_episodes"] if full else DEFAULTS["episodes"]))}
 
 
@@ -185,12 +191,17 @@ def auto_jobs(n_runs: int) -> int:
     return max(1, min(4, cores, n_runs))
 
 
+def _run_folder_name(risk_weight: float, target: float) -> str:
+    """The folder of one PPO run under ``runs/<scenario>/`` (``lambda5``, ``lambda10-target0.3``)."""
+    return reward_label(risk_weight, target).replace("=", "").replace(",", "-")
+
+
 def _train_config(config: CompareConfig, rc: dict[str, Any], out: Path, scenario: str, risk_weight: float,
                   target: float):
     """The :class:`~hlm_gym.harness.training.TrainConfig` of one PPO run of the sweep."""
     from hlm_gym.harness.training import TrainConfig
 
-    name = reward_label(risk_weight, target).replace("=", "").replace(",", "-")
+    name = _run_folder_name(risk_weight, target)
     return TrainConfig(algo=config.algo, env_id=config.env_id, scenario=scenario, risk_weight=risk_weight,
                        risk_target=target or None, device=config.device, env_backend=config.env_backend,
                        n_envs=config.n_envs, timesteps=rc["timesteps"], seed=config.seed,
@@ -199,40 +210,151 @@ def _train_config(config: CompareConfig, rc: dict[str, Any], out: Path, scenario
                        overrides=dict(config.overrides or {}))
 
 
-def _train_job(cfg: Any, threads: int = 0) -> dict[str, Any]:
-    """Train one run (in this process or a worker); what the comparison keeps of it."""
+# ------------------------------------------------------------------------------------ checks
+def _check_ppo_runs(rc: dict[str, Any]) -> None:
+    """At least one PPO run, and no two runs in one folder (a risk target 0 at the target risk
+    weight is the error-rate run of that weight; values equal to 6 digits share a name)."""
+    if not rc["ppo_runs"]:
+        raise CompareError("no PPO runs: give at least one risk weight (--risk-weights) or risk target (--risk-targets)")
+    seen: dict[str, tuple[float, float]] = {}
+    for weight, target in rc["ppo_runs"]:
+        name = _run_folder_name(weight, target)
+        if name in seen:
+            raise CompareError(f"two PPO runs would share the folder {name!r} (risk weight {weight:g}, risk target "
+                               f"{target:g} and {seen[name][0]:g}, {seen[name][1]:g}); give each reward once")
+        seen[name] = (weight, target)
+
+
+def check_config(config: CompareConfig) -> dict[str, Any]:
+    """The resolved settings of ``config`` with every value checked, before any work: scenarios
+    (each loaded), the sweeps (non-empty where a sweep is needed, each value in range, none
+    twice), budgets, seed, jobs, the data, and each PPO run's training settings (hyperparameters,
+    device) as ``hlm-gym train`` checks them; a one-line :class:`CompareError` (or the training
+    checks' error) naming the flag, the value and what is allowed otherwise. Writes nothing."""
+    from hlm_gym.harness.training import prepare
+
+    family = family_for(config.env_id)
+    check_algo(config.algo)
+    check_scenarios(config.scenarios, "--scenarios", CompareError)
+    _check_sweeps(config)
+    for flag, value in (("--timesteps", config.timesteps), ("--episodes", config.episodes),
+                        ("--n-envs", config.n_envs)):
+        if value is not None:
+            check_int(value, flag, 1, error=CompareError)
+    check_int(config.eval_episodes, "--eval-episodes", 1, error=CompareError)
+    check_int(config.jobs, "--jobs", 0, error=CompareError)
+    check_seed(config.seed, "--seed", CompareError)
+    rc = config.resolved()
+    _check_ppo_runs(rc)
+    family.check_data(config.traces)
+    out = check_out_dir(config.out, "--out", create=False)
+    for sc in rc["scenarios"]:
+        for weight, target in rc["ppo_runs"]:
+            prepare(_train_config(config, rc, out, sc, weight, target), create_out=False)
+    return rc
+
+
+def _check_sweeps(config: CompareConfig) -> None:
+    """The sweep lists given (None: the defaults): risk weights finite >= 0 and risk targets in
+    [0, 1] (empty: no such runs), thresholds in [0, 1] and LTT deltas in (0, 1) (never empty);
+    the target risk weight > 0 when there are risk-target runs."""
+    if config.risk_weights is not None:
+        check_sweep(config.risk_weights, "--risk-weights", 0, allow_empty=True)
+    if config.risk_targets is not None:
+        check_sweep(config.risk_targets, "--risk-targets", 0, 1, allow_empty=True)
+    if config.thresholds is not None:
+        check_sweep(config.thresholds, "--thresholds", 0, 1)
+    if config.ltt_deltas is not None:
+        check_sweep(config.ltt_deltas, "--ltt-deltas", 0, 1, lo_open=True, hi_open=True)
+    has_targets = config.risk_targets is None or len(config.risk_targets) > 0
+    check_number(config.target_risk_weight, "--target-risk-weight", 0, lo_open=has_targets, error=CompareError)
+
+
+# ------------------------------------------------------------------------------------ training
+def _train_job(cfg: Any, threads: int = 0, worker: bool = False) -> dict[str, Any]:
+    """Train one run (in this process or, ``worker``, a pool worker: Ctrl-C reaches it only while
+    it trains, see :func:`_ignore_sigint`); what the comparison keeps of it."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     from hlm_gym.harness.training import train
 
-    res = train(cfg)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler) if worker else None
+    try:
+        res = train(cfg)
+    finally:
+        if worker:
+            signal.signal(signal.SIGINT, old)
     return {"model": str(res.files.get("model_best", res.files["model_last"])), "wall_s": res.summary["wall_s"],
             "steps_per_s": res.summary["steps_per_s"], "tensorboard": str(res.files["tensorboard"]), "reused": False}
 
 
-def finished_run(cfg: Any) -> Optional[dict[str, Any]]:
-    """What :func:`_train_job` returns for ``cfg``, from a finished run in ``cfg.out`` whose
-    ``summary.json`` records the same settings and whose model file exists; else None."""
+def _ignore_sigint() -> None:
+    """Pool workers' initializer: SIGINT is ignored between runs (the parent stops idle workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _settings_diff(recorded: Any, current: dict[str, Any]) -> str:
+    """The settings that differ between a run's recorded config and ``current`` (at most three)."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    keys = [k for k in dict.fromkeys([*current, *recorded]) if recorded.get(k) != current.get(k)]
+    shown = ", ".join(f"{k} {recorded.get(k)!r} -> {current.get(k)!r}" for k in keys[:3])
+    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def finished_run(cfg: Any) -> tuple[Optional[dict[str, Any]], str]:
+    """``(info, why)``: what :func:`_train_job` returns for ``cfg``, from a finished run in
+    ``cfg.out`` whose ``summary.json`` records the same settings and whose files match the sha256
+    it records; else ``(None, why not)``."""
     from hlm_gym.harness.training import config_dict
 
+    folder = Path(cfg.out)
     try:
-        s = json.loads((Path(cfg.out) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
+        s = json.loads((folder / "summary.json").read_text())
+    except FileNotFoundError:
+        return None, "no summary.json (never trained, or interrupted)"
+    except (OSError, ValueError) as exc:
+        return None, f"summary.json unreadable ({type(exc).__name__})"
+    if not isinstance(s, dict):
+        return None, "summary.json is not a run summary"
+    current = config_dict(cfg)
+    if s.get("config") != current:
+        return None, f"settings differ: {_settings_diff(s.get('config'), current)}"
+    problem = verify_artifacts(folder, s.get("artifacts"))
+    if problem:
+        return None, problem
+    art = s["artifacts"].get("model_best") or s["artifacts"].get("model_last")
+    if art is None:
+        return None, "summary.json records no model"
     files = s.get("files") or {}
-    model = files.get("model_best") or files.get("model_last")
-    if s.get("config") != config_dict(cfg) or not model or not Path(model).is_file():
-        return None
-    return {"model": model, "wall_s": s.get("wall_s"), "steps_per_s": s.get("steps_per_s"),
-            "tensorboard": files.get("tensorboard", ""), "reused": True}
+    return ({"model": str(folder / art["file"]), "wall_s": s.get("wall_s"), "steps_per_s": s.get("steps_per_s"),
+             "tensorboard": files.get("tensorboard", ""), "reused": True},
+            "finished with the same settings, files match their sha256")
+
+
+def _say(bar: Any, text: str) -> None:
+    """One line to the terminal, above the progress bar if there is one."""
+    if bar is not None:
+        bar.write(text)
+    else:
+        print(text, flush=True)
+
+
+def _resume(configs: list[Any], bar: Any) -> list[Optional[dict[str, Any]]]:
+    """The reusable runs among ``configs`` (None where a run must be trained), one line each saying why."""
+    infos: list[Optional[dict[str, Any]]] = []
+    for cfg in configs:
+        info, why = finished_run(cfg)
+        _say(bar, f"resume: {'reuse' if info else 'retrain'} {cfg.out}: {why}")
+        infos.append(info)
+    return infos
 
 
 def _train_all(configs: list[Any], jobs: int, bar: Any, resume: bool = False) -> list[dict[str, Any]]:
     """Train every run, ``jobs`` at a time in worker processes (one torch thread each) when ``jobs > 1``;
-    with ``resume``, runs already finished with the same settings are reused, not retrained."""
-    infos: list[Optional[dict[str, Any]]] = [finished_run(cfg) if resume else None for cfg in configs]
+    with ``resume``, runs already finished with the same settings (and intact files) are reused."""
+    infos = _resume(configs, bar) if resume else [None] * len(configs)
     todo = [i for i, info in enumerate(infos) if info is None]
     if bar is not None:
         bar.update(len(configs) - len(todo))
@@ -244,18 +366,50 @@ def _train_all(configs: list[Any], jobs: int, bar: Any, resume: bool = False) ->
             if bar is not None:
                 bar.update(1)
         return infos  # type: ignore[return-value]
+    if bar is not None:
+        bar.set_description(f"train {len(todo)} runs, {jobs} at a time")
+    for i, info in _train_parallel([configs[i] for i in todo], jobs, bar):
+        infos[todo[i]] = info
+    return infos  # type: ignore[return-value]
+
+
+def _train_parallel(configs: list[Any], jobs: int, bar: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(index, info)`` of each run as it finishes, trained by ``jobs`` spawned workers. On an
+    error or Ctrl-C the queued runs are cancelled and the running ones interrupted (their run
+    folders stay as they were), then the error is raised."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    if bar is not None:
-        bar.set_description(f"train {len(todo)} runs, {jobs} at a time")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_job, configs[i], 1): i for i in todo}
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_ignore_sigint)
+    futures = {pool.submit(_train_job, cfg, 1, True): i for i, cfg in enumerate(configs)}
+    try:
         for fut in as_completed(futures):
-            infos[futures[fut]] = fut.result()
+            yield futures[fut], fut.result()
             if bar is not None:
                 bar.update(1)
-    return infos  # type: ignore[return-value]
+    except BaseException:
+        _stop_workers(pool, list(futures))
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop_workers(pool: Any, futures: list[Any], grace_s: float = 30.0) -> None:
+    """Cancel queued runs, interrupt running ones (SIGINT: they clean up), terminate any left after ``grace_s``."""
+    import multiprocessing
+    import os
+    from concurrent.futures import wait
+
+    pool.shutdown(wait=False, cancel_futures=True)
+    workers = multiprocessing.active_children()
+    for p in workers:
+        with contextlib.suppress(OSError):
+            os.kill(p.pid, signal.SIGINT)
+    wait(futures, timeout=grace_s)
+    for p in workers:
+        if p.is_alive():
+            p.terminate()
 
 
 def result_row(scenario: str, family: str, policy: str, res: Any, risk_weight: Optional[float] = None,
@@ -296,73 +450,78 @@ def _progress(enabled: bool, total: int, desc: str):
 
 
 def compare(config: CompareConfig) -> dict[str, Any]:
-    """Run the comparison; returns the rows, the dominance records and the files written."""
-    from hlm_gym.harness.evaluation import evaluate
-    from hlm_gym.wireless.scenarios import load_scenario
+    """Run the comparison; returns the rows, the dominance records and the files written.
 
+    Every setting is checked first (:func:`check_config`); then ``--out`` is locked for this
+    comparison, the runs trained (or, with ``resume``, reused), every policy evaluated, and the
+    outputs written only once all of it has completed."""
     t0 = time.perf_counter()
-    family = family_for(config.env_id)
-    rc = config.resolved()
-    family.check_data(config.traces)
-    for sc in rc["scenarios"]:
-        load_scenario(sc)  # fail early on a bad name
-    if any(not (w >= 0) for w in rc["risk_weights"]):
-        raise TrainingError(f"risk weights must be numbers >= 0, got {rc['risk_weights']}")
-    if any(not (0 <= t <= 1) for t in rc["risk_targets"]):
-        raise TrainingError(f"risk targets must be numbers in [0, 1], got {rc['risk_targets']}")
-    if rc["risk_targets"] and not rc["target_risk_weight"] > 0:
-        raise TrainingError(f"target risk weight must be > 0 for risk-target runs, got {rc['target_risk_weight']}")
-    if not rc["ppo_runs"]:
-        raise TrainingError("no PPO runs: give at least one risk weight or risk target")
-    if not (isinstance(config.jobs, int) and config.jobs >= 0):
-        raise TrainingError(f"jobs must be a positive integer or 0 (auto), got {config.jobs!r}")
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    rc = check_config(config)
+    out = check_out_dir(config.out, "--out")
+    with FolderLock(out, "comparison folder"):
+        return _compare(config, rc, out, t0)
 
+
+def _compare(config: CompareConfig, rc: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
+    """The comparison proper, on checked settings, in a locked ``out``."""
+    family = family_for(config.env_id)
     analytic = family.analytic_policies(rc)
-    n_jobs = len(rc["scenarios"]) * (2 * len(rc["ppo_runs"]) + len(analytic))
-    bar = _progress(config.progress, n_jobs, "compare")
-    ev = {"env_id": config.env_id, "split": "test", "episodes": rc["episodes"], "seed": config.seed + 20_000,
-          "traces": config.traces}
-    shared = family.shared_policy_context(config.traces)  # computed once (HybridLM: the U-HLM fit)
-    rows: list[dict[str, Any]] = []
-    runs: list[dict[str, Any]] = []
+    bar = _progress(config.progress, len(rc["scenarios"]) * (2 * len(rc["ppo_runs"]) + len(analytic)), "compare")
     try:
         # 1. PPO over the reward sweep (trained on train, best checkpoint by validation reward)
         configs = [_train_config(config, rc, out, sc, weight, target)
                    for sc in rc["scenarios"] for weight, target in rc["ppo_runs"]]
         infos = _train_all(configs, config.jobs or auto_jobs(len(configs)), bar, config.resume)
-        for cfg, info in zip(configs, infos):
-            runs.append({"scenario": cfg.scenario, "risk_weight": cfg.risk_weight,
-                         "risk_target": cfg.risk_target or 0.0} | info)
-        for sc in rc["scenarios"]:
-            for run in (r for r in runs if r["scenario"] == sc):
-                label = reward_label(run["risk_weight"], run["risk_target"])
-                if bar is not None:
-                    bar.set_description(f"test {sc} ppo {label}")
-                r = evaluate(f"ppo:{run['model']}", scenario=sc, risk_weight=run["risk_weight"], **ev)
-                rows.append(result_row(sc, "ppo", f"ppo:{label}", r, run["risk_weight"], run["risk_target"]))
-                if bar is not None:
-                    bar.update(1)
-            # 2. the analytic rules on the same test episodes
-            for a in analytic:
-                if bar is not None:
-                    bar.set_description(f"test {sc} {a.spec}")
-                try:
-                    r = evaluate(a.spec, scenario=sc, risk_weight=a.risk_weight, policy_context=shared, **ev)
-                    rows.append(result_row(sc, a.family, a.spec, r, a.risk_weight, a.param))
-                except PolicyError as exc:  # e.g. U-HLM thresholds undefined when beta does not grow with u
-                    rows.append(_undefined_row(sc, a.family, a.spec, a.risk_weight, a.param, exc))
-                if bar is not None:
-                    bar.update(1)
+        runs = [{"scenario": cfg.scenario, "risk_weight": cfg.risk_weight, "risk_target": cfg.risk_target or 0.0}
+                | info for cfg, info in zip(configs, infos)]
+        # 2. every PPO model and analytic rule on the same test episodes
+        rows = _evaluate_all(config, rc, runs, analytic, family, bar)
     finally:
         if bar is not None:
             bar.close()
-
     dom = [d for sc in rc["scenarios"] for d in dominance(rows, sc, reference=family.sweep_family)]
     dom_err = [d for sc in rc["scenarios"] for d in dominance(rows, sc, "error_rate", family.sweep_family)]
     wall = time.perf_counter() - t0
     files = write_outputs(out, rows, dom + dom_err, runs, rc, config, wall)
+    _report(rows, dom, dom_err, files, wall)
+    return {"rows": rows, "dominance": dom, "dominance_error_rate": dom_err, "runs": runs, "files": files,
+            "wall_s": wall}
+
+
+def _evaluate_all(config: CompareConfig, rc: dict[str, Any], runs: list[dict[str, Any]], analytic: list[Any],
+                  family: Any, bar: Any) -> list[dict[str, Any]]:
+    """The results rows: each PPO model and each analytic rule on each scenario's test episodes."""
+    from hlm_gym.harness.evaluation import evaluate
+
+    ev = {"env_id": config.env_id, "split": "test", "episodes": rc["episodes"], "seed": config.seed + 20_000,
+          "traces": config.traces}
+    shared = family.shared_policy_context(config.traces)  # computed once (HybridLM: the U-HLM fit)
+    rows: list[dict[str, Any]] = []
+    for sc in rc["scenarios"]:
+        for run in (r for r in runs if r["scenario"] == sc):
+            label = reward_label(run["risk_weight"], run["risk_target"])
+            if bar is not None:
+                bar.set_description(f"test {sc} ppo {label}")
+            r = evaluate(f"ppo:{run['model']}", scenario=sc, risk_weight=run["risk_weight"], **ev)
+            rows.append(result_row(sc, "ppo", f"ppo:{label}", r, run["risk_weight"], run["risk_target"]))
+            if bar is not None:
+                bar.update(1)
+        for a in analytic:
+            if bar is not None:
+                bar.set_description(f"test {sc} {a.spec}")
+            try:
+                r = evaluate(a.spec, scenario=sc, risk_weight=a.risk_weight, policy_context=shared, **ev)
+                rows.append(result_row(sc, a.family, a.spec, r, a.risk_weight, a.param))
+            except PolicyError as exc:  # e.g. U-HLM thresholds undefined when beta does not grow with u
+                rows.append(_undefined_row(sc, a.family, a.spec, a.risk_weight, a.param, exc))
+            if bar is not None:
+                bar.update(1)
+    return rows
+
+
+def _report(rows: list[dict[str, Any]], dom: list[dict[str, Any]], dom_err: list[dict[str, Any]],
+            files: dict[str, Path], wall: float) -> None:
+    """The tables, the dominance checks and the files written, on the terminal."""
     print(format_table(rows))
     print()
     print(format_dominance(dom))
@@ -372,8 +531,6 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     print(f"compare finished in {wall / 60:.1f} min; files written:")
     for k, v in files.items():
         print(f"  {k:<14} {v}")
-    return {"rows": rows, "dominance": dom, "dominance_error_rate": dom_err, "runs": runs, "files": files,
-            "wall_s": wall}
 
 
 def config_from_saved(saved: dict[str, Any]) -> tuple[CompareConfig, dict[str, Any]]:
@@ -557,13 +714,10 @@ def pareto_png(rows: list[dict[str, Any]], scenario: str) -> bytes:
     return buf.getvalue()
 
 
-def write_outputs(out: Path, rows, dom, runs, rc, config: CompareConfig, wall: float) -> dict[str, Path]:
+def render_outputs(rows, dom, runs, rc, config: CompareConfig, wall: float) -> dict[str, tuple[str, bytes]]:
+    """Every output of a comparison in memory: ``key -> (file name, bytes)`` (tables, CSVs, plots, JSON)."""
     dom_risk = [d for d in dom if d["metric"] == "risk"]
     dom_err = [d for d in dom if d["metric"] != "risk"]
-    files = {"results_csv": out / "results.csv", "dominance_csv": out / "dominance.csv",
-             "results_md": out / "results.md", "json": out / "compare.json"}
-    atomic_write_text(files["results_csv"], _csv(rows, COLUMNS))
-    atomic_write_text(files["dominance_csv"], _csv(dom, DOM_COLUMNS))
     cmd = command_line(config)
     md = ["# hlm-gym compare: learned PPO vs analytic thresholds", "",
           f"Command: `{cmd}` (scenarios {', '.join(rc['scenarios'])}; lambdas {', '.join(map(str, rc['risk_weights']))}; "
@@ -576,14 +730,30 @@ def write_outputs(out: Path, rows, dom, runs, rc, config: CompareConfig, wall: f
           "(relative) of the PPO point's; if there is none, the U-HLM front (upper envelope of the sweep) linearly "
           "interpolated at the PPO point's risk.", "", format_dominance(dom_risk, markdown=True), "",
           "Secondary check, error rate as the risk axis:", "", format_dominance(dom_err, markdown=True), ""]
+    contents = {"results_csv": ("results.csv", _csv(rows, COLUMNS).encode()),
+                "dominance_csv": ("dominance.csv", _csv(dom, DOM_COLUMNS).encode())}
     for sc in rc["scenarios"]:
-        key = f"pareto_{sc}"
-        files[key] = out / f"pareto-{sc}.png"
-        atomic_write_bytes(files[key], pareto_png(rows, sc))
+        contents[f"pareto_{sc}"] = (f"pareto-{sc}.png", pareto_png(rows, sc))
         md.append(f"![{sc}](pareto-{sc}.png)")
-    atomic_write_text(files["results_md"], "\n".join(md) + "\n")
+    contents["results_md"] = ("results.md", ("\n".join(md) + "\n").encode())
     doc = {"config": asdict(config) | {"resolved": rc}, "wall_s": round(wall, 1), "rows": rows, "dominance": dom,
            "runs": runs}
-    atomic_write_text(files["json"], json.dumps(doc, indent=2, default=str) + "\n")
+    contents["json"] = ("compare.json", (json.dumps(doc, indent=2, default=str) + "\n").encode())
+    return contents
+
+
+def write_outputs(out: Path, rows, dom, runs, rc, config: CompareConfig, wall: float) -> dict[str, Path]:
+    """Render every output first, then write them all (each atomically, under a unique temporary
+    name; Ctrl-C deferred until the last is in place) and remove plots of scenarios this
+    comparison did not have, so the folder holds one comparison's results, never a mix."""
+    out = Path(out)
+    contents = render_outputs(rows, dom, runs, rc, config, wall)
+    files = {key: out / name for key, (name, _) in contents.items()}
+    with signals_deferred():
+        for key, (_, data) in contents.items():
+            atomic_write_bytes(files[key], data)
+        for stale in out.glob("pareto-*.png"):
+            if stale not in files.values():
+                stale.unlink(missing_ok=True)
     files["tensorboard"] = out / "runs"
     return files

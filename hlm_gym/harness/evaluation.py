@@ -22,20 +22,23 @@ import csv
 import io
 import json
 import time
+from os import PathLike
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from hlm_gym.harness.checks import check_choice, check_int, check_scenarios
 from hlm_gym.harness.errors import EvaluationError
 from hlm_gym.harness.families import DEFAULT_ENV_ID, family_for
 from hlm_gym.harness.family import EnvSettings, EpisodeTracker
 from hlm_gym.harness.results import CI_METHOD, EvaluationResult, summarize_episodes, t_interval
+from hlm_gym.harness.run_folder import signals_deferred
 from hlm_gym.paths import atomic_write_text
 from hlm_gym.policies.base import Policy
 
 __all__ = ["EvaluationResult", "EvaluationError", "CI_METHOD", "summarize_episodes", "t_interval", "run_episodes",
-           "make_eval_env", "evaluate", "format_table", "write_outputs"]
+           "make_eval_env", "check_evaluation", "evaluate", "format_table", "write_outputs"]
 
 
 def run_episodes(env: Any, policy: Policy, n_episodes: int, seed: int, tracker: EpisodeTracker,
@@ -88,6 +91,31 @@ def make_eval_env(settings: EnvSettings, split: str, num_envs: int = 16, env_id:
     return family.make_vector_env(env_id, num_envs, family.env_kwargs(settings, split))
 
 
+#: Seeds :func:`evaluate` takes (numpy's legacy seeding limit; the CLI's ``--seed`` stops at ``SEED_MAX``).
+EVAL_SEED_MAX = 2**32 - 1
+
+
+def check_evaluation(policy: "str | Policy", *, env_id: str = DEFAULT_ENV_ID, scenario: Any = None,
+                     split: str = "test", episodes: int = 100, seed: int = 0, mode: str = "trace",
+                     num_envs: int = 16, reference: str = "live") -> None:
+    """Check an evaluation's settings before any work (:class:`EvaluationError` naming the flag, the
+    value and what is allowed; a policy spec's own error): env id, mode, split, episodes, seed,
+    parallel envs, the fidelity reference, the policy spec and the scenario (loaded; ``None``: not checked)."""
+    family_for(env_id)
+    check_choice(mode, "--mode", ("trace", "live"), EvaluationError)
+    check_choice(split, "--split", ("train", "validation", "test"), EvaluationError)
+    check_choice(reference, "--reference", ("live", "trace"), EvaluationError)
+    check_int(episodes, "--episodes", 1, error=EvaluationError)
+    check_int(num_envs, "--num-envs", 1, error=EvaluationError)
+    check_int(seed, "--seed", 0, EVAL_SEED_MAX, EvaluationError)
+    if isinstance(policy, str):
+        from hlm_gym.policies.registry import validate_spec
+
+        validate_spec(policy)
+    if isinstance(scenario, (str, PathLike)):
+        check_scenarios([scenario], "--scenario", EvaluationError)
+
+
 def evaluate(policy: str | Policy, *, env_id: str = DEFAULT_ENV_ID, scenario: Any = "static-good",
              split: str = "test", episodes: int = 100, seed: int = 0, mode: str = "trace",
              risk_weight: Optional[float] = None, risk_target: Optional[float] = None, num_envs: int = 16,
@@ -100,14 +128,8 @@ def evaluate(policy: str | Policy, *, env_id: str = DEFAULT_ENV_ID, scenario: An
     win); ``policy_context``: :class:`~hlm_gym.policies.context.PolicyContext` fields to set on top
     of the env's (e.g. a ready U-HLM ``fit``); ``reference``: live mode's fidelity reference."""
     family = family_for(env_id)
-    if mode not in ("trace", "live"):
-        raise EvaluationError(f"mode must be trace or live, got {mode!r}")
-    if not isinstance(episodes, int) or episodes < 1:
-        raise EvaluationError(f"episodes must be a positive integer, got {episodes!r}")
-    if isinstance(policy, str):
-        from hlm_gym.policies.registry import validate_spec
-
-        validate_spec(policy)
+    check_evaluation(policy, env_id=env_id, scenario=scenario if env is None else None, split=split,
+                     episodes=episodes, seed=seed, mode=mode, num_envs=num_envs, reference=reference)
     settings = EnvSettings(scenario=scenario, risk_weight=risk_weight, risk_target=risk_target, traces=traces,
                            env_kwargs=dict(env_kwargs or {}))
     if mode == "live":
@@ -173,16 +195,20 @@ def _csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
 
 
 def write_outputs(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``summary.csv``, ``episodes.csv`` and ``result.json`` atomically; return their paths."""
+    """Write ``summary.csv``, ``episodes.csv`` and ``result.json``, rendered first, then each
+    atomically under a unique temporary name (Ctrl-C deferred until all three are in place)."""
     out = Path(out_dir)
     rows = [{"metric": m} | s for m, s in result.summary.items()]
-    paths = {"summary_csv": out / "summary.csv", "episodes_csv": out / "episodes.csv", "json": out / "result.json"}
-    atomic_write_text(paths["summary_csv"], _csv(rows, ["metric", "mean", "ci_low", "ci_high", "std", "n"]))
     ep_fields: list[str] = []
     for ep in result.episodes:
         ep_fields += [k for k in ep if k not in ep_fields]
-    atomic_write_text(paths["episodes_csv"], _csv(result.episodes, ep_fields))
-    atomic_write_text(paths["json"], json.dumps(result.to_dict(), indent=2, default=_json_default) + "\n")
+    texts = {"summary_csv": ("summary.csv", _csv(rows, ["metric", "mean", "ci_low", "ci_high", "std", "n"])),
+             "episodes_csv": ("episodes.csv", _csv(result.episodes, ep_fields)),
+             "json": ("result.json", json.dumps(result.to_dict(), indent=2, default=_json_default) + "\n")}
+    paths = {key: out / name for key, (name, _) in texts.items()}
+    with signals_deferred():
+        for key, (_, text) in texts.items():
+            atomic_write_text(paths[key], text)
     return paths
 
 

@@ -229,13 +229,14 @@ def check_data(traces: Any) -> None:
     """The train, validation and test trace files exist (``traces``: a folder; ``None``: the shipped set)."""
     from hlm_gym.policies.data import resolve_trace_path
 
+    flag = "" if traces is None else f"--traces {str(traces)!r}: "
     for split in ("train", "validation", "test"):
         try:
             p = resolve_trace_path(traces, split)
         except ValueError as exc:
-            raise TrainingError(str(exc)) from None
+            raise TrainingError(f"{flag}{str(exc).splitlines()[0]}") from None
         if not Path(p).is_file():
-            raise TrainingError(f"no {split} traces at {p}: build the default trace set "
+            raise TrainingError(f"{flag}no {split} traces at {p}: build the default trace set "
                                 f"(hlm-gym traces build ...) or pass --traces FOLDER")
 
 

@@ -2,7 +2,12 @@
 
 Read :func:`train` top to bottom to follow a whole run::
 
-    config  -> hyperparameters (agents/<algo>.yml, the env id's entry; CLI overrides on top)
+    checks  -> :func:`prepare`: every flag, the hyperparameters (agents/<algo>.yml, the env id's
+               entry; ``--hp`` overrides on top, each key typed and ranged, see
+               :mod:`~hlm_gym.harness.hyperparams`), seed, device, scenario and output folder,
+               refused in one line before any work
+    folder  -> the output folder locked for this run, a fresh staging folder to write into
+               (:mod:`~hlm_gym.harness.run_folder`)
     envs    -> the env family's training VecEnv (HybridLM: the batched env through the SB3
                adapter) (+ VecNormalize)
     model   -> PPO / A2C / DQN with TensorBoard logging
@@ -11,7 +16,11 @@ Read :func:`train` top to bottom to follow a whole run::
     learn   -> model.learn(...)
     save    -> model_last.zip, best_model.zip (self-contained: observation normalisation is
                baked into the saved policy), vecnormalize.pkl, summary.json
-    summary -> one dict naming the files written and the final metrics
+    summary -> one dict naming the settings, the files written with their sha256 and the final
+               metrics, written last; then the staged files replace the folder's (``commit``)
+
+An interrupted or failed run leaves the folder as it was (an earlier run's files intact); a
+second run into a folder in use is refused (:class:`~hlm_gym.harness.errors.RunFolderBusyError`).
 
 Saved models are plain SB3 zips that ``hlm-gym evaluate --policy ppo:PATH`` (and
 ``PPO.load``) use as they are: when the run normalised observations, the statistics are folded
@@ -21,40 +30,32 @@ into the saved policy as a fixed :class:`~hlm_gym.policies.sb3_model.NormalizedO
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from hlm_gym.harness.checks import (check_choice, check_device, check_int, check_number, check_out_dir,
+                                    check_scenarios, check_seed)
 from hlm_gym.harness.errors import TrainingError
 from hlm_gym.harness.families import DEFAULT_ENV_ID, family_for
 from hlm_gym.harness.family import EnvSettings
-from hlm_gym.paths import atomic_write_text
+from hlm_gym.harness.hyperparams import (ALGO_KEYS, ALGOS, ZOO_KEYS, check_algo, check_hyperparams, check_keys,
+                                         load_hyperparams, split_hyperparams)
+from hlm_gym.harness.run_folder import RunFolder, sha256_file
+from hlm_gym.paths import atomic_path, atomic_write_text
 
-__all__ = ["TrainingError", "TrainConfig", "TrainResult", "load_hyperparams", "train", "save_model", "ALGOS",
-           "config_dict", "format_summary"]
+__all__ = ["TrainingError", "TrainConfig", "TrainResult", "TrainPlan", "ARTIFACTS", "prepare", "train", "save_model",
+           "save_vecnormalize", "config_dict", "format_summary", "ALGOS", "ALGO_KEYS", "ZOO_KEYS", "load_hyperparams",
+           "check_hyperparams", "check_keys", "split_hyperparams"]
 
-ALGOS = ("ppo", "a2c", "dqn")
-
-# Keys a zoo YAML may hold besides the algorithm's constructor arguments (zoo pops these).
-ZOO_KEYS = ("n_envs", "n_timesteps", "policy", "policy_kwargs", "normalize")
-ALGO_KEYS = {
-    "ppo": ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range",
-            "clip_range_vf", "normalize_advantage", "ent_coef", "vf_coef", "max_grad_norm", "use_sde",
-            "sde_sample_freq", "target_kl", "stats_window_size"),
-    "a2c": ("learning_rate", "n_steps", "gamma", "gae_lambda", "ent_coef", "vf_coef", "max_grad_norm",
-            "rms_prop_eps", "use_rms_prop", "use_sde", "sde_sample_freq", "normalize_advantage",
-            "stats_window_size"),
-    "dqn": ("learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "train_freq",
-            "gradient_steps", "target_update_interval", "exploration_fraction", "exploration_initial_eps",
-            "exploration_final_eps", "max_grad_norm", "stats_window_size"),
-}
-
+#: The files a run writes into its folder (``summary.json`` last); TensorBoard logs go to ``tb/``.
+ARTIFACTS = ("model_last.zip", "best_model.zip", "vecnormalize.pkl", "summary.json")
 
 # ----------------------------------------------------------------------------------- config
 @dataclass
@@ -98,131 +99,52 @@ class TrainResult:
     summary: dict[str, Any]
 
 
-def _yaml_source(algo: str, path: Optional[str]) -> tuple[str, str]:
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise TrainingError(f"hyperparameter file {str(p)!r} not found")
-        return str(p), p.read_text()
-    res = resources.files("hlm_gym._agents").joinpath(f"{algo}.yml")
-    if not res.is_file():
-        raise TrainingError(f"no shipped hyperparameters for algo {algo!r} (agents/{algo}.yml); pass --hyperparams")
-    return f"agents/{algo}.yml", res.read_text()
-
-
-def load_hyperparams(algo: str, env_id: str, path: Optional[str] = None) -> dict[str, Any]:
-    """The hyperparameters of ``env_id`` in an rl-zoo style YAML (checked key by key)."""
-    import yaml
-
-    algo = algo.lower()
-    if algo not in ALGOS:
-        raise TrainingError(f"unknown algo {algo!r}; choose one of {', '.join(ALGOS)}")
-    where, text = _yaml_source(algo, path)
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise TrainingError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(doc, dict):
-        raise TrainingError(f"{where}: expected a mapping of environment ids")
-    if env_id not in doc:
-        raise TrainingError(f"{where}: no entry for env id {env_id!r} (has: {', '.join(map(str, doc))})")
-    hp = doc[env_id]
-    if not isinstance(hp, dict):
-        raise TrainingError(f"{where}: entry {env_id!r} must be a mapping")
-    check_keys(algo, hp, f"{where} [{env_id}]")
-    return dict(hp)
-
-
-def check_keys(algo: str, hp: dict[str, Any], where: str) -> None:
-    allowed = set(ZOO_KEYS) | set(ALGO_KEYS[algo])
-    for key in hp:
-        if key not in allowed:
-            raise TrainingError(f"{where}: unknown key {key!r} for {algo}; allowed: {', '.join(sorted(allowed))}")
-
-
-def _eval_expr(text: Any, what: str) -> Any:
-    """zoo's string-valued settings (``"dict(net_arch=[64, 64])"``) in a small namespace."""
-    if not isinstance(text, str):
-        return text
-    import torch
-
-    try:
-        return eval(text, {"__builtins__": {}}, {"dict": dict, "nn": torch.nn, "list": list, "True": True,
-                                                 "False": False, "None": None})
-    except Exception as exc:  # noqa: BLE001 - user text
-        raise TrainingError(f"bad {what} {text!r}: {type(exc).__name__}: {exc}") from None
-
-
-def _schedule(value: Any, what: str) -> Any:
-    """zoo's ``lin_3e-4`` linear schedules; numbers as they are."""
-    if isinstance(value, str):
-        if value.startswith("lin_"):
-            start = float(value[4:])
-            return lambda progress_remaining: progress_remaining * start
-        try:
-            return float(value)
-        except ValueError:
-            raise TrainingError(f"bad {what} {value!r}: expected a number or lin_<number>") from None
-    return value
-
-
-def split_hyperparams(algo: str, hp: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(run settings, algorithm kwargs)``: n_envs/n_timesteps/normalize apart, the rest for the constructor."""
-    hp = dict(hp)
-    run = {"n_envs": int(hp.pop("n_envs", 1)), "n_timesteps": int(float(hp.pop("n_timesteps", 1e5)))}
-    norm = hp.pop("normalize", False)
-    if isinstance(norm, str):
-        norm_kwargs = _eval_expr(norm, "normalize")
-        if not isinstance(norm_kwargs, dict):
-            raise TrainingError(f"bad normalize {norm!r}: expected true/false or dict(...)")
-        run["normalize"] = norm_kwargs
-    else:
-        run["normalize"] = {} if norm else None
-    kwargs = {"policy": hp.pop("policy", "MlpPolicy")}
-    if "policy_kwargs" in hp:
-        pk = _eval_expr(hp.pop("policy_kwargs"), "policy_kwargs")
-        if not isinstance(pk, dict):
-            raise TrainingError("policy_kwargs must be a dict(...)")
-        kwargs["policy_kwargs"] = pk
-    for key in ("learning_rate", "clip_range"):
-        if key in hp:
-            hp[key] = _schedule(hp[key], key)
-    kwargs.update(hp)
-    return run, kwargs
-
-
 # ----------------------------------------------------------------------------------- models
-def save_model(model: Any, path: Path, vecnorm: Any = None) -> Path:
-    """Save ``model`` as a self-contained SB3 zip (``vecnorm``'s observation statistics baked in)."""
+@contextlib.contextmanager
+def _exported_policy(model: Any, vecnorm: Any) -> Iterator[None]:
+    """Inside the block ``model``'s policy carries ``vecnorm``'s observation statistics as a frozen
+    :class:`~hlm_gym.policies.sb3_model.NormalizedObsExtractor` (restored afterwards)."""
     from hlm_gym.policies.sb3_model import NormalizedObsExtractor
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.zip")
     if vecnorm is None or not vecnorm.norm_obs:
+        yield
+        return
+    pk = dict(model.policy_kwargs)
+    pk["features_extractor_class"] = NormalizedObsExtractor
+    pk["features_extractor_kwargs"] = {"mean": vecnorm.obs_rms.mean.tolist(), "var": vecnorm.obs_rms.var.tolist(),
+                                       "epsilon": float(vecnorm.epsilon), "clip_obs": float(vecnorm.clip_obs)}
+    lr = getattr(model, "lr_schedule", lambda _: 0.0)
+    exported = model.policy_class(model.observation_space, model.action_space, lr, **pk).to(model.device)
+    missing, unexpected = exported.load_state_dict(model.policy.state_dict(), strict=False)
+    bad = [k for k in missing if not k.endswith((".mean", ".std"))]
+    if bad or unexpected:  # pragma: no cover - an SB3 layout we do not know
+        raise TrainingError(f"cannot export the policy with normalisation (missing {bad}, unexpected {unexpected})")
+    orig_policy, orig_kwargs = model.policy, model.policy_kwargs
+    try:
+        model.policy, model.policy_kwargs = exported, pk
+        if hasattr(model, "q_net"):  # DQN keeps aliases of its networks
+            model.q_net, model.q_net_target = exported.q_net, exported.q_net_target
+        yield
+    finally:
+        model.policy, model.policy_kwargs = orig_policy, orig_kwargs
+        if hasattr(model, "q_net"):
+            model.q_net, model.q_net_target = orig_policy.q_net, orig_policy.q_net_target
+
+
+def save_model(model: Any, path: Path, vecnorm: Any = None) -> Path:
+    """Save ``model`` as a self-contained SB3 zip (``vecnorm``'s observation statistics baked in),
+    atomically through a unique temporary sibling."""
+    path = Path(path)
+    with _exported_policy(model, vecnorm), atomic_path(path, ".zip") as tmp:
         model.save(str(tmp))
-    else:
-        pk = dict(model.policy_kwargs)
-        pk["features_extractor_class"] = NormalizedObsExtractor
-        pk["features_extractor_kwargs"] = {"mean": vecnorm.obs_rms.mean.tolist(), "var": vecnorm.obs_rms.var.tolist(),
-                                           "epsilon": float(vecnorm.epsilon), "clip_obs": float(vecnorm.clip_obs)}
-        lr = getattr(model, "lr_schedule", lambda _: 0.0)
-        exported = model.policy_class(model.observation_space, model.action_space, lr, **pk).to(model.device)
-        missing, unexpected = exported.load_state_dict(model.policy.state_dict(), strict=False)
-        bad = [k for k in missing if not k.endswith((".mean", ".std"))]
-        if bad or unexpected:  # pragma: no cover - an SB3 layout we do not know
-            raise TrainingError(f"cannot export the policy with normalisation (missing {bad}, unexpected {unexpected})")
-        orig_policy, orig_kwargs = model.policy, model.policy_kwargs
-        try:
-            model.policy, model.policy_kwargs = exported, pk
-            if hasattr(model, "q_net"):  # DQN keeps aliases of its networks
-                model.q_net, model.q_net_target = exported.q_net, exported.q_net_target
-            model.save(str(tmp))
-        finally:
-            model.policy, model.policy_kwargs = orig_policy, orig_kwargs
-            if hasattr(model, "q_net"):
-                model.q_net, model.q_net_target = orig_policy.q_net, orig_policy.q_net_target
-    tmp.replace(path)
+    return path
+
+
+def save_vecnormalize(vecnorm: Any, path: Path) -> Path:
+    """Save the ``VecNormalize`` statistics (SB3's pickle) atomically."""
+    path = Path(path)
+    with atomic_path(path, ".pkl") as tmp:
+        vecnorm.save(str(tmp))
     return path
 
 
@@ -232,102 +154,177 @@ def _algo_class(algo: str):
     return {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}[algo]
 
 
-def resolve_device(device: str) -> str:
-    if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
-        raise TrainingError(f"bad device {device!r}: expected cpu, cuda, cuda:N or auto")
-    if device.startswith("cuda"):
-        import torch
+def _make_model(algo: str, env: Any, config: TrainConfig, plan: "TrainPlan") -> Any:
+    """The SB3 model; a constructor's refusal of the hyperparameters is a one-line TrainingError."""
+    try:
+        return _algo_class(algo)(env=env, seed=config.seed, device=plan.device,
+                                 tensorboard_log=str(plan.out / "tb"), verbose=config.verbose, **plan.algo_kwargs)
+    except (TypeError, ValueError, AssertionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise TrainingError(f"{algo} cannot be built from these hyperparameters ({type(exc).__name__}: {first})") \
+            from None
 
-        if not torch.cuda.is_available():
-            raise TrainingError(f"device {device!r} requested but torch sees no CUDA device")
-    return device
+# ----------------------------------------------------------------------------------- checks
+@dataclass
+class TrainPlan:
+    """A checked run: what :func:`prepare` derives from a :class:`TrainConfig`."""
+
+    algo: str
+    hp: dict[str, Any]  # the checked hyperparameters (YAML with the overrides on top)
+    run: dict[str, Any]  # n_envs, n_timesteps, normalize
+    algo_kwargs: dict[str, Any]  # the algorithm's constructor arguments
+    n_envs: int
+    timesteps: int
+    eval_freq: int
+    device: str
+    out: Path
+
+
+def _optional_int(value: Any, flag: str) -> Optional[int]:
+    return None if value is None else check_int(value, flag, 1, error=TrainingError)
+
+
+def _check_reward(config: TrainConfig) -> None:
+    """``--risk-weight`` finite >= 0 and ``--risk-target`` in [0, 1] (or unset)."""
+    if config.risk_weight is not None:
+        check_number(config.risk_weight, "--risk-weight", 0, error=TrainingError)
+    if config.risk_target is not None:
+        check_number(config.risk_target, "--risk-target", 0, 1, error=TrainingError)
+
+
+def _check_rollout(algo: str, algo_kwargs: dict[str, Any], n_envs: int) -> None:
+    """PPO normalises advantages over a rollout: it needs ``n_steps * n_envs >= 2``."""
+    n_steps = algo_kwargs.get("n_steps", 2048)
+    if algo == "ppo" and n_steps * n_envs < 2:
+        raise TrainingError(f"n_steps {n_steps} x --n-envs {n_envs}: PPO needs a rollout of at least 2 steps "
+                            "(raise n_steps or --n-envs)")
+
+
+def prepare(config: TrainConfig, create_out: bool = True) -> TrainPlan:
+    """Check every setting of ``config`` (flags, the hyperparameter file and ``overrides``, seed,
+    device, scenario, output folder) before any work; one-line errors naming the culprit.
+    ``create_out``: make the output folder (else only check that it can be made)."""
+    family = family_for(config.env_id)
+    algo = check_algo(config.algo)
+    check_seed(config.seed, "--seed", TrainingError)
+    hp = load_hyperparams(algo, config.env_id, config.hyperparams)
+    if config.overrides:
+        hp.update(check_hyperparams(algo, config.overrides, "--hp"))
+    run, algo_kwargs = split_hyperparams(algo, hp)
+    n_envs = _optional_int(config.n_envs, "--n-envs") or run["n_envs"]
+    timesteps = _optional_int(config.timesteps, "--timesteps") or run["n_timesteps"]
+    eval_freq = _optional_int(config.eval_freq, "--eval-freq") or max(timesteps // 5, 1)
+    check_int(config.eval_episodes, "--eval-episodes", 1, error=TrainingError)
+    check_choice(config.env_backend, "--env-backend", ("numpy", "torch"), TrainingError)
+    _check_reward(config)
+    _check_rollout(algo, algo_kwargs, n_envs)
+    if "n_steps" in algo_kwargs and "batch_size" in algo_kwargs:  # keep minibatches within one rollout
+        algo_kwargs["batch_size"] = int(min(algo_kwargs["batch_size"], algo_kwargs["n_steps"] * n_envs))
+    device = check_device(config.device)
+    check_scenarios([config.scenario], "--scenario", TrainingError)
+    family.check_data(config.traces)
+    out = check_out_dir(config.out, "--out", create=create_out)
+    return TrainPlan(algo=algo, hp=hp, run=run, algo_kwargs=algo_kwargs, n_envs=n_envs, timesteps=timesteps,
+                     eval_freq=eval_freq, device=device, out=out)
 
 
 # ----------------------------------------------------------------------------------- the run
 def train(config: TrainConfig) -> TrainResult:
-    """One training run (see the module docstring for the order of things)."""
+    """One training run (see the module docstring for the order of things): every setting checked
+    first, then the run folder locked and the run written into a staging folder, moved into place
+    (``summary.json`` last) only when the run completes."""
+    plan = prepare(config)
+    with RunFolder(plan.out, ARTIFACTS) as folder:
+        return _run(config, plan, folder)
+
+
+def _make_env(config: TrainConfig, plan: TrainPlan, family: Any) -> tuple[Any, Any]:
+    """``(env, vecnorm)``: the family's training VecEnv, wrapped in VecNormalize if the YAML says so."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    env = family.make_train_env(config.env_id, plan.n_envs, config.seed,
+                                family.env_kwargs(config.env_settings(), "train"), config.env_backend, plan.device)
+    if plan.run["normalize"] is None:
+        return env, None
+    nk = {"norm_obs": True, "norm_reward": True} | dict(plan.run["normalize"])
+    nk.setdefault("gamma", plan.algo_kwargs.get("gamma", 0.99))
+    vecnorm = VecNormalize(env, **nk)
+    return vecnorm, vecnorm
+
+
+def _run(config: TrainConfig, plan: TrainPlan, folder: RunFolder) -> TrainResult:
+    """Train, save into ``folder``'s staging area, write the summary, commit."""
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.utils import set_random_seed
-    from stable_baselines3.common.vec_env import VecNormalize
 
     from hlm_gym.harness.callbacks import DomainScalarsCallback, HarnessEvalCallback
 
     t_start = time.perf_counter()
     family = family_for(config.env_id)
-    algo = config.algo.lower()
-    # 1. config: YAML hyperparameters, CLI overrides on top
-    hp = load_hyperparams(algo, config.env_id, config.hyperparams)
-    if config.overrides:
-        check_keys(algo, config.overrides, "overrides")
-        hp.update(config.overrides)
-    run, algo_kwargs = split_hyperparams(algo, hp)
-    n_envs = int(config.n_envs or run["n_envs"])
-    timesteps = int(config.timesteps or run["n_timesteps"])
-    if n_envs < 1 or timesteps < 1:
-        raise TrainingError(f"n_envs and timesteps must be positive (got {n_envs}, {timesteps})")
-    if "n_steps" in algo_kwargs and "batch_size" in algo_kwargs:  # keep minibatches within one rollout
-        algo_kwargs["batch_size"] = int(min(algo_kwargs["batch_size"], algo_kwargs["n_steps"] * n_envs))
-    device = resolve_device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    set_random_seed(config.seed)
+    env, vecnorm = _make_env(config, plan, family)
+    eval_cb = None
+    try:
+        model = _make_model(plan.algo, env, config, plan)
+        eval_cb = HarnessEvalCallback(config.env_id, config.env_settings(), out=folder.staging, eval_freq=plan.eval_freq,
+                                      keys=family.train_metrics, vecnorm=vecnorm, episodes=config.eval_episodes,
+                                      seed=config.seed, save=save_model,
+                                      reference=family.reference_policy if config.reference else None)
+        callbacks = CallbackList([DomainScalarsCallback(family.train_metrics), eval_cb])
+        progress = config.progress_bar and _progress_bar_available()
+        model.learn(total_timesteps=plan.timesteps, callback=callbacks, tb_log_name=_run_name(config, plan.algo),
+                    progress_bar=progress)
+        eval_cb.final_evaluation()  # the last model, if the last periodic evaluation was not at the end
+        files = _save_artifacts(model, vecnorm, eval_cb, folder)
+        wall = time.perf_counter() - t_start
+        summary = _summary(config, plan, model, eval_cb, files, folder, wall)
+        atomic_write_text(folder.staged("summary.json"), json.dumps(summary, indent=2, default=_json_default) + "\n")
+        folder.commit()
+    finally:
+        if eval_cb is not None:
+            eval_cb.close()
+        env.close()
+    return TrainResult(out=plan.out, files=files, summary=summary)
+
+
+def _run_name(config: TrainConfig, algo: str) -> str:
+    """The TensorBoard name of a run (``--run-name`` or algo, scenario, reward and seed)."""
     target = f"-target{config.risk_target:g}" if config.risk_target else ""
     weight = config.risk_weight if config.risk_weight is not None else "default"
-    run_name = config.run_name or f"{algo}-{config.scenario}-lambda{weight}{target}-seed{config.seed}"
-    set_random_seed(config.seed)
+    return config.run_name or f"{algo}-{config.scenario}-lambda{weight}{target}-seed{config.seed}"
 
-    # 2. envs: the family's training VecEnv, observation normalisation if the YAML says so
-    settings = config.env_settings()
-    env = family.make_train_env(config.env_id, n_envs, config.seed, family.env_kwargs(settings, "train"),
-                                config.env_backend, device)
-    vecnorm = None
-    if run["normalize"] is not None:
-        nk = {"norm_obs": True, "norm_reward": True} | dict(run["normalize"])
-        nk.setdefault("gamma", algo_kwargs.get("gamma", 0.99))
-        env = vecnorm = VecNormalize(env, **nk)
 
-    # 3. model
-    model = _algo_class(algo)(env=env, seed=config.seed, device=device, tensorboard_log=str(out / "tb"),
-                              verbose=config.verbose, **algo_kwargs)
-
-    # 4. callbacks: domain scalars per rollout; evaluation on the validation split (+ reference)
-    eval_freq = int(config.eval_freq or max(timesteps // 5, 1))
-    eval_cb = HarnessEvalCallback(config.env_id, settings, out=out, eval_freq=eval_freq, keys=family.train_metrics,
-                                  vecnorm=vecnorm, episodes=config.eval_episodes, seed=config.seed, save=save_model,
-                                  reference=family.reference_policy if config.reference else None)
-    callbacks = CallbackList([DomainScalarsCallback(family.train_metrics), eval_cb])
-
-    # 5. learn
-    progress = config.progress_bar and _progress_bar_available()
-    model.learn(total_timesteps=timesteps, callback=callbacks, tb_log_name=run_name, progress_bar=progress)
-    eval_cb.final_evaluation()  # the last model, if the last periodic evaluation was not at the end
-    eval_cb.close()
-
-    # 6. save
-    files: dict[str, Path] = {"model_last": save_model(model, out / "model_last.zip", vecnorm)}
+def _save_artifacts(model: Any, vecnorm: Any, eval_cb: Any, folder: RunFolder) -> dict[str, Path]:
+    """Save the last model and the VecNormalize statistics into the staging folder; the final paths
+    of every artifact (the best checkpoint was saved there by the callback)."""
+    save_model(model, folder.staged("model_last.zip"), vecnorm)
+    files: dict[str, Path] = {"model_last": folder.final("model_last.zip")}
     if eval_cb.best_path is not None:
-        files["model_best"] = eval_cb.best_path
+        files["model_best"] = folder.final("best_model.zip")
     if vecnorm is not None:
-        vn_path = out / "vecnormalize.pkl"
-        vecnorm.save(str(vn_path))
-        files["vecnormalize"] = vn_path
-    files["tensorboard"] = Path(model.logger.get_dir() or out / "tb")
-    wall = time.perf_counter() - t_start
+        save_vecnormalize(vecnorm, folder.staged("vecnormalize.pkl"))
+        files["vecnormalize"] = folder.final("vecnormalize.pkl")
+    files["tensorboard"] = Path(model.logger.get_dir() or folder.final("tb"))
+    files["summary"] = folder.final("summary.json")
+    return files
 
-    # 7. summary
-    summary = {"algo": algo, "env_id": config.env_id, "scenario": config.scenario, "risk_weight": config.risk_weight,
-               "risk_target": config.risk_target, "config": config_dict(config),
-               "seed": config.seed, "device": str(model.device), "env_backend": config.env_backend, "n_envs": n_envs, "timesteps": int(model.num_timesteps),
-               "wall_s": round(wall, 2), "steps_per_s": round(model.num_timesteps / wall, 1),
-               "hyperparams": {k: (v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v))
-                               for k, v in hp.items()},
-               "best": eval_cb.best, "last": eval_cb.last, "reference_policy": eval_cb.reference_spec,
-               "reference": eval_cb.reference, "reference_error": eval_cb.reference_error,
-               "evaluations": eval_cb.history, "files": {k: str(v) for k, v in files.items()}}
-    files["summary"] = out / "summary.json"
-    summary["files"]["summary"] = str(files["summary"])
-    atomic_write_text(files["summary"], json.dumps(summary, indent=2, default=_json_default) + "\n")
-    env.close()
-    return TrainResult(out=out, files=files, summary=summary)
+
+def _summary(config: TrainConfig, plan: TrainPlan, model: Any, eval_cb: Any, files: dict[str, Path],
+             folder: RunFolder, wall: float) -> dict[str, Any]:
+    """``summary.json``: the settings, metrics, files and the sha256 of each artifact."""
+    artifacts = {key: {"file": path.name, "sha256": sha256_file(folder.staged(path.name))}
+                 for key, path in files.items() if key in ("model_last", "model_best", "vecnormalize")}
+    return {"algo": plan.algo, "env_id": config.env_id, "scenario": config.scenario,
+            "risk_weight": config.risk_weight, "risk_target": config.risk_target, "config": config_dict(config),
+            "seed": config.seed, "device": str(model.device), "env_backend": config.env_backend,
+            "n_envs": plan.n_envs, "timesteps": int(model.num_timesteps),
+            "wall_s": round(wall, 2), "steps_per_s": round(model.num_timesteps / wall, 1),
+            "hyperparams": {k: (v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v))
+                            for k, v in plan.hp.items()},
+            "best": eval_cb.best, "last": eval_cb.last, "reference_policy": eval_cb.reference_spec,
+            "reference": eval_cb.reference, "reference_error": eval_cb.reference_error,
+            "evaluations": eval_cb.history, "files": {k: str(v) for k, v in files.items()},
+            "artifacts": artifacts}
 
 
 def _progress_bar_available() -> bool:
