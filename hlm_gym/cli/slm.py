@@ -136,11 +136,15 @@ def _device(name: str) -> str:
 
 def _build(args: argparse.Namespace) -> int:
     from hlm_gym.lm.chat_examples import eval_prompts
-    from hlm_gym.lm.distill import (BuildConfig, build, calibrate_temperature, export_artifact,
-                                    load_checkpoint_student, packed_sequences)
+    from hlm_gym.lm.distill import (BuildConfig, build, calibrate_temperature, check_output_folder,
+                                    check_run_folder, export_artifact, load_checkpoint_student, packed_sequences)
     from hlm_gym.lm.models import EMBEDDED_LLM, load_model
 
     _resolve_defaults(args)
+    # bad folders are found before the LLM is loaded and hours of training are spent
+    check_run_folder(args.out, resume=args.resume or args.export_only)
+    export_dir = args.export if args.export is not None else Path(args.out) / "artifact"
+    check_output_folder(export_dir, "--export")
     alpha = args.alpha if args.alpha is not None else 2.0 * args.rank
     cfg = BuildConfig(layers=args.layers, rank=args.rank, alpha=alpha, steps=args.steps,
                       batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
@@ -165,7 +169,6 @@ def _build(args: argparse.Namespace) -> int:
         print(f"draft temperature {cal['temperature']} (validation acceptance "
               f"{cal['acceptance_by_temperature'][1.0]:.4f} at T=1 -> "
               f"{cal['acceptance_by_temperature'][cal['temperature']]:.4f})")
-    export_dir = args.export if args.export is not None else Path(args.out) / "artifact"
     meta = export_artifact(student.cpu(), cfg, llm if cfg.device == "cpu" else load_model(EMBEDDED_LLM),
                            export_dir, summary)
     chk = meta["check"]

@@ -34,10 +34,14 @@ with the same data order (the data stream is a deterministic function of the see
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
+import os
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,7 +59,8 @@ from hlm_gym.paths import atomic_write_bytes, atomic_write_text
 # Names of this module before the student architecture moved to hlm_gym.lm.student, the data to
 # hlm_gym.lm.chat_examples and the metrics to hlm_gym.lm.acceptance; still importable from here.
 __all__ = ["BuildConfig", "DistillError", "LORA_TARGETS", "LoRALinear", "MLP_KEY", "TrimmedLMHead", "VOCAB_KEY",
-           "acceptance_on", "build", "build_student", "calibrate_temperature", "default_layers", "delta_state",
+           "acceptance_on", "build", "build_student", "calibrate_temperature", "check_output_folder",
+           "check_run_folder", "default_layers", "delta_state",
            "distill_loss", "eval_prompts", "export_artifact", "final_hidden", "frequent_vocab", "load_checkpoint_student",
            "lr_at", "merge_student", "mlp_importance", "packed_sequences", "progress_fraction", "top_neurons",
            "train_prompts", "validate_layers", "validate_rank", "validate_vocab"]
@@ -244,6 +249,61 @@ def _save_torch(path: Path, obj) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _load_checkpoint(path: Path) -> dict:
+    """The state of a run's ``checkpoint.pt``; a damaged file is a :class:`DistillError`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # pickle, zip and torch errors of a damaged or foreign file
+        raise DistillError(f"cannot read checkpoint {path} ({type(exc).__name__}); it is damaged or not a "
+                           "checkpoint of 'hlm-gym slm build'") from None
+    if not isinstance(state, dict) or not {"config", "delta", "step"} <= state.keys():
+        raise DistillError(f"{path} is not a checkpoint of 'hlm-gym slm build'")
+    return state
+
+
+def check_output_folder(path: str | Path, label: str, error: type[Exception] = DistillError) -> Path:
+    """Check that ``path`` is (or can be made) a folder this process can write in; returns it.
+
+    Run before hours of training, so a bad ``--out`` or ``--export`` is a one-line ``error``
+    (``label`` names the flag) instead of a traceback at the end.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise error(f"{label} {path} is a file, not a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise error(f"{label} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise error(f"{label} {path}: folder {existing} is not writable")
+    return path
+
+
+def check_run_folder(run_dir: str | Path, resume: bool, label: str = "--out") -> Path:
+    """Check the run folder before any model is loaded: writable, and holding a run iff ``resume``."""
+    run_dir = check_output_folder(run_dir, label)
+    ckpt = run_dir / "checkpoint.pt"
+    if resume and not ckpt.is_file():
+        raise DistillError(f"--resume: no checkpoint at {ckpt}")
+    if not resume and ckpt.exists():
+        raise DistillError(f"{run_dir} already holds a run; pass --resume or choose another {label}")
+    return run_dir
+
+
+def _trim_log(log_path: Path, step: int) -> None:
+    """Keep the log records up to the checkpoint's ``step`` (dropping a torn last line of a killed run)."""
+    kept = []
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short when the process was killed
+            continue
+        if isinstance(rec, dict) and rec.get("step", 0) <= step:
+            kept.append(line)
+    atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
+
+
 
 def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
           progress: bool = True, log=print):
@@ -256,20 +316,16 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
     validate_rank(cfg.rank)
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 8:
         raise DistillError("steps and batch size must be >= 1 and seq_len >= 8")
-    ckpt_path = run_dir / "checkpoint.pt"
+    ckpt_path = check_run_folder(run_dir, resume) / "checkpoint.pt"
     state = None
     if resume:
-        if not ckpt_path.is_file():
-            raise DistillError(f"--resume: no checkpoint at {ckpt_path}")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = _load_checkpoint(ckpt_path)
         saved = BuildConfig(**state["config"])
         # the run's recipe is fixed by its first start; only the step budget and device may change
         saved.steps, saved.device, saved.threads = cfg.steps, cfg.device, cfg.threads
         saved.ckpt_every, saved.eval_every = cfg.ckpt_every, cfg.eval_every
         saved.time_budget_s = cfg.time_budget_s
         cfg = saved
-    elif ckpt_path.exists():
-        raise DistillError(f"{run_dir} already holds a run; pass --resume or choose another --out")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
@@ -317,10 +373,7 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
     atomic_write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2))
     log_path = run_dir / "log.jsonl"
     if state is not None and log_path.is_file():
-        # drop records written after the checkpoint by an interrupted process
-        kept_lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines()
-                      if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        atomic_write_text(log_path, "".join(ln + "\n" for ln in kept_lines))
+        _trim_log(log_path, step)  # drop records written after the checkpoint by an interrupted process
     log_fh = open(log_path, "a", encoding="utf-8")
     use_amp = device.type == "cuda"
     tokens_seen = int(state["tokens_seen"]) if state else 0
@@ -388,7 +441,7 @@ def load_checkpoint_student(run_dir: str | Path, llm):
     ckpt_path = Path(run_dir) / "checkpoint.pt"
     if not ckpt_path.is_file():
         raise DistillError(f"no checkpoint at {ckpt_path}")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = _load_checkpoint(ckpt_path)
     cfg = BuildConfig(**state["config"])
     student = build_student(llm.model, cfg.layers, cfg.rank, cfg.alpha, seed=cfg.seed,
                             vocab_ids=state.get("vocab_ids"), mlp_keep=state.get("mlp_keep"))
@@ -400,14 +453,30 @@ def load_checkpoint_student(run_dir: str | Path, llm):
 def export_artifact(student, cfg: BuildConfig, llm, out_dir: str | Path, summary: dict | None = None) -> dict:
     """Write the student's delta (float16) and ``slm.json`` into ``out_dir`` and verify it.
 
-    The SLM is then rebuilt from the written files exactly as :mod:`hlm_gym.lm.slm` loads it,
-    and its acceptance on the fixed :func:`hlm_gym.lm.slm.check_batch` is recorded in the JSON
-    (the figure the tests reproduce).
+    Both files are written and checked in a unique staging folder inside ``out_dir``: the SLM is
+    rebuilt from them exactly as :mod:`hlm_gym.lm.slm` loads it and its acceptance on the fixed
+    :func:`hlm_gym.lm.slm.check_batch` is recorded in the JSON (the figure the tests reproduce).
+    Only then are they moved over the old ones (``slm.json`` first; it records the weights'
+    SHA-256, so a reader that catches the moment in between gets a clear mismatch error). A
+    failure leaves ``out_dir`` as it was.
     """
+    out_dir = check_output_folder(out_dir, "export folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    try:
+        meta = _write_artifact(student, cfg, llm, stage, summary)
+        for name in (ARTIFACT_JSON, ARTIFACT_WEIGHTS):
+            (stage / name).chmod(0o644)  # shipped in the wheel: world-readable like other sources
+            os.replace(stage / name, out_dir / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return meta
+
+
+def _write_artifact(student, cfg: BuildConfig, llm, folder: Path, summary: dict | None) -> dict:
+    """Write the artifact's two files into ``folder`` (a private staging folder) and check it."""
     from safetensors.torch import save
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     delta = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in delta_state(student).items()}
     head = student.lm_head
     if isinstance(head, TrimmedLMHead):
@@ -415,7 +484,8 @@ def export_artifact(student, cfg: BuildConfig, llm, out_dir: str | Path, summary
     mlp_keep = getattr(student, "hlm_mlp_keep", None)
     if mlp_keep is not None:
         delta[MLP_KEY] = mlp_keep.detach().to("cpu", torch.int32).contiguous()
-    atomic_write_bytes(out_dir / ARTIFACT_WEIGHTS, save(delta, metadata={"format": "pt"}))
+    weights = save(delta, metadata={"format": "pt"})
+    (folder / ARTIFACT_WEIGHTS).write_bytes(weights)
     n_params = sum(v.numel() for k, v in delta.items() if k not in (VOCAB_KEY, MLP_KEY))
     meta = {
         "format": ARTIFACT_FORMAT,
@@ -427,16 +497,15 @@ def export_artifact(student, cfg: BuildConfig, llm, out_dir: str | Path, summary
         "mlp_width": None if mlp_keep is None else int(mlp_keep.shape[1]),
         "base_sha256": llm.fingerprint,
         "base_name": llm.name,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
         "delta_params": n_params,
         "recipe": asdict(cfg),
         "training": summary or {},
     }
-    atomic_write_text(out_dir / ARTIFACT_JSON, json.dumps(meta, indent=2))
-    slm = slm_from_delta(llm, out_dir)
+    (folder / ARTIFACT_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    slm = slm_from_delta(llm, folder)
     meta["check"] = check_acceptance(llm.model, slm.model, llm.tokenizer)
-    atomic_write_text(out_dir / ARTIFACT_JSON, json.dumps(meta, indent=2))
-    for name in (ARTIFACT_WEIGHTS, ARTIFACT_JSON):
-        (out_dir / name).chmod(0o644)  # shipped in the wheel: world-readable like other sources
+    (folder / ARTIFACT_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return meta
 
 

@@ -76,21 +76,48 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _atomic_dir(final: Path, fill) -> Path:
-    """Create ``final`` by filling a temporary sibling folder and renaming it into place."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+def _atomic_dir(final: Path, fill, complete=None) -> Path:
+    """Create ``final`` by filling a unique temporary sibling folder and renaming it into place.
+
+    ``complete(folder)`` (default: it exists) tells a finished folder: one that another process
+    renamed into place first is kept (it is as good); an incomplete one (left by a writer that
+    worked in place) is moved aside and replaced. A failure removes the temporary folder; an
+    unwritable cache is a :class:`ModelLoadError` naming ``$HLM_GYM_CACHE``.
+    """
+    complete = complete or (lambda folder: folder.is_dir())
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+    except OSError as exc:
+        raise ModelLoadError(f"cannot write in the model cache folder {final.parent} ({exc.strerror or exc}); "
+                             "set HLM_GYM_CACHE to a writable folder") from None
     try:
         fill(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.exists():  # lost a race with another process: theirs is as good
-                raise
+        _move_into_place(tmp, final, complete)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot write {final} ({exc.strerror or exc}); free space or set HLM_GYM_CACHE to "
+                             "another folder") from None
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _move_into_place(tmp: Path, final: Path, complete) -> None:
+    """Rename the filled folder ``tmp`` to ``final``, keeping a complete ``final`` and replacing a stale one."""
+    try:
+        os.rename(tmp, final)
+        return
+    except OSError:
+        if complete(final):  # lost a race with another process: theirs is as good
+            return
+        if not final.exists():
+            raise
+    stale = Path(tempfile.mkdtemp(prefix=final.name + ".stale-", dir=final.parent))
+    try:
+        os.rename(final, stale / final.name)
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -111,12 +138,17 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def _is_converted(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished conversion (config and weights)."""
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
 def gguf_folder(gguf: Path) -> tuple[Path, str]:
     """The cached Hugging Face folder for a GGUF file (converted on first use) and its hash."""
     sha = file_sha256(gguf)
     folder = cache_dir() / f"gguf-{sha[:16]}"
-    if not (folder / "model.safetensors").is_file():
-        _atomic_dir(folder, lambda tmp: _convert_gguf(gguf, tmp))
+    if not _is_converted(folder):
+        _atomic_dir(folder, lambda tmp: _convert_gguf(gguf, tmp), complete=_is_converted)
     return folder, sha
 
 

@@ -107,15 +107,34 @@ def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+_ROW_KEYS = frozenset({"id", "split", "text", "reference"})
+
+
+def _read_cache(path: Path) -> list[dict] | None:
+    """The rows of a prompt cache file, or ``None`` if it is unreadable or damaged."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh]
+    except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
+        return None
+    if not rows or not all(isinstance(r, dict) and _ROW_KEYS <= r.keys() for r in rows):
+        return None
+    return rows
+
+
 def _sharegpt_rows() -> list[dict]:
+    """The parsed ShareGPT rows, from the cache when it is sound (it is rebuilt when damaged)."""
     source = _sharegpt_file()
     stat = source.stat()
     cached = cache_dir() / f"sharegpt-v{_CACHE_VERSION}-{stat.st_size}.jsonl"
-    if cached.is_file():
-        with open(cached, encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh]
+    rows = _read_cache(cached) if cached.is_file() else None
+    if rows is not None:
+        return rows
     rows = _parse_sharegpt(source)
-    _write_jsonl_atomic(cached, rows)
+    try:
+        _write_jsonl_atomic(cached, rows)
+    except OSError:
+        pass  # the cache is only a speed-up: an unwritable cache folder costs a re-parse next time
     return rows
 
 

@@ -90,6 +90,14 @@ def slm_from_delta(llm: LoadedModel, folder: str | Path | None = None, check_bas
             f"but the loaded LLM is {llm.fingerprint[:12]}... ({llm.name})"
         )
     w_path = folder / ARTIFACT_WEIGHTS
+    w_sha = _sha256(w_path)
+    want = cfg.get("weights_sha256")
+    if want is not None and want != w_sha:
+        raise ModelLoadError(
+            f"SLM artifact {folder}: {ARTIFACT_WEIGHTS} (sha256 {w_sha[:12]}...) is not the file {ARTIFACT_JSON} "
+            f"was exported with ({str(want)[:12]}...); an export was interrupted or the files were mixed: export "
+            "again ('hlm-gym slm build --export-only --out RUN --export FOLDER')"
+        )
     try:
         delta = load_file(str(w_path))
     except Exception as exc:  # safetensors raises its own error types
@@ -131,7 +139,7 @@ def slm_from_delta(llm: LoadedModel, folder: str | Path | None = None, check_bas
     # share embeddings/LM head again after the dtype move (to() keeps shared modules shared)
     n = len(cfg["layers"])
     return LoadedModel(student, llm.tokenizer, "embedded-slm",
-                       f"SmolLM2-135M distilled {n}-layer SLM", _sha256(w_path))
+                       f"SmolLM2-135M distilled {n}-layer SLM", w_sha)
 
 
 def embedded_slm_from_llm(llm: LoadedModel) -> LoadedModel:

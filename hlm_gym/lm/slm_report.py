@@ -153,7 +153,9 @@ def run_report(slm_dir=None, n_prompts: int = 100, max_tokens: int = 256, contex
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    out_dir = Path(out_dir)
+    from hlm_gym.lm.distill import check_output_folder
+
+    out_dir = check_output_folder(out_dir, "report folder", ReportError)  # before the models load
     llm = load_model(EMBEDDED_LLM)
     slm = slm_from_delta(llm, slm_dir)
     art = read_artifact_config(slm_dir)
