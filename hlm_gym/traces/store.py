@@ -39,6 +39,12 @@ The builder decodes ``batch_size`` prompts at once (left padding, attention mask
 caches in both models; always-send never has pending tokens, so both models see the same
 token stream), with the per-prompt generators and draw order of ``HybridSession``. Chunks are
 written as part files next to the output so that an interrupted build resumes.
+
+Loading validates values as well as structure (:func:`validate_meta`, :func:`validate_columns`,
+one vectorised pass of a few milliseconds): a file with NaN or out-of-range probabilities,
+token ids outside the vocabulary, missing or misplaced ``end`` flags, or impossible metadata
+is refused with a one-line :class:`TraceError` naming the file, the column or key, the first
+bad row (prompt and position), the value and what is allowed.
 """
 
 from __future__ import annotations
