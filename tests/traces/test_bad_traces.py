@@ -202,6 +202,7 @@ META_CASES = [
     ("vocab-smaller-than-ids", _set("vocab_size", 600), ["'draft' = ", r"token ids in 0\.\.599"]),
     ("mode-unknown", _set("mode", "beam"), ["'mode' = 'beam'", "sample or greedy"]),
     ("k-zero", _set("k", 0), ["'k' = 0", "integer >= 1"]),
+    ("k-string", _set("k", "x"), ["'k' = 'x'", "integer >= 1"]),
     ("temperature-zero", _set("temperature", 0), ["'temperature' = 0", "> 0"]),
     ("theta-max-string", _set("theta_max", "2"), ["'theta_max' = '2'"]),
     ("eos-beyond-vocab", _set("eos_token_id", 10 ** 6), ["'eos_token_id' = 1000000"]),
