@@ -216,13 +216,16 @@ def _check_ppo_runs(rc: dict[str, Any]) -> None:
     weight is the error-rate run of that weight; values equal to 6 digits share a name)."""
     if not rc["ppo_runs"]:
         raise CompareError("no PPO runs: give at least one risk weight (--risk-weights) or risk target (--risk-targets)")
-    seen: dict[str, tuple[float, float]] = {}
-    for weight, target in rc["ppo_runs"]:
+    origins = ([f"--risk-weights {w:g}" for w in rc["risk_weights"]]
+               + [f"--risk-targets {t:g} at --target-risk-weight {rc['target_risk_weight']:g}"
+                  for t in rc["risk_targets"]])
+    seen: dict[str, str] = {}
+    for (weight, target), origin in zip(rc["ppo_runs"], origins):
         name = _run_folder_name(weight, target)
         if name in seen:
-            raise CompareError(f"two PPO runs would share the folder {name!r} (risk weight {weight:g}, risk target "
-                               f"{target:g} and {seen[name][0]:g}, {seen[name][1]:g}); give each reward once")
-        seen[name] = (weight, target)
+            raise CompareError(f"{seen[name]} and {origin} are the same PPO run (folder {name!r}); "
+                               "give each reward once")
+        seen[name] = origin
 
 
 def check_config(config: CompareConfig) -> dict[str, Any]:

@@ -116,22 +116,32 @@ def boolean() -> Rule:
 def optional(rule: Rule) -> Rule:
     """``rule`` or null."""
 
-    def check(value: Any) -> Any:
-        return None if value is None else rule.check(value)
+    allowed = f"{rule.allowed} or null"
 
-    return Rule(f"{rule.allowed} or null", check)
+    def check(value: Any) -> Any:
+        try:
+            return None if value is None else rule.check(value)
+        except _Bad:
+            raise _Bad(allowed) from None
+
+    return Rule(allowed, check)
 
 
 def schedule(rule: Rule) -> Rule:
     """``rule``'s number, or a zoo linear schedule ``lin_<number>`` starting at one."""
 
-    def check(value: Any) -> Any:
-        if isinstance(value, str) and value.strip().startswith("lin_"):
-            rule.check(value.strip()[4:])
-            return value.strip()
-        return rule.check(value)
+    allowed = f"{rule.allowed} (or lin_<such a number>)"
 
-    return Rule(f"{rule.allowed} (or lin_<such a number>)", check)
+    def check(value: Any) -> Any:
+        try:
+            if isinstance(value, str) and value.strip().startswith("lin_"):
+                rule.check(value.strip()[4:])
+                return value.strip()
+            return rule.check(value)
+        except _Bad:
+            raise _Bad(allowed) from None
+
+    return Rule(allowed, check)
 
 
 def only(value: Any, why: str) -> Rule:
