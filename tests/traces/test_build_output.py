@@ -109,7 +109,7 @@ def test_build_refuses_a_bad_output_before_tracing(tmp_path, pair, monkeypatch):
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()], ids=["error", "ctrl-c"])
 def test_failure_leaves_no_temporary_file(tmp_path, pair, monkeypatch, fail_in, exc):
     out = tmp_path / "t.parquet"
-    real_batch, real_write = builder.trace_batch, builder._columns_to_table
+    real_batch = builder.trace_batch
     calls = []
 
     def flaky_batch(*args, **kwargs):
