@@ -25,10 +25,17 @@ policies, see :mod:`hlm_gym.harness.hybrid_lm`):
    possible at all: near risk 0.5 the reference is skipping every token). The same check is
    repeated with the error rate as the risk axis.
 
-Outputs in ``--out`` (all written atomically): ``results.csv``, ``results.md`` (table and
-dominance), ``dominance.csv``, ``pareto-<scenario>.png``, ``compare.json``, the training runs
-(``runs/<scenario>/lambda<L>/``, TensorBoard logs under ``tb/`` there). The tables' ``lambda``
-column is the risk weight of the row's reward.
+Outputs in ``--out``: ``results.csv``, ``results.md`` (table and dominance), ``dominance.csv``,
+``pareto-<scenario>.png``, ``compare.json``, the training runs (``runs/<scenario>/lambda<L>/``,
+TensorBoard logs under ``tb/`` there). The tables' ``lambda`` column is the risk weight of the
+row's reward.
+
+Every setting is checked before any work (:func:`check_config`: sweeps non-empty and in range,
+scenarios loaded, each run's training settings as ``hlm-gym train`` checks them). ``--out`` is
+locked for the comparison; each run folder is owned by its run (see
+:mod:`~hlm_gym.harness.run_folder`); the tables, plots and JSON are rendered first and written
+(each atomically) only when the whole comparison has completed. ``resume`` reuses a run only
+when its ``summary.json`` records the same settings and its files match the recorded sha256.
 """
 
 from __future__ import annotations

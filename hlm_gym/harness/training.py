@@ -57,6 +57,7 @@ __all__ = ["TrainingError", "TrainConfig", "TrainResult", "TrainPlan", "ARTIFACT
 #: The files a run writes into its folder (``summary.json`` last); TensorBoard logs go to ``tb/``.
 ARTIFACTS = ("model_last.zip", "best_model.zip", "vecnormalize.pkl", "summary.json")
 
+
 # ----------------------------------------------------------------------------------- config
 @dataclass
 class TrainConfig:
@@ -164,6 +165,7 @@ def _make_model(algo: str, env: Any, config: TrainConfig, plan: "TrainPlan") -> 
         raise TrainingError(f"{algo} cannot be built from these hyperparameters ({type(exc).__name__}: {first})") \
             from None
 
+
 # ----------------------------------------------------------------------------------- checks
 @dataclass
 class TrainPlan:
@@ -181,6 +183,7 @@ class TrainPlan:
 
 
 def _optional_int(value: Any, flag: str) -> Optional[int]:
+    """``value`` if it is a positive integer; None when unset (the YAML's value applies)."""
     return None if value is None else check_int(value, flag, 1, error=TrainingError)
 
 

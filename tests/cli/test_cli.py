@@ -173,7 +173,7 @@ def test_cuda_asked_for_but_absent_is_one_line(tmp_path, capsys):
         pytest.skip("this machine has CUDA; cuda:999 above covers a missing device")
     assert main([*TRAIN, "--device", "cuda", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"hlm-gym: error: --device cuda: torch sees no CUDA device"
+    assert err == ("hlm-gym: error: --device cuda: torch sees no CUDA device"
                    + ("" if torch.version.cuda else f", torch {torch.__version__} is built without CUDA")
                    + "; use --device cpu or auto")
     assert not (tmp_path / "out").exists()
