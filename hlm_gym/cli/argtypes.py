@@ -34,10 +34,11 @@ class CommandLineError(HLMGymError, ValueError):
 def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Make ``parser`` raise :class:`CommandLineError` instead of printing its usage and exiting,
     so the entry point reports ``hlm-gym: error: <command>: <message>`` in one line (exit 2)."""
-    command = parser.prog.split()[-1]
+    command = " ".join(parser.prog.split()[1:])  # "train", "traces build"; "" for hlm-gym itself
 
     def error(message: str) -> NoReturn:
-        raise CommandLineError(f"{command}: {message} (see hlm-gym {command} --help)")
+        where = f"{command}: " if command else ""
+        raise CommandLineError(f"{where}{message} (see hlm-gym {command + ' ' if command else ''}--help)")
 
     parser.error = error  # type: ignore[method-assign]
     return parser

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from hlm_gym import __version__
 from hlm_gym.cli import compare, evaluate, generate, slm, traces, train
+from hlm_gym.cli.argtypes import one_line_errors
 from hlm_gym.errors import HLMGymError
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
@@ -31,7 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for module in COMMAND_MODULES:
         module.register(sub)
+    _one_line_everywhere(parser)
     return parser
+
+
+def _one_line_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Usage errors of ``parser`` and of every sub-parser below it are one-line errors (exit 2)."""
+    one_line_errors(parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _one_line_everywhere(child)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -79,7 +79,7 @@ class EnvFamily:
       ``sweep_family``: the one whose front the learned points are checked against;
       ``shared_policy_context(traces)``: PolicyContext fields ``compare`` computes once for all
       of them (HybridLM: the U-HLM fit);
-    * ``check_data(traces)``: raise when the data a comparison needs is missing;
+    * ``check_data(traces, splits)``: raise when the data of ``splits`` (default all) is missing;
     * ``evaluate_live(policy, *, env_id, settings, split, episodes, seed, policy_context, reference)``:
       the family's live evaluation (an :class:`~hlm_gym.harness.results.EvaluationResult`;
       ``None``: no live mode).
@@ -99,7 +99,7 @@ class EnvFamily:
     analytic_policies: Callable[[Mapping[str, Any]], list[AnalyticPolicy]]
     sweep_family: str
     shared_policy_context: Callable[[Any], Mapping[str, Any]]
-    check_data: Callable[[Any], None]
+    check_data: Callable[..., None]
     evaluate_live: Optional[Callable[..., Any]] = None
 
     def context_for(self, env: Any, env_id: str, **changes: Any) -> PolicyContext:

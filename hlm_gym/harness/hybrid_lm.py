@@ -225,12 +225,12 @@ def shared_policy_context(traces: Any) -> dict[str, Any]:
     return {"fit": fit_from_traces(traces, "train")}
 
 
-def check_data(traces: Any) -> None:
-    """The train, validation and test trace files exist (``traces``: a folder; ``None``: the shipped set)."""
+def check_data(traces: Any, splits: tuple[str, ...] = ("train", "validation", "test")) -> None:
+    """The trace files of ``splits`` exist (``traces``: a folder; ``None``: the shipped set)."""
     from hlm_gym.policies.data import resolve_trace_path
 
     flag = "" if traces is None else f"--traces {str(traces)!r}: "
-    for split in ("train", "validation", "test"):
+    for split in splits:
         try:
             p = resolve_trace_path(traces, split)
         except ValueError as exc:
