@@ -41,6 +41,16 @@ class ScalarOps:
         return memoryview(arr) if arr.ndim == 1 else arr
 
     take = staticmethod(operator.getitem)  # table[i] as a Python scalar
+
+    @staticmethod
+    def records(values: np.ndarray) -> np.ndarray:
+        """A table of records: a C-ordered ``(rows, fields)`` float64 array."""
+        return np.ascontiguousarray(values, dtype=np.float64)
+
+    @staticmethod
+    def take_records(table: np.ndarray, i: int) -> list:
+        """The fields of record ``i`` as Python floats."""
+        return table[i].tolist()
     take_rows = staticmethod(operator.getitem)  # row i of a 2-D table
     from_host = staticmethod(int)  # a host (numpy) integer as a Python int
 
@@ -86,11 +96,19 @@ class ScalarOps:
 
     @staticmethod
     def put_row(obs: np.ndarray, idx: Any, head: Any, tail: tuple) -> None:
-        """Fill one observation vector: ``head`` (an array) first, then the scalars of ``tail``."""
+        """Fill one observation vector: ``head`` (an array) first, then the scalars of ``tail``.
+
+        Element stores (about 60 ns each) beat a slice store from a tuple (about 700 ns), so a
+        tail of up to five scalars is stored element by element without a loop.
+        """
         k = len(head)
         obs[:k] = head
-        for j, v in enumerate(tail, k):
-            obs[j] = v
+        n = len(tail)
+        if n == 5:
+            obs[k], obs[k + 1], obs[k + 2], obs[k + 3], obs[k + 4] = tail
+        else:
+            for j in range(n):
+                obs[k + j] = tail[j]
 
 
 class NumpyOps:
@@ -105,6 +123,16 @@ class NumpyOps:
     @staticmethod
     def take(table: np.ndarray, i: np.ndarray) -> np.ndarray:
         return table.take(i)
+
+    @staticmethod
+    def records(values: np.ndarray) -> np.ndarray:
+        """A table of records: a C-ordered ``(rows, fields)`` float64 array."""
+        return np.ascontiguousarray(values, dtype=np.float64)
+
+    @staticmethod
+    def take_records(table: np.ndarray, i: np.ndarray) -> np.ndarray:
+        """Records ``i`` (one gather), as one array per field."""
+        return table.take(i, axis=0).T
 
     @staticmethod
     def take_rows(table: np.ndarray, i: np.ndarray) -> np.ndarray:
@@ -182,6 +210,15 @@ class TorchOps:
     @staticmethod
     def take(table, i):
         return table[i]
+
+    def records(self, values: np.ndarray):
+        """A table of records: a ``(rows, fields)`` float64 tensor."""
+        return self.table(values, "f")
+
+    @staticmethod
+    def take_records(table, i):
+        """Records ``i`` (one gather), as one tensor per field."""
+        return table[i].unbind(1)
 
     def from_host(self, x: Any):
         return self.torch.as_tensor(np.asarray(x), device=self.device)

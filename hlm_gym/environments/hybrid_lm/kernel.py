@@ -66,13 +66,10 @@ class HybridLMKernel:
         self.starts = t.starts
         # channel bank (flat over realisation x grid point)
         self.G, self.dt = b.points, b.dt
-        self.snr = xp.table(b.snr_obs.reshape(-1), "f32")
-        self.log_rate = xp.table(b.log_rate.reshape(-1), "f32")
-        self.up_rate = xp.table(b.up_rate.reshape(-1), "f")
-        self.up_wait = xp.table(b.up_wait.reshape(-1), "f")
-        self.up_inv = xp.table(b.up_inv.reshape(-1), "f")
-        self.dl_wait = xp.table(b.dl_wait.reshape(-1), "f")
-        self.dl_air = xp.table(b.dl_air.reshape(-1), "f")
+        # one record per grid point, so a step gathers each env's channel in one memory access
+        self.channel = xp.records(np.stack([b.up_wait, b.up_inv, b.dl_wait, b.dl_air, b.up_rate,
+                                            b.snr_obs.astype(np.float64), b.log_rate.astype(np.float64)],
+                                           axis=-1).reshape(-1, 7))
         self.bits0 = xp.table(np.asarray(c.bits0), "f")
         self.pend_bits = xp.table(np.asarray(c.pend_bits), "f")
         # reward
@@ -91,6 +88,7 @@ class HybridLMKernel:
         self.time, self.risk_sum = z(n, "f"), z(n, "f")
         self.ring = xp.ring(n, self.window)
         self.ring_n = z(n)
+        self._channel_now: Any = None  # the channel records of the last full observation (a memo)
 
     def __getstate__(self) -> dict:
         """Picklable state (``copy.deepcopy``, ``pickle``): ``memoryview`` tables as arrays."""
@@ -117,6 +115,7 @@ class HybridLMKernel:
         self.time = xp.assign(self.time, idx, 0.0)
         self.risk_sum = xp.assign(self.risk_sum, idx, 0.0)
         self.ring = xp.ring_clear(self.ring, idx)
+        self._channel_now = None
 
     def grid(self, idx: Any = ALL) -> Any:
         """Flat bank index (realisation x grid point) of each environment's channel now."""
@@ -140,8 +139,11 @@ class HybridLMKernel:
             rows = row
         if signals is None:
             signals = xp.take_rows(self.sig, rows)
-        f = self.grid(idx)
-        write_observation(xp, obs, idx, signals, xp.take(self.snr, f), xp.take(self.log_rate, f), pending,
+        channel = xp.take_records(self.channel, self.grid(idx))
+        if idx is ALL:  # the channel now, which the next step starts from (time has not moved)
+            self._channel_now = channel
+        *_, snr, log_rate = channel
+        write_observation(xp, obs, idx, signals, snr, log_rate, pending,
                           rows - start, ring_n, self.max_tokens, self.window)
 
     # ------------------------------------------------------------------ a decision
@@ -183,7 +185,10 @@ class HybridLMKernel:
             beta_full, acc_full, beta_o, acc_o, term = (draft.beta_full, draft.accepted_full, draft.beta,
                                                         draft.accepted, draft.end)
         p = self.pending
-        f = self.grid()
+        channel, self._channel_now = self._channel_now, None
+        if channel is None:
+            channel = xp.take_records(self.channel, self.grid())
+        up_wait, up_inv, dl_wait, dl_air, up_rate, snr, _ = channel
         skip = a == 0
         send = not_(skip)
         # the token cost account of a send (one formula: CostModel.send_terms), a skip costs device compute
@@ -192,8 +197,7 @@ class HybridLMKernel:
         else:
             bits0, pend_bits = take(self.bits0, o), take(self.pend_bits, o)
         lat_send, up_bits, en_send = c.send_terms(bits0, pend_bits, xp.f64(p),
-                                                  take(self.up_wait, f), take(self.up_inv, f),
-                                                  take(self.dl_wait, f), take(self.dl_air, f), where)
+                                                  up_wait, up_inv, dl_wait, dl_air, where)
         lat = where(skip, c.dev_s, lat_send)
         err = skip & not_(acc_full)
         risk = xp.f64(err) if self.risk_error else beta_full
@@ -223,8 +227,8 @@ class HybridLMKernel:
         self.steps = self.steps + 1
         self.row = new_row
         info = {"latency_s": lat, "uplink_bits": where(skip, 0.0, up_bits), "sent": send, "rejected": rejected,
-                "beta": where(skip, beta_full, beta_o), "error": err, "snr_db": xp.f64(take(self.snr, f)),
-                "rate_bps": take(self.up_rate, f), "energy_j": where(skip, c.skip_energy, en_send)}
+                "beta": where(skip, beta_full, beta_o), "error": err, "snr_db": snr,
+                "rate_bps": up_rate, "energy_j": where(skip, c.skip_energy, en_send)}
         return reward, term, info, rewind, rewound
 
     # ------------------------------------------------------------------ metrics

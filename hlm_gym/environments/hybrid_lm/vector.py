@@ -141,9 +141,12 @@ class HybridLMVectorEnv(VectorEnv):
         for key in STEP_KEYS:
             info[key] = step_info[key]
             info["_" + key] = mask
-        if bool(term.any()):
-            for key, val in k.episode_metrics().items():
-                info[key] = xp.where(term, val, val * 0)
+        ended = self._indices(term)
+        if len(ended):
+            for key, val in k.episode_metrics(ended).items():
+                full = xp.zeros(self.num_envs, "i" if key == "tokens" else "f")
+                full[ended] = val
+                info[key] = full
                 info["_" + key] = term
         self._needs_reset = term | truncated
         if any_reset:
