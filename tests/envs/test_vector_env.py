@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 import hlm_gym  # noqa: F401
+from hlm_gym.environments.hybrid_lm.config import EnvConfigError
 from hlm_gym.environments.hybrid_lm.vector import HybridLMVectorEnv
 from tests.tiny_models import build_tiny_trace
 
@@ -168,3 +171,38 @@ def test_sb3_adapter_torch_backend_equals_numpy_backend(trace_file):
     with pytest.raises(EnvConfigError, match="numpy backend runs on the CPU"):
         HybridLMSB3VecEnv(num_envs=2, backend="numpy", device="cuda", trace=trace_file)
 
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_per_env_reward_settings_equal_separate_envs(backend):
+    """One batch with a reward setting per sub-env follows, for each sub-env, the env of that setting."""
+    from hlm_gym.environments.hybrid_lm.torch_vector import HybridLMTorchVectorEnv
+
+    trace = str(Path(__file__).resolve().parents[1] / "data" / "golden" / "trace.parquet")
+    weights, targets = [0.0, 1.0, 5.0, 10.0], [0.0, 0.3, 0.0, 0.45]
+    if backend == "torch":
+        pop = HybridLMTorchVectorEnv(num_envs=4, device="cpu", trace=trace, risk_weights=weights, risk_targets=targets)
+    else:
+        pop = HybridLMVectorEnv(num_envs=4, trace=trace, risk_weights=weights, risk_targets=targets)
+    pop.reset(seed=3)
+    singles = [HybridLMVectorEnv(num_envs=4, trace=trace, risk_weight=w, risk_target=r) for w, r in zip(weights, targets)]
+    for env in singles:
+        env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    rewards = []
+    for step in range(200):
+        a = rng.integers(0, 2, 4)
+        o, rew, term, trunc, _ = pop.step(torch.as_tensor(a) if backend == "torch" else a)
+        for i, env in enumerate(singles):
+            o2, rew2, term2, trunc2, _ = env.step(a)
+            assert np.array_equal(_to_np(o)[i], o2[i]) and _to_np(rew)[i] == rew2[i], f"env {i} differs at step {step}"
+        rewards.append(_to_np(rew))
+    assert len({tuple(np.round(r, 12)) for r in np.asarray(rewards).T}) == 4  # the settings do differ
+
+
+def test_per_env_reward_settings_are_checked():
+    trace = str(Path(__file__).resolve().parents[1] / "data" / "golden" / "trace.parquet")
+    with pytest.raises(EnvConfigError, match="risk_weights: expected 3 values"):
+        HybridLMVectorEnv(num_envs=3, trace=trace, risk_weights=[1.0, 2.0])
+    with pytest.raises(EnvConfigError, match="risk_targets=1.5"):
+        HybridLMVectorEnv(num_envs=2, trace=trace, risk_targets=[0.2, 1.5])

@@ -75,8 +75,9 @@ class HybridLMKernel:
         # reward
         self.inv_ref = 1.0 / sim.latency_ref
         self.skip_reward0 = -(c.dev_s * self.inv_ref)
-        self.risk_weight = float(cfg.risk_weight)
-        self.risk_target = float(cfg.risk_target)
+        self.risk_weight: Any = float(cfg.risk_weight)
+        self.risk_target: Any = float(cfg.risk_target)
+        self._risk_on = self.risk_weight != 0.0
         self.risk_error = cfg.risk == "error"
         self.deferred = cfg.verify == "deferred"
         self.max_tokens = float(sim.max_tokens)
@@ -89,6 +90,14 @@ class HybridLMKernel:
         self.ring = xp.ring(n, self.window)
         self.ring_n = z(n)
         self._channel_now: Any = None  # the channel records of the last full observation (a memo)
+
+    def set_reward_weights(self, risk_weight: Any, risk_target: Any) -> None:
+        """Per-environment reward parameters (batched backends): ``risk_weight`` and ``risk_target``
+        of shape ``(n,)`` (or scalars), so one batch serves a population of reward settings."""
+        w = np.broadcast_to(np.asarray(risk_weight, dtype=np.float64), (self.n,)).copy()
+        r = np.broadcast_to(np.asarray(risk_target, dtype=np.float64), (self.n,)).copy()
+        self.risk_weight, self.risk_target = self.xp.table(w, "f"), self.xp.table(r, "f")
+        self._risk_on = bool(np.any(w != 0.0))
 
     def __getstate__(self) -> dict:
         """Picklable state (``copy.deepcopy``, ``pickle``): ``memoryview`` tables as arrays."""
@@ -202,7 +211,7 @@ class HybridLMKernel:
         err = skip & not_(acc_full)
         risk = xp.f64(err) if self.risk_error else beta_full
         skip_reward = self.skip_reward0
-        if self.risk_weight:  # (a zero weight ignores the risk, NaN in live mode, entirely)
+        if self._risk_on:  # (a zero weight ignores the risk, NaN in live mode, entirely)
             skip_reward = skip_reward - self.risk_weight * (risk - self.risk_target)
         reward = where(skip, skip_reward, -(lat_send * self.inv_ref))
         new_row = r + 1

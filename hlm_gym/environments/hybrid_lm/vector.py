@@ -11,6 +11,7 @@ ignored, reward 0, ``terminated = truncated = False``). Episode metrics
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import numpy as np
@@ -20,7 +21,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from hlm_gym.environments.backends import ALL, NumpyOps
-from hlm_gym.environments.hybrid_lm.config import EnvConfigError, integer, make_config
+from hlm_gym.environments.hybrid_lm.config import EnvConfigError, integer, make_config, real
 from hlm_gym.environments.hybrid_lm.kernel import EPISODE_KEYS, STEP_KEYS, HybridLMKernel
 from hlm_gym.environments.hybrid_lm.observation import OBS_HIGH, OBS_LOW, OBS_NAMES
 from hlm_gym.environments.hybrid_lm.simulation import EpisodeDraw, build_simulation, sub_env_seeds
@@ -30,6 +31,10 @@ __all__ = ["HybridLMVectorEnv", "HybridLMCompressedVectorEnv", "STEP_KEYS", "EPI
 
 class HybridLMVectorEnv(VectorEnv):
     """``num_envs`` HybridLM environments in numpy (trace mode only); options as the single env.
+
+    ``risk_weights``/``risk_targets`` (sequences of ``num_envs`` values) give each sub-environment
+    its own reward parameters, so one batch serves a population of reward settings; sub-env ``i``
+    then follows the trajectory of an env made with ``risk_weight=risk_weights[i]``.
 
     The dynamics are :class:`~hlm_gym.environments.hybrid_lm.kernel.HybridLMKernel` on the numpy
     backend; this class adds the vector interface (seeding, ``NEXT_STEP`` autoreset, info masks).
@@ -46,7 +51,7 @@ class HybridLMVectorEnv(VectorEnv):
 
     def _setup(self, xp: Any, num_envs: int, max_episode_steps: Optional[int], render_mode: Optional[str],
                kwargs: dict) -> None:
-        config, _ = make_config(kwargs)
+        config, extra = make_config(kwargs, extra_allowed=("risk_weights", "risk_targets"))
         if config.mode != "trace":
             raise EnvConfigError(f"bad option mode={config.mode!r}: the vector environments replay traces only; "
                                  "use the single environment for mode='live'")
@@ -60,6 +65,10 @@ class HybridLMVectorEnv(VectorEnv):
         self.sim = sim = build_simulation(config, self.compressed)
         self._xp = xp
         self._kernel = HybridLMKernel(sim, xp, n, self.compressed)
+        if extra.get("risk_weights") is not None or extra.get("risk_targets") is not None:
+            self._kernel.set_reward_weights(
+                per_env("risk_weights", extra.get("risk_weights"), n, config.risk_weight, 0.0, math.inf),
+                per_env("risk_targets", extra.get("risk_targets"), n, config.risk_target, 0.0, 1.0))
         self._n_actions = self._kernel.n_actions
         self.single_observation_space = spaces.Box(OBS_LOW, OBS_HIGH, dtype=np.float32)
         self.single_action_space = spaces.Discrete(self._n_actions)
@@ -161,6 +170,16 @@ class HybridLMVectorEnv(VectorEnv):
             self._reset_envs(idx)
             self._kernel.observe(self._obs, idx)
         return self._copy(self._obs[idx])
+
+
+def per_env(name: str, values: Any, n: int, default: float, lo: float, hi: float) -> np.ndarray:
+    """``values`` as ``n`` finite floats in ``[lo, hi]`` (``None``: ``default`` for every env)."""
+    if values is None:
+        return np.full(n, default)
+    arr = np.asarray(values, dtype=object).reshape(-1)
+    if arr.size != n:
+        raise EnvConfigError(f"bad option {name}: expected {n} values (one per env), got {arr.size}")
+    return np.array([real(name, v, lo=lo, hi=hi) for v in arr], dtype=np.float64)
 
 
 class HybridLMCompressedVectorEnv(HybridLMVectorEnv):
