@@ -291,3 +291,40 @@ def test_population_agents_and_bad_settings():
         prepare_population(PopulationConfig(agents=[AgentSpec(1, 1.5, 0)]), create_out=False)
     with pytest.raises(TrainingError, match="target_kl"):
         prepare_population(PopulationConfig(overrides={"target_kl": 0.02}), create_out=False)
+
+
+# ----------------------------------------------------------------------------------- CLI
+def test_cli_population_run_writes_one_folder_per_agent(traces, tmp_path, capsys):
+    from hlm_gym.cli.main import main
+
+    out = tmp_path / "pop"
+    rc = main(["train", "--trainer", "population", "--risk-weights", "1,5", "--risk-targets", "0.3", "--seeds", "0",
+               "--n-envs", "2", "--timesteps", "64", "--eval-episodes", "2", "--hp", "n_steps=16", "--hp",
+               "batch_size=16", "--hp", "n_epochs=1", "--traces", str(traces), "--out", str(out), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    for name in ("lambda1-target0.3-seed0", "lambda5-target0.3-seed0"):
+        assert (out / name / "model_last.zip").is_file() and (out / name / "summary.json").is_file()
+        assert name in printed
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "lambda1-target0.3-seed0", "lambda5-target0.3-seed0"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--risk-weights", "1,2"], "--risk-weights defines a population: it needs --trainer population"),
+    (["--trainer", "population", "--algo", "a2c"], "population trains PPO only"),
+    (["--trainer", "population", "--seed", "1", "--seeds", "1,2"], "--seed and --seeds both given"),
+    (["--trainer", "population", "--env-backend", "numpy"], "--env-backend numpy"),
+    (["--trainer", "population", "--risk-weights", "1,-2"], "--risk-weights"),
+    (["--trainer", "population", "--risk-weights", "1,1"], "same agent twice"),
+    (["--trainer", "population", "--combine", "zip", "--risk-weights", "1,2", "--seeds", "0,1,2"], "--combine zip"),
+    (["--trainer", "population", "--seeds", "1,x"], "--seeds"),
+])
+def test_cli_population_flags_refused_in_one_line_before_any_work(traces, tmp_path, capsys, flags, message):
+    from hlm_gym.cli.main import main
+
+    out = tmp_path / "never"
+    rc = main(["train", *flags, "--traces", str(traces), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
