@@ -1,0 +1,191 @@
+"""A sweep of PPO agents trained by both trainers on the same machine, in one run: the SB3 trainer
+(one ``hlm_gym.harness.training.train`` run per agent, as ``hlm-gym compare`` does) and the
+population trainer (all agents of a scenario as one batched run, ``hlm_gym.harness.population``).
+
+    python experiments/bench_sweep.py [--scenarios vehicular] [--timesteps 20000] [--seeds 0,1,2]
+                                      [--risk-weights 1,2,3,5] [--risk-targets 0.2,0.3,0.4,0.45]
+                                      [--target-risk-weight 10] [--sb3-jobs 1] [--threads 1]
+                                      [--device cpu] [--traces DIR] [--out DIR]
+
+The default sweep is ``hlm-gym compare``'s reward settings for one scenario (error-rate runs at
+each risk weight, risk-target runs at each target with the target risk weight) x 3 seeds, each
+agent trained for ``--timesteps`` steps with agents/ppo.yml. Both trainers evaluate each final
+model on the same validation episodes (``--eval-episodes``, seed + 10000) through the evaluation
+harness; the SB3 runs evaluate only at the end and draw no reference line (so both do the same
+work besides training). Prints the wall time of each trainer, the validation reward per step per
+setting (mean and spread over seeds) under both, and a last line ``sweep speed-up: X.Yx`` (SB3
+wall time / population wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hlm_gym.harness.compare_defaults import DEFAULTS  # noqa: E402
+
+
+def _floats(text: str) -> list[float]:
+    return [] if text.strip().lower() == "none" else [float(x) for x in text.split(",")]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+def _settings(args: argparse.Namespace) -> list[tuple[float, Optional[float]]]:
+    """(risk weight, risk target) of every reward setting of the sweep, as compare builds them."""
+    return ([(w, None) for w in args.risk_weights] + [(args.target_risk_weight, r) for r in args.risk_targets])
+
+
+def _sb3_one(config: Any, threads: int) -> dict[str, Any]:
+    import torch
+
+    from hlm_gym.harness.training import train
+
+    torch.set_num_threads(threads)
+    return train(config).summary
+
+
+def _run_sb3(args: argparse.Namespace, scenario: str, out: Path) -> tuple[float, dict]:
+    from hlm_gym.harness.training import TrainConfig
+
+    configs = []
+    for w, r in _settings(args):
+        for s in args.seeds:
+            name = f"lambda{w:g}" + (f"-target{r:g}" if r else "") + f"-seed{s}"
+            configs.append(((w, r, s), TrainConfig(scenario=scenario, risk_weight=w, risk_target=r, seed=s,
+                                                   device=args.device, timesteps=args.timesteps,
+                                                   out=str(out / "sb3" / scenario / name), traces=args.traces,
+                                                   eval_freq=args.timesteps, eval_episodes=args.eval_episodes,
+                                                   reference=False)))
+    t0 = time.perf_counter()
+    if args.sb3_jobs <= 1:
+        summaries = [_sb3_one(c, args.threads) for _, c in configs]
+    else:
+        with cf.ProcessPoolExecutor(args.sb3_jobs, mp_context=mp.get_context("spawn")) as pool:
+            summaries = list(pool.map(_sb3_one, [c for _, c in configs], [args.threads] * len(configs)))
+    wall = time.perf_counter() - t0
+    return wall, {key: s["last"] for (key, _), s in zip(configs, summaries)}
+
+
+def _run_population(args: argparse.Namespace, scenario: str, out: Path) -> tuple[float, dict, int]:
+    from hlm_gym.harness.population import AgentSpec, PopulationConfig, train_population
+
+    agents = [AgentSpec(w, r, s) for w, r in _settings(args) for s in args.seeds]
+    config = PopulationConfig(agents=agents, scenario=scenario, device=args.device, timesteps=args.timesteps,
+                              out=str(out / "population" / scenario), traces=args.traces,
+                              eval_episodes=args.eval_episodes)
+    t0 = time.perf_counter()
+    result = train_population(config)
+    wall = time.perf_counter() - t0
+    return wall, {(a.risk_weight, a.risk_target, a.seed): s["last"] for a, s in zip(agents, result.summaries)}, \
+        int(result.summaries[0]["timesteps"])
+
+
+def _warm_up(args: argparse.Namespace, scenario: str, out: Path) -> None:
+    """A tiny run of each trainer first (imports, trace and scenario loading, caches), untimed, so
+    that neither trainer pays the process's start-up costs in the timings."""
+    from hlm_gym.harness.population import AgentSpec, PopulationConfig, train_population
+    from hlm_gym.harness.training import TrainConfig, train
+
+    tiny = {"n_steps": 8, "batch_size": 16, "n_epochs": 1}
+    train_population(PopulationConfig(agents=[AgentSpec(1.0, None, 0)], scenario=scenario, device=args.device,
+                                      n_envs=2, timesteps=16, out=str(out / "warm-up" / "population"),
+                                      traces=args.traces, overrides=tiny, eval_episodes=2, tensorboard=False))
+    train(TrainConfig(scenario=scenario, risk_weight=1.0, device=args.device, n_envs=2, timesteps=16,
+                      out=str(out / "warm-up" / "sb3"), traces=args.traces, overrides=tiny, eval_episodes=2,
+                      reference=False))
+
+
+def _cell(values: list[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():+.4f} ({v.min():+.4f}..{v.max():+.4f})"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--scenarios", default="vehicular", help="comma-separated scenarios (default vehicular)")
+    p.add_argument("--timesteps", type=int, default=20_000, help="steps per agent (default 20000)")
+    p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="seeds per setting (default 0,1,2)")
+    p.add_argument("--risk-weights", type=_floats, default=list(DEFAULTS["risk_weights"]))
+    p.add_argument("--risk-targets", type=_floats, default=list(DEFAULTS["risk_targets"]))
+    p.add_argument("--target-risk-weight", type=float, default=DEFAULTS["target_risk_weight"])
+    p.add_argument("--eval-episodes", type=int, default=DEFAULTS["eval_episodes"])
+    p.add_argument("--trainers", default="sb3,population", help="which trainers to run (default both)")
+    p.add_argument("--sb3-jobs", type=int, default=1, help="SB3 runs in parallel processes (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
+    p.add_argument("--device", default="cpu", help="device of both trainers (default cpu)")
+    p.add_argument("--traces", default=None, help="trace folder (default: the shipped traces)")
+    p.add_argument("--out", default=None, help="where the runs go (default: a temporary folder)")
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    trainers = [t.strip() for t in args.trainers.split(",")]
+    scenarios = [s.strip() for s in args.scenarios.split(",")]
+    tmp = None
+    if args.out is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-sweep-")
+        out = Path(tmp.name)
+    else:
+        out = Path(args.out)
+    n_agents = len(_settings(args)) * len(args.seeds)
+    print(f"sweep: {len(scenarios)} scenario(s) x {len(_settings(args))} reward settings x {len(args.seeds)} seeds "
+          f"= {n_agents} agents per scenario, {args.timesteps} steps each; device {args.device}, "
+          f"{args.threads} torch thread(s), SB3 jobs {args.sb3_jobs}", flush=True)
+    walls = {"sb3": 0.0, "population": 0.0}
+    results: dict[str, dict] = {"sb3": {}, "population": {}}
+    steps = None
+    try:
+        for scenario in scenarios:
+            _warm_up(args, scenario, out)
+            if "population" in trainers:
+                wall, res, steps = _run_population(args, scenario, out)
+                walls["population"] += wall
+                results["population"].update({(scenario, *k): v for k, v in res.items()})
+                print(f"[{scenario}] population trainer: {wall:.1f} s ({n_agents} agents, {steps} steps each)",
+                      flush=True)
+            if "sb3" in trainers:
+                wall, res = _run_sb3(args, scenario, out)
+                walls["sb3"] += wall
+                results["sb3"].update({(scenario, *k): v for k, v in res.items()})
+                print(f"[{scenario}] SB3 trainer: {wall:.1f} s ({n_agents} runs)", flush=True)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    print()
+    print("validation reward/step per setting: mean over seeds (min..max); tokens/s and risk: means over seeds")
+    head = f"{'scenario':<22} {'lambda':>6} {'R':>5}"
+    for t in trainers:
+        head += f" | {t + ' reward/step':<34} {'tok/s':>6} {'risk':>6}"
+    print(head)
+    for scenario in scenarios:
+        for w, r in _settings(args):
+            row = f"{scenario:<22} {w:>6g} {(r or 0):>5g}"
+            for t in trainers:
+                ms = [results[t][(scenario, w, r, s)] for s in args.seeds]
+                row += (f" | {_cell([m['reward_per_step'] for m in ms]):<34} "
+                        f"{np.mean([m['tokens_per_s'] for m in ms]):>6.2f} {np.nanmean([m['risk'] for m in ms]):>6.3f}")
+            print(row)
+    for t in trainers:
+        print(f"{t} trainer wall time: {walls[t]:.1f} s")
+    if "sb3" in trainers and "population" in trainers:
+        print(f"sweep speed-up: {walls['sb3'] / walls['population']:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
