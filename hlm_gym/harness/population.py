@@ -592,6 +592,7 @@ def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder
     clip_vf_fn = None if ppo["clip_range_vf"] is None else _const(ppo["clip_range_vf"])
     env = _make_env(config, plan)
     writers: list[Any] = []
+    eval_envs: dict[tuple, Any] = {}  # validation envs, one per reward setting (shared by its seeds)
     try:
         # --- networks: SB3's policy per agent under the agent's seed; actor-critics stacked
         pk = dict(ppo.get("policy_kwargs") or {})
@@ -674,7 +675,7 @@ def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder
         summaries = []
         for p, (a, folder) in enumerate(zip(agents, folders)):
             path = _export(nets, norm, p, env, ppo, pk, a, timesteps, folder.staged("model_last.zip"))
-            metrics = _validate(config, a, path)
+            metrics = _validate(config, a, path, eval_envs)
             summary = _summary(config, plan, a, p, timesteps, train_wall, time.perf_counter() - t_start, metrics,
                                last_metrics, folder)
             atomic_write_text(folder.staged("summary.json"), json.dumps(summary, indent=2, default=_json) + "\n")
@@ -684,6 +685,8 @@ def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder
     finally:
         for w in writers:
             w.close()
+        for e in eval_envs.values():
+            e.close()
         env.close()
     return PopulationResult(out=plan.out, agents=list(agents), summaries=summaries,
                             wall_s=time.perf_counter() - t_start)
@@ -739,13 +742,19 @@ def _export(nets: PopulationNets, norm: _Normalizer, p: int, env: Any, ppo: dict
     return path
 
 
-def _validate(config: PopulationConfig, agent: AgentSpec, path: Path) -> dict[str, float]:
-    """The exported model on the validation split through the evaluation harness (a ``ppo:`` spec)."""
-    from hlm_gym.harness.evaluation import evaluate
+def _validate(config: PopulationConfig, agent: AgentSpec, path: Path, envs: dict[tuple, Any]) -> dict[str, float]:
+    """The exported model on the validation split through the evaluation harness (a ``ppo:`` spec),
+    on the same episodes as the SB3 trainer's evaluation (seed + 10000, ``eval_episodes``). ``envs``:
+    the validation envs made so far, by reward setting (an evaluation resets its env with its seed)."""
+    from hlm_gym.harness.evaluation import evaluate, make_eval_env
 
+    key = (agent.risk_weight, agent.risk_target)
+    if key not in envs:
+        envs[key] = make_eval_env(config.settings(agent), "validation", min(16, config.eval_episodes), config.env_id)
     res = evaluate(f"ppo:{path}", env_id=config.env_id, scenario=config.scenario, split="validation",
                    episodes=config.eval_episodes, seed=int(agent.seed) + 10_000, risk_weight=agent.risk_weight,
-                   risk_target=agent.risk_target, traces=config.traces, env_kwargs=config.env_kwargs)
+                   risk_target=agent.risk_target, traces=config.traces, env_kwargs=config.env_kwargs,
+                   env=envs[key])
     return {k: float(v["mean"]) for k, v in res.summary.items()}
 
 
