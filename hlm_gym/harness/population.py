@@ -54,6 +54,7 @@ import copy
 import itertools
 import json
 import math
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -574,6 +575,14 @@ def _explained_variance(values: torch.Tensor, returns: torch.Tensor, w: torch.Te
     return torch.where(vy == 0, torch.full_like(vy, float("nan")), 1 - var(returns - values) / vy)
 
 
+def _tb_run_dir(tb: Path, name: str) -> Path:
+    """``tb/<name>_<k>`` with the next unused ``k`` (SB3's naming: a rerun does not mix its events
+    into an earlier run's folder)."""
+    used = [int(m.group(1)) for d in (tb.iterdir() if tb.is_dir() else ())
+            if (m := re.fullmatch(re.escape(name) + r"_(\d+)", d.name))]
+    return tb / f"{name}_{max(used, default=0) + 1}"
+
+
 def _seed_everything(agents: Sequence[AgentSpec], device: torch.device) -> list[torch.Generator]:
     """One generator per agent on the device (actions and minibatch permutations)."""
     gens = []
@@ -603,7 +612,7 @@ def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            writers = [SummaryWriter(log_dir=str(f.final("tb") / a.name)) for f, a in zip(folders, agents)]
+            writers = [SummaryWriter(log_dir=str(_tb_run_dir(f.final("tb"), a.name))) for f, a in zip(folders, agents)]
         # --- env reset: agent p's sub-env j gets seed seed_p + j (as an SB3 run with that seed)
         obs, _ = env.reset(seed=[a.seed + j for a in agents for j in range(n)])
         norm = _Normalizer(P, n, obs.shape[-1], plan.normalize, dev)
@@ -671,13 +680,14 @@ def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder
         train_wall = time.perf_counter() - t_start
         for w in writers:
             w.flush()
+        tb_dirs = [Path(w.log_dir) for w in writers] or [None] * P
         # --- export, evaluate, summarise, commit (agent by agent)
         summaries = []
         for p, (a, folder) in enumerate(zip(agents, folders)):
             path = _export(nets, norm, p, env, ppo, pk, a, timesteps, folder.staged("model_last.zip"))
             metrics = _validate(config, a, path, eval_envs)
             summary = _summary(config, plan, a, p, timesteps, train_wall, time.perf_counter() - t_start, metrics,
-                               last_metrics, folder)
+                               last_metrics, folder, tb_dirs[p])
             atomic_write_text(folder.staged("summary.json"), json.dumps(summary, indent=2, default=_json) + "\n")
             summaries.append(summary)
         for folder in folders:
@@ -760,7 +770,7 @@ def _validate(config: PopulationConfig, agent: AgentSpec, path: Path, envs: dict
 
 def _summary(config: PopulationConfig, plan: PopulationPlan, agent: AgentSpec, p: int, timesteps: int,
              train_wall: float, wall: float, metrics: dict[str, float], last: dict[str, np.ndarray],
-             folder: RunFolder) -> dict[str, Any]:
+             folder: RunFolder, tb_dir: Optional[Path]) -> dict[str, Any]:
     """An agent's ``summary.json``: the SB3 trainer's fields where they apply, plus the population."""
     P = len(config.agents)
     cfg = {k: v for k, v in asdict(config).items() if k not in ("agents", "verbose")}
@@ -774,7 +784,8 @@ def _summary(config: PopulationConfig, plan: PopulationPlan, agent: AgentSpec, p
                             for k, v in plan.hp.items()},
             "normalize": plan.normalize, "last": metrics,
             "train": {k: (None if not np.isfinite(v[p]) else float(v[p])) for k, v in last.items()},
-            "files": {"model_last": str(folder.final("model_last.zip")), "tensorboard": str(folder.final("tb")),
+            "files": {"model_last": str(folder.final("model_last.zip")),
+                      "tensorboard": None if tb_dir is None else str(tb_dir),
                       "summary": str(folder.final("summary.json"))},
             "artifacts": {"model_last": {"file": "model_last.zip",
                                          "sha256": sha256_file(folder.staged("model_last.zip"))}}}

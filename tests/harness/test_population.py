@@ -211,7 +211,8 @@ def test_smoke_run_writes_tensorboard_domain_scalars(smoke_run):
 
     assert len(smoke_run.summaries) == 2
     for s in smoke_run.summaries:
-        tb = Path(s["files"]["tensorboard"]) / s["agent"]
+        tb = Path(s["files"]["tensorboard"])
+        assert tb == smoke_run.out / s["agent"] / "tb" / f"{s['agent']}_1"
         assert list(tb.glob("events.out.tfevents.*")), tb
         ea = EventAccumulator(str(tb))
         ea.Reload()
