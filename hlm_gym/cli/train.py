@@ -45,6 +45,9 @@ def _population_config(args: argparse.Namespace):
         if getattr(args, single) is not None and getattr(args, plural) is not None:
             raise TrainingError(f"--{single.replace('_', '-')} and --{plural.replace('_', '-')} both given; "
                                 "use one of them")
+    if args.eval_freq is not None:
+        raise TrainingError("--eval-freq: the population trainer evaluates each agent once, at the end "
+                            "(use --trainer sb3 for periodic evaluations)")
     if args.env_backend not in (None, "torch"):
         raise TrainingError(f"--env-backend {args.env_backend}: the population trainer steps the batched torch env "
                             "(omit --env-backend or give torch)")

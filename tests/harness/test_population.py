@@ -320,6 +320,7 @@ def test_cli_population_run_writes_one_folder_per_agent(traces, tmp_path, capsys
     (["--trainer", "population", "--risk-weights", "1,1"], "same agent twice"),
     (["--trainer", "population", "--combine", "zip", "--risk-weights", "1,2", "--seeds", "0,1,2"], "--combine zip"),
     (["--trainer", "population", "--seeds", "1,x"], "--seeds"),
+    (["--trainer", "population", "--eval-freq", "100"], "--eval-freq"),
 ])
 def test_cli_population_flags_refused_in_one_line_before_any_work(traces, tmp_path, capsys, flags, message):
     from hlm_gym.cli.main import main
