@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,11 @@ def train_argv(traces: Path, out: Path, *, timesteps: int = 256, seed: int = 3, 
 def start_cli(argv: list[str]) -> subprocess.Popen:
     """``hlm-gym ARGV`` in a subprocess (one torch thread), stdout and stderr captured."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # SIGINT with its default action in the child even if this process ignores it (a background job of a
+    # non-interactive shell does), so that Python installs its KeyboardInterrupt handler there
     return subprocess.Popen([sys.executable, "-m", "hlm_gym.cli.main", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -19,6 +19,15 @@ from tests.harness.helpers import TINY, make_traces, snapshot, start_cli, train_
 ARTIFACTS = ("model_last.zip", "best_model.zip", "vecnormalize.pkl", "summary.json")
 
 
+@pytest.fixture(autouse=True)
+def keyboard_interrupt_on_sigint():
+    """Python's own SIGINT handler in this process for the test (it is not installed when the test
+    run was started with SIGINT ignored, as a background job of a non-interactive shell is)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory):
     return make_traces(tmp_path_factory.mktemp("folder-traces"))

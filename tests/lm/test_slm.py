@@ -290,9 +290,9 @@ def test_cli_reports_bad_layers(tmp_path, capsys):
 def test_cli_reports_bad_vocab(tmp_path, capsys):
     from hlm_gym.cli.main import main
 
-    with pytest.raises(SystemExit):
-        main(["slm", "build", "--vocab", "lots", "--out", str(tmp_path / "y")])
-    assert "--vocab: expected a positive integer or 'full'" in capsys.readouterr().err
+    assert main(["slm", "build", "--vocab", "lots", "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "--vocab: expected a positive integer or 'full'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_missing_artifact_file_is_a_clear_error(tiny_llm, tmp_path):
