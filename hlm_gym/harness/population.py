@@ -476,8 +476,10 @@ def _make_env(config: PopulationConfig, plan: PopulationPlan) -> Any:
 
 def _collect(env: Any, nets: PopulationNets, norm: _Normalizer, state: dict[str, Any], T: int, P: int, n: int,
              u: torch.Tensor, gamma: float) -> dict[str, torch.Tensor]:
-    """One rollout of ``T`` steps of every agent's ``n`` envs, on the device (no host transfer).
-    ``state`` carries the normalised observation, the reset flags and the episode accumulators."""
+    """One rollout of ``T`` steps of every agent's ``n`` envs, on the device: this loop reads
+    nothing back to the host (the torch env's own step still synchronises where it picks the
+    sub-envs to reset and draws their next episodes on the host). ``state`` carries the normalised
+    observation, the reset flags and the episode accumulators."""
     dev = state["obs"].device
     buf = {"obs": torch.empty((T, P, n, state["obs"].shape[-1]), device=dev),
            "actions": torch.empty((T, P, n), dtype=torch.int64, device=dev),
