@@ -330,3 +330,80 @@ def test_cli_population_flags_refused_in_one_line_before_any_work(traces, tmp_pa
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and message in err, err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------- rollout: NEXT_STEP, truncation
+class _ScriptedEnv:
+    """``P * n`` sub-envs with NEXT_STEP autoreset and scripted episode ends: ``ends[(t, i)] =
+    "term" | "trunc"`` ends env i at step t (step t + 1 is then its reset step: reward 0, no flags).
+    Observations are random; the reward of a decision step is ``1 + t``."""
+
+    def __init__(self, num_envs: int, ends: dict) -> None:
+        self.num_envs, self.ends, self.t = num_envs, ends, 0
+        self.needs_reset = torch.zeros(num_envs, dtype=torch.bool)
+        self.g = torch.Generator().manual_seed(5)
+        self.returned: list[torch.Tensor] = []
+
+    def step(self, actions):
+        assert actions.shape == (self.num_envs,)
+        rew = torch.full((self.num_envs,), 1.0 + self.t, dtype=torch.float64)
+        term = torch.zeros(self.num_envs, dtype=torch.bool)
+        trunc = torch.zeros(self.num_envs, dtype=torch.bool)
+        for (t, i), kind in self.ends.items():
+            if t == self.t:
+                (term if kind == "term" else trunc)[i] = True
+        rew[self.needs_reset] = 0.0
+        term[self.needs_reset] = False
+        trunc[self.needs_reset] = False
+        self.needs_reset = term | trunc
+        obs = torch.randn(self.num_envs, 10, generator=self.g)
+        self.returned.append(obs)
+        self.t += 1
+        info = {"energy_j": torch.zeros(self.num_envs), "uplink_bits": torch.zeros(self.num_envs)}
+        return obs, rew, term, trunc, info
+
+
+def test_rollout_masks_reset_steps_and_bootstraps_truncation():
+    """``_collect`` on a scripted env: the step after an episode end is masked out, a truncated
+    step's reward gets gamma * V(terminal observation) (the next step's input, or the rollout's
+    last value), a terminated one does not, and the returns of ended episodes are counted."""
+    from hlm_gym.harness.population import (ActorCritic, PopulationNets, _collect, _new_acc, _Normalizer,
+                                            _sb3_policy)
+
+    P, n, T, gamma = 2, 2, 6, 0.9
+    ends = {(2, 0): "trunc", (4, 1): "term", (T - 1, 2): "trunc", (1, 3): "term"}
+    env = _ScriptedEnv(P * n, ends)
+    nets = PopulationNets([ActorCritic(_sb3_policy(OBS_SPACE, ACT_SPACE, {"net_arch": [64, 64]}, s))
+                           for s in range(P)], "cpu")
+    norm = _Normalizer(P, n, 10, None, torch.device("cpu"))  # identity: rewards as the env gives them
+    obs0 = torch.randn(P, n, 10, generator=torch.Generator().manual_seed(6))
+    state = {"obs": obs0, "needs_reset": torch.zeros(P, n, dtype=torch.bool),
+             "acc": _new_acc(P, n, torch.device("cpu"))}
+    u = torch.rand(T, P, n, generator=torch.Generator().manual_seed(7))
+    buf = _collect(env, nets, norm, state, T, P, n, u, gamma)
+
+    valid = buf["valid"].reshape(T, P * n)
+    expected_valid = torch.ones(T, P * n, dtype=torch.bool)
+    for (t, i) in ends:
+        if t + 1 < T:
+            expected_valid[t + 1, i] = False
+    assert torch.equal(valid, expected_valid)
+    dones = buf["dones"].reshape(T, P * n)
+    assert {tuple(ti) for ti in torch.nonzero(dones).tolist()} == set(ends)
+    assert torch.equal(state["needs_reset"].reshape(-1), torch.tensor([False, False, True, False]))
+
+    with torch.no_grad():
+        v_next = {t: nets(env.returned[t].reshape(P, n, 10))[1].reshape(-1) for t in range(T)}
+    rewards = buf["rewards"].reshape(T, P * n)
+    for t in range(T):
+        for i in range(P * n):
+            raw = 0.0 if not expected_valid[t, i] else 1.0 + t
+            boot = gamma * float(v_next[t][i]) if ends.get((t, i)) == "trunc" else 0.0
+            assert float(rewards[t, i]) == pytest.approx(raw + boot, rel=1e-5, abs=1e-6), (t, i)
+    torch.testing.assert_close(buf["last_values"].reshape(-1), v_next[T - 1])
+    # ended episodes' raw returns, per agent: env 0 ended at 2 (1+2+3), env 1 at 4 (1+...+5); agent 1:
+    # env 2 at T-1 (1+...+6), env 3 at 1 (1+2)
+    acc = state["acc"]
+    assert acc["episodes"].tolist() == [2.0, 2.0]
+    assert acc["return"].tolist() == [6.0 + 15.0, 21.0 + 3.0]
+    assert acc["length"].tolist() == [3.0 + 5.0, 6.0 + 2.0]
