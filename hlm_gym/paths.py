@@ -6,7 +6,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 
 def cache_dir() -> Path:
@@ -64,3 +64,37 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` or its closest ancestor that exists (may be a file)."""
+    p = Path(path).absolute()
+    while not os.path.lexists(p) and p.parent != p:
+        p = p.parent
+    return p
+
+
+def folder_problem(path: str | os.PathLike, probe: bool = True) -> Optional[str]:
+    """Why ``path`` cannot be (or become) a folder this process writes in, or ``None``.
+
+    The reasons: ``"<path> is a file, not a folder"``; ``"<ancestor> is a file, not a folder"`` (it
+    cannot be created); ``"folder <ancestor> is not writable"``; with ``probe``, ``"cannot write in
+    folder <ancestor> (<reason>)"`` when creating a file there fails (a read-only file system;
+    root passes the permission test anywhere). Each layer words its own error around it.
+    """
+    p = Path(path)
+    if os.path.lexists(p) and not p.is_dir():
+        return f"{p} is a file, not a folder"
+    base = nearest_existing(p)
+    if not base.is_dir():
+        return f"{base} is a file, not a folder"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"folder {base} is not writable"
+    if probe:
+        try:
+            fd, probe_file = tempfile.mkstemp(prefix=".hlm-gym-probe-", dir=base)
+            os.close(fd)
+            os.unlink(probe_file)
+        except OSError as exc:
+            return f"cannot write in folder {base} ({exc.strerror or exc})"
+    return None

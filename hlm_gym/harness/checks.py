@@ -9,12 +9,12 @@ scenario names, output folders.
 from __future__ import annotations
 
 import math
-import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from hlm_gym.paths import folder_problem
 from hlm_gym.harness.errors import CompareError, DeviceError, HarnessError, OutputPathError
 
 __all__ = ["SEED_MAX", "check_int", "check_seed", "check_number", "check_choice", "check_device", "check_sweep",
@@ -143,28 +143,16 @@ def check_scenarios(names: Optional[Iterable[Any]], flag: str = "--scenarios",
     return scenarios
 
 
-def _nearest_existing(path: Path) -> Path:
-    """``path`` or its closest ancestor that exists (as a path; may be a file)."""
-    p = path.absolute()
-    while not os.path.lexists(p) and p.parent != p:
-        p = p.parent
-    return p
-
-
 def check_out_dir(path: Any, flag: str = "--out", create: bool = True) -> Path:
     """An output folder: not a file, creatable, writable. With ``create`` it is made (parents too);
     without, only checked (its nearest existing ancestor must be a writable folder)."""
     if path is None or not str(path).strip():
         raise OutputPathError(f"{flag} {'' if path is None else str(path)!r}: expected a folder path")
     p = Path(path)
-    if os.path.lexists(p) and not p.is_dir():
-        raise OutputPathError(f"{flag} {str(p)!r}: is a file, not a folder")
-    base = _nearest_existing(p)
-    if not base.is_dir():
-        raise OutputPathError(f"{flag} {str(p)!r}: cannot create the folder, {str(base)!r} is a file")
+    problem = folder_problem(p, probe=False)
+    if problem:
+        raise OutputPathError(f"{flag} {str(p)!r}: {problem}")
     if not create:
-        if not os.access(base, os.W_OK | os.X_OK):
-            raise OutputPathError(f"{flag} {str(p)!r}: {str(base)!r} is not writable")
         return p
     try:
         p.mkdir(parents=True, exist_ok=True)

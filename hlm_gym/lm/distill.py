@@ -54,7 +54,7 @@ from hlm_gym.lm.slm import (ARTIFACT_FORMAT, ARTIFACT_JSON, ARTIFACT_WEIGHTS, ML
                             slm_from_delta)
 from hlm_gym.lm.student import (LORA_TARGETS, DistillError, LoRALinear, TrimmedLMHead, build_student, delta_state,
                                 merge_student, validate_layers, validate_rank, validate_vocab)
-from hlm_gym.paths import atomic_write_bytes, atomic_write_text
+from hlm_gym.paths import atomic_write_bytes, atomic_write_text, folder_problem
 
 # Names of this module before the student architecture moved to hlm_gym.lm.student, the data to
 # hlm_gym.lm.chat_examples and the metrics to hlm_gym.lm.acceptance; still importable from here.
@@ -268,15 +268,9 @@ def check_output_folder(path: str | Path, label: str, error: type[Exception] = D
     (``label`` names the flag) instead of a traceback at the end.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise error(f"{label} {path} is a file, not a folder")
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise error(f"{label} {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise error(f"{label} {path}: folder {existing} is not writable")
+    problem = folder_problem(path)
+    if problem:
+        raise error(f"{label} {path}: {problem}")
     return path
 
 

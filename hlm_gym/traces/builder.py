@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from hlm_gym.paths import folder_problem
 from hlm_gym.traces.store import (DEFAULT_K_CHOICES, META_KEY, SCHEMA_VERSION, SIGNALS, TraceError,
                                   k_columns)
 
@@ -210,28 +211,10 @@ def check_output(out: str | os.PathLike, overwrite: bool = False, label: str = "
     parts = _parts_dir(out)
     if parts.exists() and not parts.is_dir():
         raise TraceError(f"{label} {out}: its part folder {parts} exists and is not a folder; remove it")
-    _check_writable_folder(out.parent, label, out)
+    problem = folder_problem(out.parent)
+    if problem:
+        raise TraceError(f"{label} {out}: {problem}")
     return out
-
-
-def _check_writable_folder(folder: Path, label: str, out: Path) -> None:
-    """The nearest existing ancestor of ``folder`` must be a folder this process can write in."""
-    import tempfile
-
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise TraceError(f"{label} {out}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise TraceError(f"{label} {out}: folder {existing} is not writable")
-    if existing == folder:  # probe for read-only file systems and the like
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".hlm-gym-probe-", dir=folder)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as exc:
-            raise TraceError(f"{label} {out}: cannot write in folder {folder} ({exc.strerror or exc})") from None
 
 
 def _parts_dir(out: Path) -> Path:

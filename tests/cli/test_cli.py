@@ -162,7 +162,7 @@ def test_bad_output_folder_is_refused_before_any_work(command, where, tmp_path, 
     assert main([*command, "--out", out]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("hlm-gym: error: --out ") and len(err.splitlines()) == 1, err
-    assert {"file": "is a file, not a folder", "under-file": f"{str(blocker)!r} is a file",
+    assert {"file": "is a file, not a folder", "under-file": f"{blocker} is a file, not a folder",
             "empty": "expected a folder path"}[where] in err
     assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 

@@ -172,8 +172,8 @@ def test_resume_trims_the_log_and_drops_a_torn_line(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--out", "{f}"], "--out {f} is a file, not a folder"),
-    (["--out", "{d}/run", "--export", "{f}"], "--export {f} is a file, not a folder"),
+    (["--out", "{f}"], "--out {f}: {f} is a file, not a folder"),
+    (["--out", "{d}/run", "--export", "{f}"], "--export {f}: {f} is a file, not a folder"),
     (["--out", "{d}/run", "--export", "{f}/art"], "{f} is a file, not a folder"),
     (["--out", "{d}/run", "--resume"], "--resume: no checkpoint at"),
     (["--out", "{d}/run", "--export-only"], "--resume: no checkpoint at"),
@@ -200,7 +200,7 @@ def test_slm_report_refuses_a_bad_out_before_loading_the_llm(tmp_path, monkeypat
     monkeypatch.setattr(models, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
     (tmp_path / "f").write_text("x")
     assert main(["slm", "report", "--out", str(tmp_path / "f")]) == 2
-    assert f"report folder {tmp_path / 'f'} is a file, not a folder" in capsys.readouterr().err
+    assert f"report folder {tmp_path / 'f'}: {tmp_path / 'f'} is a file, not a folder" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- the model cache
