@@ -49,8 +49,13 @@ class ScalarOps:
 
     @staticmethod
     def take_records(table: np.ndarray, i: int) -> list:
-        """The fields of record ``i`` as Python floats."""
+        """Record ``i`` as a list of Python floats."""
         return table[i].tolist()
+
+    @staticmethod
+    def fields(records: list) -> list:
+        """The fields of a record (as they are)."""
+        return records
     take_rows = staticmethod(operator.getitem)  # row i of a 2-D table
     from_host = staticmethod(int)  # a host (numpy) integer as a Python int
 
@@ -131,8 +136,13 @@ class NumpyOps:
 
     @staticmethod
     def take_records(table: np.ndarray, i: np.ndarray) -> np.ndarray:
-        """Records ``i`` (one gather), as one array per field."""
-        return table.take(i, axis=0).T
+        """Records ``i`` in one gather: a ``(len(i), fields)`` array."""
+        return table.take(i, axis=0)
+
+    @staticmethod
+    def fields(records: np.ndarray) -> np.ndarray:
+        """One array per field of ``(n, fields)`` records."""
+        return records.T
 
     @staticmethod
     def take_rows(table: np.ndarray, i: np.ndarray) -> np.ndarray:
@@ -217,8 +227,13 @@ class TorchOps:
 
     @staticmethod
     def take_records(table, i):
-        """Records ``i`` (one gather), as one tensor per field."""
-        return table[i].unbind(1)
+        """Records ``i`` in one gather: a ``(len(i), fields)`` tensor."""
+        return table[i]
+
+    @staticmethod
+    def fields(records):
+        """One tensor per field of ``(n, fields)`` records."""
+        return records.unbind(1)
 
     def from_host(self, x: Any):
         return self.torch.as_tensor(np.asarray(x), device=self.device)

@@ -124,7 +124,10 @@ class HybridLMKernel:
         self.time = xp.assign(self.time, idx, 0.0)
         self.risk_sum = xp.assign(self.risk_sum, idx, 0.0)
         self.ring = xp.ring_clear(self.ring, idx)
-        self._channel_now = None
+        if idx is ALL or idx is None or self._channel_now is None:
+            self._channel_now = None
+        else:  # the reset envs' channel moved: refresh their records of the memo
+            self._channel_now = xp.assign(self._channel_now, idx, xp.take_records(self.channel, self.grid(idx)))
 
     def grid(self, idx: Any = ALL) -> Any:
         """Flat bank index (realisation x grid point) of each environment's channel now."""
@@ -148,10 +151,10 @@ class HybridLMKernel:
             rows = row
         if signals is None:
             signals = xp.take_rows(self.sig, rows)
-        channel = xp.take_records(self.channel, self.grid(idx))
+        records = xp.take_records(self.channel, self.grid(idx))
         if idx is ALL:  # the channel now, which the next step starts from (time has not moved)
-            self._channel_now = channel
-        *_, snr, log_rate = channel
+            self._channel_now = records
+        *_, snr, log_rate = xp.fields(records)
         write_observation(xp, obs, idx, signals, snr, log_rate, pending,
                           rows - start, ring_n, self.max_tokens, self.window)
 
@@ -194,10 +197,10 @@ class HybridLMKernel:
             beta_full, acc_full, beta_o, acc_o, term = (draft.beta_full, draft.accepted_full, draft.beta,
                                                         draft.accepted, draft.end)
         p = self.pending
-        channel, self._channel_now = self._channel_now, None
-        if channel is None:
-            channel = xp.take_records(self.channel, self.grid())
-        up_wait, up_inv, dl_wait, dl_air, up_rate, snr, _ = channel
+        records, self._channel_now = self._channel_now, None
+        if records is None:
+            records = xp.take_records(self.channel, self.grid())
+        up_wait, up_inv, dl_wait, dl_air, up_rate, snr, _ = xp.fields(records)
         skip = a == 0
         send = not_(skip)
         # the token cost account of a send (one formula: CostModel.send_terms), a skip costs device compute
