@@ -33,8 +33,8 @@ class Draft:
 
     ``beta_full``/``accepted_full``: rejection probability and acceptance against the full
     distribution; ``beta``/``accepted``: the same for the chosen upload option; ``end``: the
-    response ends with this token. Trace mode reads them from the trace tables
-    (:meth:`HybridLMKernel.trace_draft`); live mode from the real models.
+    response ends with this token. Trace mode reads them from the trace tables inside
+    :meth:`HybridLMKernel.step`; live mode passes them from the real models.
     """
 
     beta_full: Any
@@ -100,15 +100,16 @@ class HybridLMKernel:
         self._risk_on = bool(np.any(w != 0.0))
 
     def __getstate__(self) -> dict:
-        """Picklable state (``copy.deepcopy``, ``pickle``): ``memoryview`` tables as arrays."""
-        return {k: (np.asarray(v) if isinstance(v, memoryview) else v) for k, v in self.__dict__.items()}
+        """Picklable state (``copy.deepcopy``, ``pickle``): ``memoryview`` tables as arrays, named."""
+        views = [k for k, v in self.__dict__.items() if isinstance(v, memoryview)]
+        state = {k: (np.asarray(v) if k in views else v) for k, v in self.__dict__.items()}
+        return state | {"_memoryviews": views}
 
     def __setstate__(self, state: dict) -> None:
+        views = state.pop("_memoryviews")
         self.__dict__.update(state)
-        if not self.xp.batched:  # the scalar backend reads 1-D tables through memoryviews
-            for k, v in state.items():
-                if isinstance(v, np.ndarray) and v.ndim == 1 and k not in ("starts",):
-                    self.__dict__[k] = self.xp.table(v)
+        for k in views:  # the scalar backend reads its 1-D tables through memoryviews
+            self.__dict__[k] = memoryview(state[k])
 
     # ------------------------------------------------------------------ episodes
     def reset(self, idx: Any, prompt: Any, brow: Any, j0: Any) -> None:
@@ -168,13 +169,6 @@ class HybridLMKernel:
     def option(self, a: Any) -> Any:
         """The upload option (index into ``topk``) of an action (0 for a skip)."""
         return self.xp.maximum(a - 1, 0) if self.compressed else a * 0
-
-    def trace_draft(self, r: Any, o: Any) -> Draft:
-        """The recorded draft at trace rows ``r`` under upload options ``o``."""
-        xp = self.xp
-        ro = r * self.n_opts + o
-        return Draft(beta_full=xp.take(self.beta_full, r), accepted_full=xp.take(self.acc_full, r),
-                     beta=xp.take(self.beta_opt, ro), accepted=xp.take(self.acc_opt, ro), end=xp.take(self.end, r))
 
     def step(self, a: Any, r: Any, o: Any, draft: Optional[Draft] = None) -> tuple[Any, Any, dict, Any, Any]:
         """Apply actions ``a`` (upload options ``o``) at trace rows ``r`` to every environment.
@@ -244,14 +238,14 @@ class HybridLMKernel:
         return reward, term, info, rewind, rewound
 
     # ------------------------------------------------------------------ metrics
-    def episode_metrics(self, idx: Any = ALL, errors: Optional[Any] = None) -> dict[str, Any]:
-        """End-of-episode metrics of environments ``idx`` (``errors``: override the error count)."""
+    def episode_metrics(self, idx: Any = ALL) -> dict[str, Any]:
+        """End-of-episode metrics of environments ``idx``."""
         xp = self.xp
         g = lambda a: xp.f64(xp.gather(a, idx))  # noqa: E731
         ntok = g(self.row) - g(self.start)
         tm = xp.gather(self.time, idx)
         st, sk = g(self.steps), g(self.skips)
-        errs = (ntok * 0.0 if self.deferred else g(self.errors)) if errors is None else errors
+        errs = ntok * 0.0 if self.deferred else g(self.errors)  # deferred verification leaves no errors
         return {"tokens_per_s": xp.where(tm > 0, ntok / xp.where(tm > 0, tm, 1.0), 0.0),
                 "transmission_rate": g(self.sends) / st, "skip_rate": sk / st,
                 "risk": xp.where(sk > 0, xp.gather(self.risk_sum, idx) / xp.maximum(sk, 1.0), 0.0),

@@ -79,6 +79,7 @@ class HybridLMVectorEnv(VectorEnv):
         self._needs_reset = xp.zeros(n, "b")
         self._obs = xp.table(np.zeros((n, len(OBS_NAMES)), dtype=np.float32), "f32")
         self._arange = xp.from_host(np.arange(n))
+        self._all_valid = xp.logical_not(xp.zeros(n, "b"))  # the info mask of a step without resets
         self._started = False
 
     # ------------------------------------------------------------------ backend-specific bits
@@ -145,7 +146,7 @@ class HybridLMVectorEnv(VectorEnv):
             rewards[resetting] = 0.0
             mask = xp.logical_not(self._needs_reset)
         else:
-            mask = xp.logical_not(xp.zeros(self.num_envs, "b"))
+            mask = self._all_valid
         info: dict[str, Any] = {}
         for key in STEP_KEYS:
             info[key] = step_info[key]
