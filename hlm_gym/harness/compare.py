@@ -57,6 +57,7 @@ import numpy as np
 from hlm_gym.harness.checks import (check_int, check_number, check_out_dir, check_scenarios, check_seed,
                                     check_sweep)
 from hlm_gym.harness.compare_defaults import DEFAULTS
+from hlm_gym.harness.compare_plot import pareto_png
 from hlm_gym.harness.errors import CompareError
 from hlm_gym.harness.families import DEFAULT_ENV_ID, family_for
 from hlm_gym.harness.hybrid_lm import SWEEP_FAMILY, reward_label
@@ -672,55 +673,6 @@ def _csv(rows: list[dict[str, Any]], fields: Sequence[str]) -> str:
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
-    return buf.getvalue()
-
-
-def pareto_png(rows: list[dict[str, Any]], scenario: str) -> bytes:
-    """Tokens/s against risk (left) and error rate (right) for one scenario: PPO and the analytic rules."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), dpi=100, sharey=True)
-    mine = [r for r in rows if r["scenario"] == scenario and not r.get("note")]
-    styles = {ANALYTIC_FAMILY: ("tab:blue", "o", "U-HLM threshold sweep (u_th; always = -inf)"),
-              "uhlm": ("tab:cyan", "s", "U-HLM fitted (averse/prone)"),
-              "ltt": ("tab:green", "^", "Learn-then-Test"),
-              "channel-aware": ("tab:purple", "D", "channel-aware rule"),
-              "ppo": ("tab:red", "*", "PPO (λ and risk-target R sweeps)")}
-    for ax, metric, xlabel in ((axes[0], "risk", "risk (mean rejection probability of skipped tokens)"),
-                               (axes[1], "error_rate", "error rate (skipped tokens that would be rejected / tokens)")):
-        for fam, (colour, marker, label) in styles.items():
-            pts = sorted((r[metric], r["tokens_per_s"], r[metric + "_ci"], r["tokens_per_s_ci"], r["policy"])
-                         for r in mine if r["family"] == fam)
-            if not pts:
-                continue
-            x = [p[0] for p in pts]
-            y = [p[1] for p in pts]
-            ax.errorbar(x, y, xerr=[p[2] for p in pts], yerr=[p[3] for p in pts], fmt=marker, color=colour,
-                        label=label, ms=9 if fam == "ppo" else 5, capsize=2, lw=0.8)
-            if fam in (ANALYTIC_FAMILY, "ppo"):
-                front = analytic_front(list(zip(x, y)))
-                ax.plot([p[0] for p in front], [p[1] for p in front], "-", color=colour, lw=1.2, alpha=0.8)
-            if fam == "ppo":
-                for p in pts:
-                    tag = p[4].split(":", 1)[-1].replace("lambda=", "λ=").replace("target=", "R=")
-                    ax.annotate(tag, (p[0], p[1]), textcoords="offset points",
-                                xytext=(5, 4), fontsize=7, color=colour)
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")  # the check is relative (10% more tokens/s): equal ratios, equal distances
-    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    axes[0].yaxis.set_major_formatter(plain)
-    axes[0].yaxis.set_minor_formatter(plain)
-    axes[0].set_ylabel("tokens/s (simulated, log scale)")
-    axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"{scenario}: learned vs analytic (test split)")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
     return buf.getvalue()
 
 
