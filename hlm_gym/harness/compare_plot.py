@@ -1,20 +1,43 @@
 """The Pareto plots of ``hlm-gym compare``: tokens/s against risk and error rate, one PNG per scenario.
 
-matplotlib is imported inside the functions only, so importing this module (and ``hlm-gym --help``)
-stays free of it.
+The PPO points are numbered on the plot (numbers placed so that no two overlap) and a key beside the
+panels says which run each number is; the log tokens/s axis gets labelled ticks spread over the
+data's range, however narrow. matplotlib is imported inside the functions only, so importing this
+module (and ``hlm-gym --help``) stays free of it. Same rows, same PNG bytes.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from hlm_gym.harness.hybrid_lm import SWEEP_FAMILY
 
-__all__ = ["pareto_png"]
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["pareto_png", "pareto_figure", "log_ticks", "run_tag", "PPO_LABEL_GID"]
 
 ANALYTIC_FAMILY = SWEEP_FAMILY  # as in compare.py: the default env family's reference sweep
+PPO_LABEL_GID = "ppo-label"  # the gid of the number beside each PPO point (tests find them by it)
+
+_STYLES = {ANALYTIC_FAMILY: ("tab:blue", "o", "U-HLM threshold sweep (u_th; always = -inf)"),
+           "uhlm": ("tab:cyan", "s", "U-HLM fitted (averse/prone)"),
+           "ltt": ("tab:green", "^", "Learn-then-Test"),
+           "channel-aware": ("tab:purple", "D", "channel-aware rule"),
+           "ppo": ("tab:red", "*", "PPO (λ and risk-target R sweeps; numbers: see key)")}
+_PANELS = (("risk", "risk (mean rejection probability of skipped tokens)"),
+           ("error_rate", "error rate (skipped tokens that would be rejected / tokens)"))
+# Tick mantissas per decade, coarse to fine; finer sets are roughly evenly spaced on a log axis.
+_MANTISSAS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0),
+              (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0),
+              tuple([1 + i / 10 for i in range(10)] + [2 + i / 5 for i in range(10)]
+                    + [4 + i / 2 for i in range(12)]))
+_MIN_TICKS = 6
+_RADII_PT = (5.0, 10.0, 16.0, 24.0, 34.0)  # label distances from the marker tried first (points)
+_DIRECTIONS = ((1, 1), (1, 0), (0, 1), (1, -1), (-1, 1), (-1, 0), (0, -1), (-1, -1))  # NE E N SE NW W S SW
 
 
 def _front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -32,50 +55,176 @@ def _front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
-def pareto_png(rows: list[dict[str, Any]], scenario: str) -> bytes:
-    """Tokens/s against risk (left) and error rate (right) for one scenario: PPO and the analytic rules."""
-    import matplotlib
+def _marker_size(family: str) -> float:
+    """The marker size (points) of a family's points: PPO stands out."""
+    return 9.0 if family == "ppo" else 5.0
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), dpi=100, sharey=True)
+def run_tag(policy: str) -> str:
+    """The short name of a PPO run in the key: ``ppo:lambda=10,target=0.3`` -> ``λ=10, R=0.3``."""
+    return policy.split(":", 1)[-1].replace("lambda=", "λ=").replace("target=", "R=").replace(",", ", ")
+
+
+def log_ticks(lo: float, hi: float, min_ticks: int = _MIN_TICKS) -> list[float]:
+    """Major tick values for a log axis showing ``[lo, hi]`` (``0 < lo < hi``): the coarsest set of
+    "nice" values per decade (1; 1-2-5; ...; steps of 0.1 from 1 to 2) that puts at least
+    ``min_ticks`` ticks inside the range (six by default: a crowded band of a wide range still gets
+    some); a plain linear 1-2-2.5-5 choice when even the finest
+    does not (a range narrower than about 20%)."""
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+        raise ValueError(f"log_ticks needs 0 < lo < hi, got {lo!r}, {hi!r}")
+    first, last = math.floor(math.log10(lo)), math.floor(math.log10(hi))
+    for mantissas in _MANTISSAS:
+        ticks = sorted({float(f"{m * 10.0 ** k:.12g}") for k in range(first, last + 1) for m in mantissas})
+        inside = [t for t in ticks if lo <= t <= hi]
+        if len(inside) >= min_ticks:
+            return inside
+    from matplotlib.ticker import MaxNLocator
+
+    linear = MaxNLocator(nbins=min_ticks + 1, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+    return [float(f"{t:.12g}") for t in linear if lo <= t <= hi]
+
+
+def _overlaps(a: Any, b: Any, pad: float = 1.0) -> bool:
+    """Whether display bboxes ``a`` and ``b`` come closer than ``pad`` pixels."""
+    return a.x0 < b.x1 + pad and b.x0 < a.x1 + pad and a.y0 < b.y1 + pad and b.y0 < a.y1 + pad
+
+
+def _place_labels(ax: Axes, points: list[tuple[float, float, str]], markers: list[tuple[float, ...]],
+                  colour: str) -> None:
+    """Write each ``(x, y, number)`` of ``points`` beside its marker, none overlapping another.
+
+    Deterministic greedy placement in display coordinates, points taken in display order (left to
+    right, bottom to top): the first offset of ``_RADII_PT`` x ``_DIRECTIONS`` that overlaps no
+    number placed before, no marker and stays inside the axes; failing that, the first that
+    overlaps no number placed before, trying ever larger distances (the numbers placed before are
+    finite and bounded, so one is always found). A number set off further than the nearest
+    distance gets a thin leader line to its point.
+    """
+    from matplotlib.patheffects import withStroke
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    px = fig.dpi / 72.0
+    to_display = ax.transData.transform
+    frame = ax.get_window_extent(renderer)
+    obstacles = []  # each point's marker (a square of its size) and error bars (thin boxes)
+    for x, y, size, xci, yci in markers:
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        (u, v), half, bar = to_display((x, y)), size * px / 2, 1.5 * px
+        obstacles.append(Bbox.from_extents(u - half, v - half, u + half, v + half))
+        for x0, y0, x1, y1 in ((x - xci, y, x + xci, y), (x, y - yci, x, y + yci)):
+            if all(map(math.isfinite, (x0, y0, x1, y1))) and y0 > 0:
+                (a, b), (c, d) = to_display((x0, y0)), to_display((x1, y1))
+                obstacles.append(Bbox.from_extents(min(a, c) - bar, min(b, d) - bar, max(a, c) + bar, max(b, d) + bar))
+    order = sorted((tuple(to_display((x, y))), n, (x, y)) for x, y, n in points
+                   if math.isfinite(x) and math.isfinite(y))
+    placed: list[Any] = []
+    for _, number, xy in order:
+        label = ax.annotate(number, xy, textcoords="offset points", xytext=(0, 0), fontsize=7,
+                            fontweight="bold", color=colour, annotation_clip=False, gid=PPO_LABEL_GID,
+                            path_effects=[withStroke(linewidth=2.5, foreground="white")])
+
+        def box_at(radius: float, d: tuple[int, int]) -> Any:
+            label.xyann = (d[0] * radius, d[1] * radius)
+            label.set_ha({1: "left", 0: "center", -1: "right"}[d[0]])
+            label.set_va({1: "bottom", 0: "center", -1: "top"}[d[1]])
+            return label.get_window_extent(renderer)
+
+        choice = None
+        fallback = None
+        for radius in _RADII_PT:
+            for d in _DIRECTIONS:
+                box = box_at(radius, d)
+                if any(_overlaps(box, p) for p in placed):
+                    continue
+                fallback = fallback or (radius, d)
+                inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+                if inside and not any(_overlaps(box, o, 0.0) for o in obstacles):
+                    choice = (radius, d)
+                    break
+            if choice:
+                break
+        radius = _RADII_PT[-1]
+        while choice is None and fallback is None:
+            radius *= 1.5
+            for d in _DIRECTIONS:
+                if not any(_overlaps(box_at(radius, d), p) for p in placed):
+                    fallback = (radius, d)
+                    break
+        radius, d = choice or fallback
+        placed.append(box_at(radius, d))
+        if radius > _RADII_PT[0]:
+            ax.annotate("", xy, textcoords="offset points", xytext=(d[0] * radius, d[1] * radius),
+                        annotation_clip=False,
+                        arrowprops=dict(arrowstyle="-", color=colour, lw=0.5, alpha=0.7, shrinkA=0, shrinkB=4))
+
+
+def pareto_figure(rows: list[dict[str, Any]], scenario: str) -> Figure:
+    """The Pareto figure of one scenario (a matplotlib Figure on an Agg canvas, outside pyplot):
+    tokens/s (log) against risk (left) and error rate (right) for PPO and the analytic rules.
+
+    PPO runs are numbered 1..n in the order of ``rows``; the numbers sit beside their points
+    without overlapping and a key at the right gives each run's λ (and risk target R).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    fig = Figure(figsize=(12.5, 4.8), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=True)
     mine = [r for r in rows if r["scenario"] == scenario and not r.get("note")]
-    styles = {ANALYTIC_FAMILY: ("tab:blue", "o", "U-HLM threshold sweep (u_th; always = -inf)"),
-              "uhlm": ("tab:cyan", "s", "U-HLM fitted (averse/prone)"),
-              "ltt": ("tab:green", "^", "Learn-then-Test"),
-              "channel-aware": ("tab:purple", "D", "channel-aware rule"),
-              "ppo": ("tab:red", "*", "PPO (λ and risk-target R sweeps)")}
-    for ax, metric, xlabel in ((axes[0], "risk", "risk (mean rejection probability of skipped tokens)"),
-                               (axes[1], "error_rate", "error rate (skipped tokens that would be rejected / tokens)")):
-        for fam, (colour, marker, label) in styles.items():
-            pts = sorted((r[metric], r["tokens_per_s"], r[metric + "_ci"], r["tokens_per_s_ci"], r["policy"])
-                         for r in mine if r["family"] == fam)
-            if not pts:
+    ppo = [r for r in mine if r["family"] == "ppo"]
+    numbers = {id(r): str(i) for i, r in enumerate(ppo, 1)}
+    for ax, (metric, xlabel) in zip(axes, _PANELS):
+        for fam, (colour, marker, label) in _STYLES.items():
+            fam_rows = sorted((r for r in mine if r["family"] == fam), key=lambda r: (r[metric], r["tokens_per_s"]))
+            if not fam_rows:
                 continue
-            x = [p[0] for p in pts]
-            y = [p[1] for p in pts]
-            ax.errorbar(x, y, xerr=[p[2] for p in pts], yerr=[p[3] for p in pts], fmt=marker, color=colour,
-                        label=label, ms=9 if fam == "ppo" else 5, capsize=2, lw=0.8)
+            x = [r[metric] for r in fam_rows]
+            y = [r["tokens_per_s"] for r in fam_rows]
+            ax.errorbar(x, y, xerr=[r[metric + "_ci"] for r in fam_rows], yerr=[r["tokens_per_s_ci"] for r in fam_rows],
+                        fmt=marker, color=colour, label=label, ms=_marker_size(fam), capsize=2, lw=0.8)
             if fam in (ANALYTIC_FAMILY, "ppo"):
                 front = _front(list(zip(x, y)))
                 ax.plot([p[0] for p in front], [p[1] for p in front], "-", color=colour, lw=1.2, alpha=0.8)
-            if fam == "ppo":
-                for p in pts:
-                    tag = p[4].split(":", 1)[-1].replace("lambda=", "λ=").replace("target=", "R=")
-                    ax.annotate(tag, (p[0], p[1]), textcoords="offset points",
-                                xytext=(5, 4), fontsize=7, color=colour)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")  # the check is relative (10% more tokens/s): equal ratios, equal distances
-    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    axes[0].yaxis.set_major_formatter(plain)
-    axes[0].yaxis.set_minor_formatter(plain)
     axes[0].set_ylabel("tokens/s (simulated, log scale)")
     axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"{scenario}: learned vs analytic (test split)")
+    right = 1.0
+    if ppo:
+        key = "PPO runs\n" + "\n".join(f"{numbers[id(r)]:>2}  {run_tag(r['policy'])}" for r in ppo)
+        text = fig.text(0.995, 0.88, key, ha="right", va="top", ma="left", fontsize=8, linespacing=1.4, color=_STYLES["ppo"][0],
+                        bbox=dict(boxstyle="round,pad=0.4", fc="white", ec="0.7"))
+        width = text.get_window_extent(fig.canvas.get_renderer()).width / fig.bbox.width
+        right = 0.995 - width - 0.012
+    fig.tight_layout(rect=(0, 0, right, 1))
+    lo, hi = axes[0].get_ylim()  # autoscaled (errorbars included); frozen so ticks and labels fit it
+    axes[0].set_ylim(lo, hi)
+    for ax in axes:
+        ax.set_xlim(*ax.get_xlim())
+    if 0 < lo < hi:
+        axes[0].yaxis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
+        axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axes[0].yaxis.set_minor_formatter(NullFormatter())
+    for ax, (metric, _) in zip(axes, _PANELS):
+        markers = [(r[metric], r["tokens_per_s"], _marker_size(r["family"]), r[metric + "_ci"], r["tokens_per_s_ci"])
+                   for r in mine]
+        ax_points = [(r[metric], r["tokens_per_s"], numbers[id(r)]) for r in ppo]
+        _place_labels(ax, ax_points, markers, _STYLES["ppo"][0])
+    return fig
+
+
+def pareto_png(rows: list[dict[str, Any]], scenario: str) -> bytes:
+    """Tokens/s against risk (left) and error rate (right) for one scenario, as PNG bytes (see
+    ``pareto_figure``); the same rows give the same bytes."""
+    fig = pareto_figure(rows, scenario)
     buf = io.BytesIO()
-    fig.tight_layout()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return buf.getvalue()
