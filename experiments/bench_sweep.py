@@ -1,27 +1,33 @@
 """A sweep of PPO agents trained by both trainers on the same machine, in one run: the SB3 trainer
-(one ``hlm_gym.harness.training.train`` run per agent, as ``hlm-gym compare`` does) and the
-population trainer (all agents of a scenario as one batched run, ``hlm_gym.harness.population``).
+(one ``hlm_gym.harness.training.train`` run per agent, as ``hlm-gym compare --trainer sb3`` does)
+and the population trainer (every agent of every scenario as ONE batched run,
+``hlm_gym.harness.population``).
 
-    python experiments/bench_sweep.py [--scenarios vehicular] [--timesteps 20000] [--seeds 0,1,2]
+    python experiments/bench_sweep.py [--scenarios pedestrian,vehicular,cell-edge-fast-fading]
+                                      [--timesteps 100000] [--seeds 0,1,2]
                                       [--risk-weights 1,2,3,5] [--risk-targets 0.2,0.3,0.4,0.45]
                                       [--target-risk-weight 10] [--sb3-jobs 1] [--threads 1]
-                                      [--device cpu] [--traces DIR] [--out DIR]
+                                      [--population-threads CORES] [--device cpu] [--traces DIR]
+                                      [--out DIR] [--json FILE]
 
-The default sweep is ``hlm-gym compare``'s reward settings for one scenario (error-rate runs at
+The default sweep is ``hlm-gym compare``'s: 3 scenarios x its reward settings (error-rate runs at
 each risk weight, risk-target runs at each target with the target risk weight) x 3 seeds, each
-agent trained for ``--timesteps`` steps with agents/ppo.yml. Both trainers evaluate each final
-model on the same validation episodes (``--eval-episodes``, seed + 10000) through the evaluation
-harness; the SB3 runs evaluate only at the end and draw no reference line (so both do the same
-work besides training). Prints the wall time of each trainer, the validation reward per step per
-setting (mean and spread over seeds) under both, and a last line ``sweep speed-up: X.Yx`` (SB3
-wall time / population wall time).
+agent trained for ``--timesteps`` steps (compare's 100k) with agents/ppo.yml. Both trainers
+evaluate each final model once, on the same validation episodes (``--eval-episodes``, seed +
+10000): the SB3 runs through the evaluation harness at the end (no periodic evaluation, no
+reference line), the population in one batch (so both do the same work besides training).
+Prints the wall time of each trainer, the validation reward per step per setting (mean and
+spread over seeds) under both with the parity check (is the population's mean within SB3's
+seed range?), and a last line ``sweep speed-up: X.Yx`` (SB3 wall time / population wall time).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import json
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
@@ -67,7 +73,7 @@ def _run_sb3(args: argparse.Namespace, scenario: str, out: Path) -> tuple[float,
             configs.append(((w, r, s), TrainConfig(scenario=scenario, risk_weight=w, risk_target=r, seed=s,
                                                    device=args.device, timesteps=args.timesteps,
                                                    out=str(out / "sb3" / scenario / name), traces=args.traces,
-                                                   eval_freq=args.timesteps, eval_episodes=args.eval_episodes,
+                                                   eval_freq=2**40, eval_episodes=args.eval_episodes,
                                                    reference=False)))
     t0 = time.perf_counter()
     if args.sb3_jobs <= 1:
@@ -79,18 +85,22 @@ def _run_sb3(args: argparse.Namespace, scenario: str, out: Path) -> tuple[float,
     return wall, {key: s["last"] for (key, _), s in zip(configs, summaries)}
 
 
-def _run_population(args: argparse.Namespace, scenario: str, out: Path) -> tuple[float, dict, int]:
+def _run_population(args: argparse.Namespace, scenarios: list[str], out: Path) -> tuple[float, dict, int]:
+    """Every agent of the sweep, all scenarios, as ONE population run."""
+    import torch
+
     from hlm_gym.harness.population import AgentSpec, PopulationConfig, train_population
 
-    agents = [AgentSpec(w, r, s) for w, r in _settings(args) for s in args.seeds]
-    config = PopulationConfig(agents=agents, scenario=scenario, device=args.device, timesteps=args.timesteps,
-                              out=str(out / "population" / scenario), traces=args.traces,
-                              eval_episodes=args.eval_episodes)
+    agents = [AgentSpec(w, r, s, sc) for sc in scenarios for w, r in _settings(args) for s in args.seeds]
+    config = PopulationConfig(agents=agents, scenario=scenarios[0], device=args.device, timesteps=args.timesteps,
+                              out=str(out / "population"), traces=args.traces, eval_episodes=args.eval_episodes)
+    torch.set_num_threads(args.population_threads)
     t0 = time.perf_counter()
     result = train_population(config)
     wall = time.perf_counter() - t0
-    return wall, {(a.risk_weight, a.risk_target, a.seed): s["last"] for a, s in zip(agents, result.summaries)}, \
-        int(result.summaries[0]["timesteps"])
+    torch.set_num_threads(args.threads)
+    return wall, {(a.scenario, a.risk_weight, a.risk_target, a.seed): s["last"]
+                  for a, s in zip(agents, result.summaries)}, int(result.summaries[0]["timesteps"])
 
 
 def _warm_up(args: argparse.Namespace, scenario: str, out: Path) -> None:
@@ -115,8 +125,10 @@ def _cell(values: list[float]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--scenarios", default="vehicular", help="comma-separated scenarios (default vehicular)")
-    p.add_argument("--timesteps", type=int, default=20_000, help="steps per agent (default 20000)")
+    p.add_argument("--scenarios", default=",".join(DEFAULTS["scenarios"]),
+                   help=f"comma-separated scenarios (default {','.join(DEFAULTS['scenarios'])})")
+    p.add_argument("--timesteps", type=int, default=DEFAULTS["timesteps"],
+                   help=f"steps per agent (default {DEFAULTS['timesteps']}, compare's)")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="seeds per setting (default 0,1,2)")
     p.add_argument("--risk-weights", type=_floats, default=list(DEFAULTS["risk_weights"]))
     p.add_argument("--risk-targets", type=_floats, default=list(DEFAULTS["risk_targets"]))
@@ -124,10 +136,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--eval-episodes", type=int, default=DEFAULTS["eval_episodes"])
     p.add_argument("--trainers", default="sb3,population", help="which trainers to run (default both)")
     p.add_argument("--sb3-jobs", type=int, default=1, help="SB3 runs in parallel processes (default 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per SB3 process (default 1)")
+    p.add_argument("--population-threads", type=int, default=os.cpu_count() or 1,
+                   help="torch CPU threads of the population run (default: every core)")
     p.add_argument("--device", default="cpu", help="device of both trainers (default cpu)")
     p.add_argument("--traces", default=None, help="trace folder (default: the shipped traces)")
     p.add_argument("--out", default=None, help="where the runs go (default: a temporary folder)")
+    p.add_argument("--json", default=None, help="also write the timings and the parity table to this JSON file")
     args = p.parse_args(argv)
 
     import torch
@@ -141,27 +156,28 @@ def main(argv: Optional[list[str]] = None) -> int:
         out = Path(tmp.name)
     else:
         out = Path(args.out)
-    n_agents = len(_settings(args)) * len(args.seeds)
+    n_agents = len(scenarios) * len(_settings(args)) * len(args.seeds)
     print(f"sweep: {len(scenarios)} scenario(s) x {len(_settings(args))} reward settings x {len(args.seeds)} seeds "
-          f"= {n_agents} agents per scenario, {args.timesteps} steps each; device {args.device}, "
-          f"{args.threads} torch thread(s), SB3 jobs {args.sb3_jobs}", flush=True)
+          f"= {n_agents} agents, {args.timesteps} steps each; device {args.device}; SB3: {args.sb3_jobs} job(s) of "
+          f"{args.threads} torch thread(s); population: one run, {args.population_threads} torch thread(s)",
+          flush=True)
     walls = {"sb3": 0.0, "population": 0.0}
     results: dict[str, dict] = {"sb3": {}, "population": {}}
     steps = None
     try:
         for scenario in scenarios:
             _warm_up(args, scenario, out)
-            if "population" in trainers:
-                wall, res, steps = _run_population(args, scenario, out)
-                walls["population"] += wall
-                results["population"].update({(scenario, *k): v for k, v in res.items()})
-                print(f"[{scenario}] population trainer: {wall:.1f} s ({n_agents} agents, {steps} steps each)",
-                      flush=True)
-            if "sb3" in trainers:
+        if "population" in trainers:
+            wall, res, steps = _run_population(args, scenarios, out)
+            walls["population"] = wall
+            results["population"] = res
+            print(f"population trainer: {wall:.1f} s ({n_agents} agents, {steps} steps each)", flush=True)
+        if "sb3" in trainers:
+            for scenario in scenarios:
                 wall, res = _run_sb3(args, scenario, out)
                 walls["sb3"] += wall
                 results["sb3"].update({(scenario, *k): v for k, v in res.items()})
-                print(f"[{scenario}] SB3 trainer: {wall:.1f} s ({n_agents} runs)", flush=True)
+                print(f"[{scenario}] SB3 trainer: {wall:.1f} s ({n_agents // len(scenarios)} runs)", flush=True)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -171,18 +187,41 @@ def main(argv: Optional[list[str]] = None) -> int:
     head = f"{'scenario':<22} {'lambda':>6} {'R':>5}"
     for t in trainers:
         head += f" | {t + ' reward/step':<34} {'tok/s':>6} {'risk':>6}"
+    both = "sb3" in trainers and "population" in trainers
+    if both:
+        head += " | population mean within SB3's seed range?"
     print(head)
+    n_within, table = 0, []
     for scenario in scenarios:
         for w, r in _settings(args):
             row = f"{scenario:<22} {w:>6g} {(r or 0):>5g}"
+            cells = {}
             for t in trainers:
                 ms = [results[t][(scenario, w, r, s)] for s in args.seeds]
-                row += (f" | {_cell([m['reward_per_step'] for m in ms]):<34} "
+                cells[t] = [m["reward_per_step"] for m in ms]
+                row += (f" | {_cell(cells[t]):<34} "
                         f"{np.mean([m['tokens_per_s'] for m in ms]):>6.2f} {np.nanmean([m['risk'] for m in ms]):>6.3f}")
+            if both:
+                within = bool(min(cells["sb3"]) <= np.mean(cells["population"]) <= max(cells["sb3"]))
+                n_within += within
+                row += f" | {'yes' if within else 'no'}"
+            table.append({"scenario": scenario, "risk_weight": w, "risk_target": r,
+                          **{f"{t}_reward_per_step": cells[t] for t in trainers}})
             print(row)
     for t in trainers:
         print(f"{t} trainer wall time: {walls[t]:.1f} s")
-    if "sb3" in trainers and "population" in trainers:
+    if both:
+        print(f"parity: the population's mean validation reward is within SB3's seed range in {n_within}/{len(table)} "
+              "settings")
+    if args.json:
+        doc = {"command": "python experiments/bench_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "scenarios": scenarios, "settings": len(_settings(args)), "seeds": args.seeds,
+               "timesteps": args.timesteps, "device": args.device, "sb3_jobs": args.sb3_jobs,
+               "sb3_threads": args.threads, "population_threads": args.population_threads,
+               "wall_s": walls, "speed_up": walls["sb3"] / walls["population"] if both else None,
+               "parity_within": n_within if both else None, "validation": table}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    if both:
         print(f"sweep speed-up: {walls['sb3'] / walls['population']:.1f}x")
     return 0
 

@@ -17,13 +17,13 @@ from typing import Any
 
 from hlm_gym.cli.argtypes import (add_env_argument, add_risk_weight_argument, add_threads_argument, apply_threads,
                                   device, float_list, hyper_override, one_line_errors, positive_int, seed,
-                                  unit_float)
+                                  str_list, unit_float)
 
 __all__ = ["register"]
 
 
 _POPULATION_FLAGS = (("risk_weights", "--risk-weights"), ("risk_targets", "--risk-targets"), ("seeds", "--seeds"),
-                     ("combine", "--combine"))
+                     ("combine", "--combine"), ("scenarios", "--scenarios"))
 
 
 def seed_list(text: str) -> list[int]:
@@ -54,7 +54,10 @@ def _population_config(args: argparse.Namespace):
     weights = args.risk_weights if args.risk_weights is not None else [args.risk_weight]
     targets = args.risk_targets if args.risk_targets is not None else [args.risk_target]
     seeds = args.seeds if args.seeds is not None else [args.seed if args.seed is not None else 0]
-    agents = population_agents(weights or [None], targets or [None], seeds, args.combine or "product")
+    if args.scenarios is not None and args.scenario_given:
+        raise TrainingError("--scenario and --scenarios both given; use one of them")
+    agents = population_agents(weights or [None], targets or [None], seeds, args.combine or "product",
+                               scenarios=args.scenarios or [None])
     return PopulationConfig(agents=agents, env_id=args.env_id, scenario=args.scenario, device=args.device,
                             n_envs=args.n_envs, timesteps=args.timesteps, out=args.out, traces=args.traces,
                             hyperparams=args.hyperparams, overrides=dict(args.overrides),
@@ -65,6 +68,9 @@ def _run(args: argparse.Namespace) -> int:
     from hlm_gym.harness.errors import TrainingError
     from hlm_gym.harness.training import TrainConfig, format_summary, train
 
+    args.scenario_given = args.scenario is not None
+    if args.scenario is None:
+        args.scenario = "pedestrian"
     if args.trainer == "population":
         from hlm_gym.harness.population import format_population_summary, train_population
 
@@ -104,7 +110,7 @@ def register(subparsers: Any) -> None:
                         "x --risk-targets x --seeds) trained together as one batched run on --device, each agent's "
                         "files in <out>/<agent-name>/")
     add_env_argument(p)
-    p.add_argument("--scenario", default="pedestrian", help="scenario name or YAML path (default pedestrian)")
+    p.add_argument("--scenario", default=None, help="scenario name or YAML path (default pedestrian)")
     add_risk_weight_argument(p)
     p.add_argument("--risk-target", type=unit_float, default=None,
                    help="the env's risk_target R: a skip costs lambda * (beta - R), the Lagrangian of 'mean "
@@ -123,6 +129,9 @@ def register(subparsers: Any) -> None:
                    help="--trainer population: the agents' risk targets R (each in [0, 1])")
     p.add_argument("--seeds", type=seed_list, default=None, metavar="S1,S2,...",
                    help="--trainer population: the agents' seeds (default 0)")
+    p.add_argument("--scenarios", type=str_list, default=None, metavar="S1,S2,...",
+                   help="--trainer population: train the agents on each of these scenarios (one env per scenario, "
+                        "all agents in one batch; folders <out>/<scenario>/<agent-name>/)")
     p.add_argument("--combine", choices=("product", "zip"), default=None,
                    help="--trainer population: every combination of the three lists (product, default) or the "
                         "i-th of each list together (zip; a list of one value goes with every agent)")

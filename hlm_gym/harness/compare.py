@@ -60,6 +60,7 @@ from hlm_gym.harness.compare_defaults import DEFAULTS
 from hlm_gym.harness.compare_plot import pareto_png
 from hlm_gym.harness.errors import CompareError
 from hlm_gym.harness.families import DEFAULT_ENV_ID, family_for
+from hlm_gym.harness.front import analytic_front
 from hlm_gym.harness.hybrid_lm import SWEEP_FAMILY, reward_label
 from hlm_gym.harness.hyperparams import check_algo
 from hlm_gym.harness.run_folder import FolderLock, signals_deferred, verify_artifacts
@@ -122,21 +123,6 @@ class CompareConfig:
 
 
 # ------------------------------------------------------------------------------------ front
-def analytic_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Upper envelope ``tokens/s(risk)`` of ``(risk, tokens/s)`` points: sorted by risk, each point
-    kept only if it beats every point of lower or equal risk (a non-decreasing staircase)."""
-    pts = sorted((float(r), float(t)) for r, t in points if math.isfinite(r) and math.isfinite(t))
-    front: list[tuple[float, float]] = []
-    for r, t in pts:
-        if front and r == front[-1][0]:
-            if t > front[-1][1]:
-                front[-1] = (r, t)
-            continue
-        if not front or t > front[-1][1]:
-            front.append((r, t))
-    return front
-
-
 def front_at(front: Sequence[tuple[float, float]], risk: float) -> Optional[float]:
     """The front's tokens/s at ``risk`` (linear interpolation; None outside its risk range)."""
     if not front:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
+from hlm_gym.harness.front import analytic_front
 from hlm_gym.harness.hybrid_lm import SWEEP_FAMILY
 
 if TYPE_CHECKING:
@@ -38,21 +39,6 @@ _MANTISSAS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), (1.0, 1.5, 2.0, 3.0
 _MIN_TICKS = 6
 _RADII_PT = (5.0, 10.0, 16.0, 24.0, 34.0)  # label distances from the marker tried first (points)
 _DIRECTIONS = ((1, 1), (1, 0), (0, 1), (1, -1), (-1, 1), (-1, 0), (0, -1), (-1, -1))  # NE E N SE NW W S SW
-
-
-def _front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Upper envelope of ``(risk, tokens/s)`` points, as ``compare.analytic_front`` computes it
-    (repeated here: importing compare from this module would make an import cycle)."""
-    pts = sorted((float(r), float(t)) for r, t in points if math.isfinite(r) and math.isfinite(t))
-    front: list[tuple[float, float]] = []
-    for r, t in pts:
-        if front and r == front[-1][0]:
-            if t > front[-1][1]:
-                front[-1] = (r, t)
-            continue
-        if not front or t > front[-1][1]:
-            front.append((r, t))
-    return front
 
 
 def _marker_size(family: str) -> float:
@@ -189,7 +175,7 @@ def pareto_figure(rows: list[dict[str, Any]], scenario: str) -> Figure:
             ax.errorbar(x, y, xerr=[r[metric + "_ci"] for r in fam_rows], yerr=[r["tokens_per_s_ci"] for r in fam_rows],
                         fmt=marker, color=colour, label=label, ms=_marker_size(fam), capsize=2, lw=0.8)
             if fam in (ANALYTIC_FAMILY, "ppo"):
-                front = _front(list(zip(x, y)))
+                front = analytic_front(list(zip(x, y)))
                 ax.plot([p[0] for p in front], [p[1] for p in front], "-", color=colour, lw=1.2, alpha=0.8)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)

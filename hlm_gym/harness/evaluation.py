@@ -24,7 +24,7 @@ import json
 import time
 from os import PathLike
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -41,18 +41,25 @@ __all__ = ["EvaluationResult", "EvaluationError", "CI_METHOD", "summarize_episod
            "make_eval_env", "check_evaluation", "evaluate", "format_table", "write_outputs"]
 
 
-def run_episodes(env: Any, policy: Policy, n_episodes: int, seed: int, tracker: EpisodeTracker,
-                 max_steps: int = 10_000_000, progress: Callable[[int], None] | None = None) -> list[dict[str, float]]:
+def run_episodes(env: Any, policy: Policy, n_episodes: int, seed: int | Sequence[int], tracker: EpisodeTracker,
+                 max_steps: int = 10_000_000, progress: Callable[[int], None] | None = None,
+                 quota: Optional[Sequence[int]] = None) -> list[dict[str, float]]:
     """Run ``policy`` on a Gymnasium vector env until ``n_episodes`` episodes have finished.
 
     Env ``i`` contributes the first ``q_i`` episodes it finishes (quotas fixed up front:
-    ``n_episodes`` split evenly), so the set of counted episodes does not favour short ones.
+    ``n_episodes`` split evenly, or the given ``quota`` per env), so the set of counted episodes
+    does not favour short ones. ``seed``: the env's reset seed (an int, or one seed per env).
     ``tracker`` (the env family's :class:`~hlm_gym.harness.family.EpisodeTracker` for
     ``env.num_envs`` environments) turns the steps into each episode's metrics.
     """
     n_envs = env.num_envs
-    quota = np.full(n_envs, n_episodes // n_envs)
-    quota[: n_episodes % n_envs] += 1
+    if quota is None:
+        quota = np.full(n_envs, n_episodes // n_envs)
+        quota[: n_episodes % n_envs] += 1
+    else:
+        quota = np.asarray(quota, dtype=int)
+        if quota.shape != (n_envs,) or int(quota.sum()) != n_episodes:
+            raise ValueError(f"quota: expected {n_envs} counts summing to {n_episodes}")
     done = np.zeros(n_envs, dtype=int)
     results: list[list[dict[str, float]]] = [[] for _ in range(n_envs)]
     obs, _ = env.reset(seed=seed)

@@ -90,28 +90,38 @@ _EPISODE_METRICS = ("tokens_per_s", "transmission_rate", "skip_rate", "risk", "e
 # ----------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class AgentSpec:
-    """One agent of a population: its reward setting and seed (``risk_weight``/``risk_target``
-    None: the environment's default)."""
+    """One agent of a population: its reward setting, seed and scenario (``risk_weight``/
+    ``risk_target`` None: the environment's default; ``scenario`` None: the run's ``--scenario``)."""
 
     risk_weight: Optional[float] = None
     risk_target: Optional[float] = None
     seed: int = 0
+    scenario: Optional[str] = None
 
     @property
     def name(self) -> str:
-        """The agent's folder and TensorBoard name, e.g. ``lambda10-target0.3-seed1``."""
+        """The agent's TensorBoard name, e.g. ``lambda10-target0.3-seed1``."""
         w = "default" if self.risk_weight is None else f"{self.risk_weight:g}"
         t = f"-target{self.risk_target:g}" if self.risk_target else ""
         return f"lambda{w}{t}-seed{self.seed}"
 
+    @property
+    def folder(self) -> str:
+        """The agent's folder under ``--out``: ``<name>``, or ``<scenario>/<name>`` when it names a scenario."""
+        return self.name if self.scenario is None else f"{self.scenario}/{self.name}"
+
 
 def population_agents(risk_weights: Sequence[Optional[float]] = (None,),
                       risk_targets: Sequence[Optional[float]] = (None,), seeds: Sequence[int] = (0,),
-                      combine: str = "product") -> list[AgentSpec]:
-    """The agents of a sweep: ``combine="product"`` every (weight, target, seed) combination;
-    ``"zip"`` the i-th weight with the i-th target and the i-th seed (a list of one value is
-    repeated to the others' length)."""
+                      combine: str = "product", scenarios: Sequence[Optional[str]] = (None,)) -> list[AgentSpec]:
+    """The agents of a sweep, for each of ``scenarios`` (``None``: the run's scenario):
+    ``combine="product"`` every (weight, target, seed) combination; ``"zip"`` the i-th weight with
+    the i-th target and the i-th seed (a list of one value is repeated to the others' length)."""
     w, t, s = list(risk_weights) or [None], list(risk_targets) or [None], list(seeds) or [0]
+    scs = list(scenarios) or [None]
+    if len(scs) > 1 or scs[0] is not None:
+        return [AgentSpec(a.risk_weight, a.risk_target, a.seed, sc)
+                for sc in scs for a in population_agents(w, t, s, combine)]
     if combine == "product":
         return [AgentSpec(a, b, c) for a, b, c in itertools.product(w, t, s)]
     if combine != "zip":
@@ -144,10 +154,14 @@ class PopulationConfig:
     tensorboard: bool = True
     verbose: int = 0
 
+    def scenario_of(self, agent: AgentSpec) -> str:
+        """The scenario agent ``agent`` trains on."""
+        return self.scenario if agent.scenario is None else agent.scenario
+
     def settings(self, agent: AgentSpec) -> EnvSettings:
         """Agent ``agent``'s environment options (as the SB3 trainer's ``TrainConfig.env_settings``)."""
-        return EnvSettings(scenario=self.scenario, risk_weight=agent.risk_weight, risk_target=agent.risk_target,
-                           traces=self.traces, env_kwargs=dict(self.env_kwargs))
+        return EnvSettings(scenario=self.scenario_of(agent), risk_weight=agent.risk_weight,
+                           risk_target=agent.risk_target, traces=self.traces, env_kwargs=dict(self.env_kwargs))
 
 
 @dataclass
@@ -185,11 +199,11 @@ def _check_agents(agents: Sequence[AgentSpec]) -> list[AgentSpec]:
             check_number(a.risk_target, "--risk-targets", 0, 1, error=TrainingError)
         check_seed(a.seed, "--seeds", TrainingError)
         out.append(a)
-    names = [a.name for a in out]
+    names = [a.folder for a in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise TrainingError(f"the population has the same agent twice ({', '.join(dup)}); each (risk weight, risk "
-                            "target, seed) must be distinct")
+        raise TrainingError(f"the population has the same agent twice ({', '.join(dup)}); each (scenario, risk "
+                            "weight, risk target, seed) must be distinct")
     return out
 
 
@@ -224,7 +238,7 @@ def prepare_population(config: PopulationConfig, create_out: bool = True) -> Pop
     device = check_device(config.device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    check_scenarios([config.scenario], "--scenario", TrainingError)
+    check_scenarios(sorted({config.scenario_of(a) for a in config.agents}, key=str), "--scenario", TrainingError)
     family.check_data(config.traces, ("train", "validation"))
     out = check_out_dir(config.out, "--out", create=create_out)
     normalize = None
@@ -450,28 +464,46 @@ def train_population(config: PopulationConfig) -> PopulationResult:
     folder per agent locked and written into its staging folder, committed when the run completes."""
     plan = prepare_population(config)
     with contextlib.ExitStack() as stack:
-        folders = [stack.enter_context(RunFolder(plan.out / a.name, POPULATION_ARTIFACTS, what="agent folder"))
+        folders = [stack.enter_context(RunFolder(plan.out / a.folder, POPULATION_ARTIFACTS, what="agent folder"))
                    for a in config.agents]
         return _run(config, plan, folders)
 
 
-def _make_env(config: PopulationConfig, plan: PopulationPlan) -> Any:
-    """The one batched torch env of P * n_envs sub-envs, each with its agent's reward setting."""
+def scenario_groups(config: PopulationConfig, agents: Sequence[AgentSpec]) -> dict[str, list[int]]:
+    """The indices of ``agents`` by scenario, scenarios in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, a in enumerate(agents):
+        groups.setdefault(config.scenario_of(a), []).append(i)
+    return groups
+
+
+def _reward_settings(config: PopulationConfig, agents: Sequence[AgentSpec], kwargs: dict[str, Any]
+                     ) -> tuple[list[float], list[float]]:
+    """Each agent's risk weight and risk target (its own, or the env's default under ``kwargs``)."""
     from hlm_gym.environments.hybrid_lm.config import make_config
+
+    defaults, _ = make_config(dict(kwargs))
+    return ([defaults.risk_weight if a.risk_weight is None else float(a.risk_weight) for a in agents],
+            [defaults.risk_target if a.risk_target is None else float(a.risk_target) for a in agents])
+
+
+def _make_env(config: PopulationConfig, plan: PopulationPlan, agents: Sequence[AgentSpec]) -> Any:
+    """The batched torch env of P * n_envs sub-envs (agent ``p``'s block ``p*n .. (p+1)*n - 1``, with
+    its reward setting): one env per scenario, concatenated (``agents`` grouped by scenario)."""
+    from hlm_gym.environments.concat import ConcatVectorEnv
     from hlm_gym.environments.hybrid_lm.torch_vector import HybridLMTorchVectorEnv
 
     family = family_for(config.env_id)
-    kwargs = family.env_kwargs(EnvSettings(scenario=config.scenario, traces=config.traces,
-                                           env_kwargs=dict(config.env_kwargs)), "train")
-    defaults, _ = make_config(dict(kwargs))
-    n = plan.n_envs
-    weights = [defaults.risk_weight if a.risk_weight is None else a.risk_weight
-               for a in config.agents for _ in range(n)]
-    targets = [defaults.risk_target if a.risk_target is None else a.risk_target
-               for a in config.agents for _ in range(n)]
-    return HybridLMTorchVectorEnv(num_envs=len(config.agents) * n, device=plan.device,
-                                  compressed=config.env_id.endswith("Compressed-v0"), risk_weights=weights,
-                                  risk_targets=targets, **kwargs)
+    n, parts = plan.n_envs, []
+    for scenario, idx in scenario_groups(config, agents).items():
+        kwargs = family.env_kwargs(EnvSettings(scenario=scenario, traces=config.traces,
+                                               env_kwargs=dict(config.env_kwargs)), "train")
+        weights, targets = _reward_settings(config, [agents[i] for i in idx], kwargs)
+        parts.append(HybridLMTorchVectorEnv(num_envs=len(idx) * n, device=plan.device,
+                                            compressed=config.env_id.endswith("Compressed-v0"),
+                                            risk_weights=[w for w in weights for _ in range(n)],
+                                            risk_targets=[t for t in targets for _ in range(n)], **kwargs))
+    return parts[0] if len(parts) == 1 else ConcatVectorEnv(parts)
 
 
 def _collect(env: Any, nets: PopulationNets, norm: _Normalizer, state: dict[str, Any], T: int, P: int, n: int,
@@ -597,13 +629,16 @@ def _seed_everything(agents: Sequence[AgentSpec], device: torch.device) -> list[
 
 def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder]) -> PopulationResult:
     t_start = time.perf_counter()
-    agents, P, n, ppo = config.agents, len(config.agents), plan.n_envs, plan.ppo
+    # the agents grouped by scenario (one env per scenario, each agent's sub-envs one block); the
+    # summaries are returned in the given order
+    order = [i for idx in scenario_groups(config, config.agents).values() for i in idx]
+    agents, folders = [config.agents[i] for i in order], [folders[i] for i in order]
+    P, n, ppo = len(agents), plan.n_envs, plan.ppo
     T, dev = ppo["n_steps"], torch.device(plan.device)
     lr_fn, clip_fn = _const(ppo["learning_rate"]), _const(ppo["clip_range"])
     clip_vf_fn = None if ppo["clip_range_vf"] is None else _const(ppo["clip_range_vf"])
-    env = _make_env(config, plan)
+    env = _make_env(config, plan, agents)
     writers: list[Any] = []
-    eval_envs: dict[tuple, Any] = {}  # validation envs, one per reward setting (shared by its seeds)
     try:
         # --- networks: SB3's policy per agent under the agent's seed; actor-critics stacked
         pk = dict(ppo.get("policy_kwargs") or {})
@@ -683,24 +718,23 @@ def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder
         for w in writers:
             w.flush()
         tb_dirs = [Path(w.log_dir) for w in writers] or [None] * P
-        # --- export, evaluate, summarise, commit (agent by agent)
-        summaries = []
+        # --- export each agent, validate all of them in one batch, summarise, commit
         for p, (a, folder) in enumerate(zip(agents, folders)):
-            path = _export(nets, norm, p, env, ppo, pk, a, timesteps, folder.staged("model_last.zip"))
-            metrics = _validate(config, a, path, eval_envs)
-            summary = _summary(config, plan, a, p, timesteps, train_wall, time.perf_counter() - t_start, metrics,
+            _export(nets, norm, p, env, ppo, pk, a, timesteps, folder.staged("model_last.zip"))
+        metrics = _validate(config, agents, nets, norm)
+        summaries: list[dict[str, Any]] = [{} for _ in agents]
+        for p, (a, folder) in enumerate(zip(agents, folders)):
+            summary = _summary(config, plan, a, p, timesteps, train_wall, time.perf_counter() - t_start, metrics[p],
                                last_metrics, folder, tb_dirs[p])
             atomic_write_text(folder.staged("summary.json"), json.dumps(summary, indent=2, default=_json) + "\n")
-            summaries.append(summary)
+            summaries[order[p]] = summary
         for folder in folders:
             folder.commit()
     finally:
         for w in writers:
             w.close()
-        for e in eval_envs.values():
-            e.close()
         env.close()
-    return PopulationResult(out=plan.out, agents=list(agents), summaries=summaries,
+    return PopulationResult(out=plan.out, agents=list(config.agents), summaries=summaries,
                             wall_s=time.perf_counter() - t_start)
 
 
@@ -754,20 +788,31 @@ def _export(nets: PopulationNets, norm: _Normalizer, p: int, env: Any, ppo: dict
     return path
 
 
-def _validate(config: PopulationConfig, agent: AgentSpec, path: Path, envs: dict[tuple, Any]) -> dict[str, float]:
-    """The exported model on the validation split through the evaluation harness (a ``ppo:`` spec),
-    on the same episodes as the SB3 trainer's evaluation (seed + 10000, ``eval_episodes``). ``envs``:
-    the validation envs made so far, by reward setting (an evaluation resets its env with its seed)."""
-    from hlm_gym.harness.evaluation import evaluate, make_eval_env
+def _validate(config: PopulationConfig, agents: Sequence[AgentSpec], nets: PopulationNets,
+              norm: _Normalizer) -> list[dict[str, float]]:
+    """Every agent's final policy on the validation split, on the episodes the SB3 trainer's
+    evaluation of its model would use (reset seed + 10000, ``eval_episodes``), the agents of a
+    scenario in one batch (:mod:`hlm_gym.harness.population_eval`; the same metrics as
+    ``evaluate`` of the exported zip)."""
+    from hlm_gym.harness.population_eval import StackedPolicy, evaluate_blocks
 
-    key = (agent.risk_weight, agent.risk_target)
-    if key not in envs:
-        envs[key] = make_eval_env(config.settings(agent), "validation", min(16, config.eval_episodes), config.env_id)
-    res = evaluate(f"ppo:{path}", env_id=config.env_id, scenario=config.scenario, split="validation",
-                   episodes=config.eval_episodes, seed=int(agent.seed) + 10_000, risk_weight=agent.risk_weight,
-                   risk_target=agent.risk_target, traces=config.traces, env_kwargs=config.env_kwargs,
-                   env=envs[key])
-    return {k: float(v["mean"]) for k, v in res.summary.items()}
+    family = family_for(config.env_id)
+    k, E = min(16, config.eval_episodes), config.eval_episodes
+    mean = std = None
+    if norm.norm_obs:  # the exported extractor's float32 statistics
+        mean = norm.obs_rms.mean.to(torch.float32)
+        std = torch.sqrt(norm.obs_rms.var + norm.epsilon).to(torch.float32)
+    out: list[dict[str, float]] = [{} for _ in agents]
+    for scenario, idx in scenario_groups(config, agents).items():
+        settings = EnvSettings(scenario=scenario, traces=config.traces, env_kwargs=dict(config.env_kwargs))
+        group = [agents[i] for i in idx]
+        weights, targets = _reward_settings(config, group, family.env_kwargs(settings, "validation"))
+        policy = StackedPolicy(nets, idx, k, mean, std, norm.clip_obs)
+        res = evaluate_blocks(policy, config.env_id, settings, "validation", [a.seed + 10_000 for a in group],
+                              weights, targets, E, k)
+        for i, r in zip(idx, res):
+            out[i] = r
+    return out
 
 
 def _summary(config: PopulationConfig, plan: PopulationPlan, agent: AgentSpec, p: int, timesteps: int,
@@ -776,9 +821,10 @@ def _summary(config: PopulationConfig, plan: PopulationPlan, agent: AgentSpec, p
     """An agent's ``summary.json``: the SB3 trainer's fields where they apply, plus the population."""
     P = len(config.agents)
     cfg = {k: v for k, v in asdict(config).items() if k not in ("agents", "verbose")}
-    return {"algo": "ppo", "trainer": "population", "env_id": config.env_id, "scenario": config.scenario,
+    return {"algo": "ppo", "trainer": "population", "env_id": config.env_id, "scenario": config.scenario_of(agent),
             "risk_weight": agent.risk_weight, "risk_target": agent.risk_target, "seed": agent.seed,
-            "agent": agent.name, "agent_index": p, "population": [a.name for a in config.agents],
+            "agent": agent.name, "agent_index": config.agents.index(agent),
+            "population": [a.folder for a in config.agents],
             "config": json.loads(json.dumps(cfg, default=str)), "device": plan.device, "env_backend": "torch",
             "n_envs": plan.n_envs, "timesteps": int(timesteps), "train_wall_s": round(train_wall, 2),
             "wall_s": round(wall, 2), "steps_per_s": round(timesteps * P / max(train_wall, 1e-9), 1),
@@ -802,7 +848,8 @@ def _json(o: Any) -> Any:
 def format_population_summary(result: PopulationResult) -> str:
     """The end-of-run lines printed by ``hlm-gym train --trainer population``."""
     s0 = result.summaries[0] if result.summaries else {}
-    lines = [f"trained {len(result.agents)} PPO agents together on {s0.get('env_id')} scenario {s0.get('scenario')}: "
+    scenarios = ", ".join(dict.fromkeys(str(s.get("scenario")) for s in result.summaries))
+    lines = [f"trained {len(result.agents)} PPO agents together on {s0.get('env_id')} ({scenarios}): "
              f"{s0.get('timesteps')} steps each in {s0.get('train_wall_s', 0):.1f} s "
              f"({s0.get('steps_per_s', 0):.0f} steps/s in all, {s0.get('device')})"]
     for s in result.summaries:

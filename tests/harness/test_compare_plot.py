@@ -4,7 +4,6 @@ labelled ticks inside a narrow band, and the same rows give the same PNG bytes."
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 
@@ -103,17 +102,6 @@ def test_the_same_rows_give_the_same_bytes():
     rows = crowded_rows() + narrow_rows()
     first = pareto_png(rows, SCENARIO)
     assert first.startswith(b"\x89PNG") and pareto_png([dict(r) for r in rows], SCENARIO) == first
-
-
-def test_the_plot_front_matches_compare():
-    from hlm_gym.harness.compare import analytic_front
-    from hlm_gym.harness.compare_plot import _front
-
-    rng = random.Random(0)
-    for _ in range(50):
-        pts = [(rng.choice([0.1, 0.2, 0.3, rng.random()]), rng.random() * 40) for _ in range(rng.randint(0, 12))]
-        pts.append((math.nan, 1.0))
-        assert _front(pts) == analytic_front(pts)
 
 
 def test_a_scenario_without_ppo_runs_still_renders():

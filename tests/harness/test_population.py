@@ -173,7 +173,7 @@ def test_running_stats_match_sb3_running_mean_std():
 def _agent_params(out, agent) -> dict[str, torch.Tensor]:
     from stable_baselines3 import PPO
 
-    model = PPO.load(str(Path(out) / agent.name / "model_last.zip"), device="cpu")
+    model = PPO.load(str(Path(out) / agent.folder / "model_last.zip"), device="cpu")
     return {k: v.clone() for k, v in model.policy.state_dict().items()}
 
 
@@ -407,3 +407,34 @@ def test_rollout_masks_reset_steps_and_bootstraps_truncation():
     assert acc["episodes"].tolist() == [2.0, 2.0]
     assert acc["return"].tolist() == [6.0 + 15.0, 21.0 + 3.0]
     assert acc["length"].tolist() == [3.0 + 5.0, 6.0 + 2.0]
+
+
+# ----------------------------------------------------------------------------------- scenarios
+def test_agents_of_several_scenarios_train_in_one_run_independently(traces, tmp_path):
+    """Agents with different scenarios share one run (one env per scenario, one batch of networks):
+    changing another agent's scenario leaves a pedestrian agent bit-identical; each agent's folder is
+    ``<scenario>/<name>`` and its validation metrics are ``evaluate``'s on its scenario."""
+    from hlm_gym.harness.evaluation import evaluate
+    from hlm_gym.harness.population import AgentSpec, population_agents, train_population
+
+    ped = AgentSpec(2.0, None, 0, "pedestrian")
+    same = [AgentSpec(5.0, 0.3, 1, "pedestrian"), ped, AgentSpec(2.0, None, 0, "cell-edge-fast-fading")]
+    one = train_population(_config(traces, tmp_path / "one", same, eval_episodes=4, tensorboard=False))
+    agents = [AgentSpec(5.0, 0.3, 1, "vehicular"), ped, AgentSpec(2.0, None, 0, "vehicular")]
+    both = train_population(_config(traces, tmp_path / "both", agents, eval_episodes=4, tensorboard=False))
+    assert [s["scenario"] for s in both.summaries] == ["vehicular", "pedestrian", "vehicular"]  # the given order
+    a = _agent_params(tmp_path / "one", ped)
+    b = _agent_params(tmp_path / "both", ped)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert one.summaries[1]["last"] == both.summaries[1]["last"]
+    for agent, s in zip(agents, both.summaries):
+        model = tmp_path / "both" / agent.scenario / agent.name / "model_last.zip"
+        assert Path(s["files"]["model_last"]) == model
+        res = evaluate(f"ppo:{model}", scenario=agent.scenario, split="validation", episodes=4,
+                       seed=10_000 + agent.seed, risk_weight=agent.risk_weight, risk_target=agent.risk_target,
+                       traces=str(traces))
+        for k, v in res.summary.items():
+            assert s["last"][k] == pytest.approx(v["mean"], rel=1e-9, abs=1e-12), (agent, k)
+    assert population_agents([1.0], [None], [0, 1], scenarios=["vehicular", "pedestrian"]) == [
+        AgentSpec(1.0, None, 0, "vehicular"), AgentSpec(1.0, None, 1, "vehicular"),
+        AgentSpec(1.0, None, 0, "pedestrian"), AgentSpec(1.0, None, 1, "pedestrian")]
