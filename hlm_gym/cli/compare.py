@@ -20,7 +20,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = CompareConfig(scenarios=tuple(args.scenarios), risk_weights=opt(args.risk_weights),
                         risk_targets=opt(args.risk_targets), target_risk_weight=args.target_risk_weight,
                         timesteps=args.timesteps, full=args.full, thresholds=opt(args.thresholds),
-                        ltt_deltas=opt(args.ltt_deltas), episodes=args.episodes, seed=args.seed, device=args.device,
+                        ltt_deltas=opt(args.ltt_deltas), episodes=args.episodes, seed=args.seed, seeds=args.seeds,
+                        trainer=args.trainer, device=args.device,
                         env_backend=args.env_backend, n_envs=args.n_envs, traces=args.traces, out=args.out,
                         progress=True, overrides=dict(args.overrides), jobs=args.jobs, resume=args.resume,
                         env_id=args.env_id)
@@ -60,16 +61,25 @@ def register(subparsers: Any) -> None:
     p.add_argument("--timesteps", type=positive_int, default=None,
                    help=f"PPO steps per run (default {d['timesteps']}; --full: {d['full_timesteps']})")
     p.add_argument("--full", action="store_true",
-                   help="the large budget (more steps, risk weights and risk targets; use --jobs on a many-core machine)")
+                   help="the large budget (more steps, risk weights and risk targets)")
     p.add_argument("--thresholds", type=float_list, default=None,
                    help="U-HLM u_th sweep, comma-separated values in [0, 1] (default: 16 values from 0 to 1)")
     p.add_argument("--ltt-deltas", type=float_list, default=None,
                    help=f"Learn-then-Test risk levels delta, comma-separated values in (0, 1) (default {nums('ltt_deltas')})")
     p.add_argument("--episodes", type=positive_int, default=None, help="test episodes per policy and scenario")
-    p.add_argument("--seed", type=seed, default=0, help="random seed, an integer >= 0 (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed, an integer >= 0 (default 0); the PPO runs "
+                   "use seeds --seed .. --seed + --seeds - 1, the test episodes --seed + 20000")
+    p.add_argument("--seeds", type=positive_int, default=d["seeds"],
+                   help=f"training seeds per reward setting (default {d['seeds']}); each PPO point is the mean over "
+                        "its seeds with a 95%% t interval over seeds")
+    p.add_argument("--trainer", choices=("population", "sb3"), default=d["trainer"],
+                   help=f"PPO trainer (default {d['trainer']}): population trains every run of the sweep as one "
+                        "batched torch run on --device; sb3 trains one Stable-Baselines3 run per point (--jobs at a "
+                        "time)")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--env-backend", choices=["numpy", "torch"], default="numpy",
-                   help="PPO training environments: numpy on the CPU, or torch on --device")
+                   help="--trainer sb3: PPO training environments, numpy on the CPU or torch on --device (the "
+                        "population trainer always steps the torch env)")
     p.add_argument("--n-envs", type=positive_int, default=None, help="PPO parallel environments (default: YAML)")
     p.add_argument("--traces", default=None, help="trace folder (default: the shipped traces)")
     p.add_argument("--hp", dest="overrides", type=hyper_override, action="append", default=[],
@@ -77,7 +87,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     add_threads_argument(p)
     p.add_argument("--jobs", type=nonneg_int, default=0,
-                   help="PPO runs trained at once, in worker processes of one torch thread each "
+                   help="--trainer sb3: PPO runs trained at once, in worker processes of one torch thread each "
                         "(default 0: one per CPU core, at most 4)")
     p.add_argument("--resume", action="store_true",
                    help="reuse the training runs in --out that finished with the same settings and whose files "

@@ -54,7 +54,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from hlm_gym.harness.checks import (check_int, check_number, check_out_dir, check_scenarios, check_seed,
+from hlm_gym.harness.checks import (check_choice, check_int, check_number, check_out_dir, check_scenarios, check_seed,
                                     check_sweep)
 from hlm_gym.harness.compare_defaults import DEFAULTS
 from hlm_gym.harness.compare_plot import pareto_png
@@ -64,12 +64,14 @@ from hlm_gym.harness.front import analytic_front
 from hlm_gym.harness.hybrid_lm import SWEEP_FAMILY, reward_label
 from hlm_gym.harness.hyperparams import check_algo
 from hlm_gym.harness.run_folder import FolderLock, signals_deferred, verify_artifacts
+from hlm_gym.harness.seeds import SEED_FAMILY, aggregate_seeds, seed_row
 from hlm_gym.paths import atomic_write_bytes
 from hlm_gym.policies.base import PolicyError
 
 __all__ = ["DEFAULTS", "CompareConfig", "compare", "check_config", "command_line", "dominance", "analytic_front",
            "result_row", "config_from_saved", "finished_run", "render_outputs", "write_outputs"]
 
+TRAINERS = ("population", "sb3")
 MATCH_TOL = 0.10  # matched risk: within 10% relative
 GAIN_TARGET = 0.10  # the issue's claim: >= 10% more tokens/s at matched risk
 ANALYTIC_FAMILY = SWEEP_FAMILY  # the default env family's reference sweep (the U-HLM thresholds)
@@ -91,6 +93,8 @@ class CompareConfig:
     ltt_deltas: Optional[tuple[float, ...]] = None
     episodes: Optional[int] = None
     seed: int = 0
+    seeds: int = DEFAULTS["seeds"]  # training seeds per reward setting: seed, seed + 1, ...
+    trainer: str = DEFAULTS["trainer"]  # "population" (all PPO runs as one batched run) or "sb3"
     device: str = "cpu"
     env_backend: str = "numpy"  # PPO training environments: "numpy" (CPU) or "torch" (on `device`)
     n_envs: Optional[int] = None
@@ -116,6 +120,7 @@ class CompareConfig:
                 # the PPO runs: (risk_weight, risk_target)
                 "ppo_runs": tuple((float(w), 0.0) for w in weights)
                             + tuple((float(self.target_risk_weight), float(t)) for t in targets),
+                "seeds": tuple(int(self.seed) + i for i in range(int(self.seeds))),
                 "timesteps": int(self.timesteps or (DEFAULTS["full_timesteps"] if full else DEFAULTS["timesteps"])),
                 "thresholds": tuple(self.thresholds) if self.thresholds is not None else tuple(DEFAULTS["thresholds"]),
                 "ltt_deltas": tuple(self.ltt_deltas) if self.ltt_deltas is not None else tuple(DEFAULTS["ltt_deltas"]),
@@ -186,19 +191,25 @@ def auto_jobs(n_runs: int) -> int:
 
 
 def _run_folder_name(risk_weight: float, target: float) -> str:
-    """The folder of one PPO run under ``runs/<scenario>/`` (``lambda5``, ``lambda10-target0.3``)."""
+    """A reward setting's name under ``runs/<scenario>/`` (``lambda5``, ``lambda10-target0.3``); a
+    run's folder adds its seed (``lambda5-seed0``)."""
     return reward_label(risk_weight, target).replace("=", "").replace(",", "-")
 
 
+def sweep_runs(rc: dict[str, Any]) -> list[tuple[str, float, float, int]]:
+    """Every PPO run of the sweep: ``(scenario, risk weight, risk target, seed)``."""
+    return [(sc, float(w), float(t), int(s)) for sc in rc["scenarios"] for w, t in rc["ppo_runs"] for s in rc["seeds"]]
+
+
 def _train_config(config: CompareConfig, rc: dict[str, Any], out: Path, scenario: str, risk_weight: float,
-                  target: float):
-    """The :class:`~hlm_gym.harness.training.TrainConfig` of one PPO run of the sweep."""
+                  target: float, seed: int):
+    """The :class:`~hlm_gym.harness.training.TrainConfig` of one PPO run of the sweep (SB3 trainer)."""
     from hlm_gym.harness.training import TrainConfig
 
-    name = _run_folder_name(risk_weight, target)
+    name = f"{_run_folder_name(risk_weight, target)}-seed{seed}"
     return TrainConfig(algo=config.algo, env_id=config.env_id, scenario=scenario, risk_weight=risk_weight,
                        risk_target=target or None, device=config.device, env_backend=config.env_backend,
-                       n_envs=config.n_envs, timesteps=rc["timesteps"], seed=config.seed,
+                       n_envs=config.n_envs, timesteps=rc["timesteps"], seed=seed,
                        out=str(out / "runs" / scenario / name), traces=config.traces,
                        eval_episodes=config.eval_episodes, run_name=f"ppo-{name}",
                        overrides=dict(config.overrides or {}))
@@ -241,13 +252,23 @@ def check_config(config: CompareConfig) -> dict[str, Any]:
     check_int(config.eval_episodes, "--eval-episodes", 1, error=CompareError)
     check_int(config.jobs, "--jobs", 0, error=CompareError)
     check_seed(config.seed, "--seed", CompareError)
+    check_int(config.seeds, "--seeds", 1, error=CompareError)
+    check_seed(config.seed + config.seeds - 1, "--seed + --seeds - 1", CompareError)
+    check_choice(config.trainer, "--trainer", TRAINERS, CompareError)
+    if config.trainer == "population" and config.algo != "ppo":
+        raise CompareError(f"--trainer population trains PPO only, not --algo {config.algo} (use --trainer sb3)")
     rc = config.resolved()
     _check_ppo_runs(rc)
     family.check_data(config.traces)
     out = check_out_dir(config.out, "--out", create=False)
-    for sc in rc["scenarios"]:
-        for weight, target in rc["ppo_runs"]:
-            prepare(_train_config(config, rc, out, sc, weight, target), create_out=False)
+    if config.trainer == "population":
+        from hlm_gym.harness.compare_population import population_config
+        from hlm_gym.harness.population import prepare_population
+
+        prepare_population(population_config(config, rc, out, sweep_runs(rc)), create_out=False)
+    else:
+        for sc, weight, target, seed in sweep_runs(rc):
+            prepare(_train_config(config, rc, out, sc, weight, target, seed), create_out=False)
     return rc
 
 
@@ -463,15 +484,14 @@ def _compare(config: CompareConfig, rc: dict[str, Any], out: Path, t0: float) ->
     """The comparison proper, on checked settings, in a locked ``out``."""
     family = family_for(config.env_id)
     analytic = family.analytic_policies(rc)
-    bar = _progress(config.progress, len(rc["scenarios"]) * (2 * len(rc["ppo_runs"]) + len(analytic)), "compare")
+    todo = sweep_runs(rc)
+    bar = _progress(config.progress, 2 * len(todo) + len(rc["scenarios"]) * len(analytic), "compare")
     try:
-        # 1. PPO over the reward sweep (trained on train, best checkpoint by validation reward)
-        configs = [_train_config(config, rc, out, sc, weight, target)
-                   for sc in rc["scenarios"] for weight, target in rc["ppo_runs"]]
-        infos = _train_all(configs, config.jobs or auto_jobs(len(configs)), bar, config.resume)
-        runs = [{"scenario": cfg.scenario, "risk_weight": cfg.risk_weight, "risk_target": cfg.risk_target or 0.0}
-                | info for cfg, info in zip(configs, infos)]
-        # 2. every PPO model and analytic rule on the same test episodes
+        # 1. PPO over the reward sweep x seeds (trained on train)
+        infos = _train_runs(config, rc, out, todo, bar)
+        runs = [{"scenario": sc, "risk_weight": w, "risk_target": t, "seed": s} | info
+                for (sc, w, t, s), info in zip(todo, infos)]
+        # 2. every PPO model and analytic rule on the same test episodes; PPO: the mean over seeds
         rows = _evaluate_all(config, rc, runs, analytic, family, bar)
     finally:
         if bar is not None:
@@ -485,9 +505,60 @@ def _compare(config: CompareConfig, rc: dict[str, Any], out: Path, t0: float) ->
             "wall_s": wall}
 
 
+def _train_runs(config: CompareConfig, rc: dict[str, Any], out: Path, todo: list[tuple[str, float, float, int]],
+                bar: Any) -> list[dict[str, Any]]:
+    """Train (or, with ``resume``, reuse) every PPO run of the sweep with ``config.trainer``."""
+    if config.trainer == "population":
+        from hlm_gym.harness.compare_population import train_sweep
+
+        def on_iteration(i: int, n: int) -> None:
+            if bar is not None:
+                bar.set_description(f"train {len(todo)} PPO agents as one population: iteration {i}/{n}")
+
+        infos = train_sweep(config, rc, out, todo, config.resume, lambda text: _say(bar, text), on_iteration)
+        if bar is not None:
+            bar.update(len(todo))
+        return infos
+    configs = [_train_config(config, rc, out, sc, w, t, s) for sc, w, t, s in todo]
+    return _train_all(configs, config.jobs or auto_jobs(len(configs)), bar, config.resume)
+
+
+def _evaluate_ppo(config: CompareConfig, rc: dict[str, Any], sc: str, runs: list[dict[str, Any]], ev: dict[str, Any],
+                  bar: Any) -> list[dict[str, Any]]:
+    """Each PPO model of scenario ``sc`` on the test episodes (all of them in one batch where they
+    stack, :func:`~hlm_gym.harness.population_eval.evaluate_models`; else one by one), one per-seed row
+    each, then one row per reward setting: the mean over seeds (:mod:`hlm_gym.harness.seeds`)."""
+    from hlm_gym.harness.evaluation import evaluate
+    from hlm_gym.harness.family import EnvSettings
+    from hlm_gym.harness.population_eval import evaluate_models
+    from hlm_gym.harness.results import EvaluationResult
+
+    if bar is not None:
+        bar.set_description(f"test {sc}: {len(runs)} PPO models")
+    settings = EnvSettings(scenario=sc, traces=config.traces)
+    family = family_for(config.env_id)
+    defaults = family.env_kwargs(settings, "test")
+    summaries = evaluate_models([r["model"] for r in runs], config.env_id, settings, "test", ev["seed"],
+                                [r["risk_weight"] for r in runs],
+                                [float(defaults.get("risk_target", 0.0))] * len(runs), ev["episodes"])
+    rows = []
+    for i, run in enumerate(runs):
+        if summaries is not None:
+            res = EvaluationResult(config={}, episodes=[], summary=summaries[i], policy={})
+        else:
+            res = evaluate(f"ppo:{run['model']}", scenario=sc, risk_weight=run["risk_weight"], **ev)
+        label = reward_label(run["risk_weight"], run["risk_target"])
+        rows.append(seed_row(result_row(sc, "ppo", f"ppo:{label}", res, run["risk_weight"], run["risk_target"]),
+                             run["seed"]))
+        if bar is not None:
+            bar.update(1)
+    return aggregate_seeds(rows) + rows
+
+
 def _evaluate_all(config: CompareConfig, rc: dict[str, Any], runs: list[dict[str, Any]], analytic: list[Any],
                   family: Any, bar: Any) -> list[dict[str, Any]]:
-    """The results rows: each PPO model and each analytic rule on each scenario's test episodes."""
+    """The results rows: each PPO model (per seed, and the mean over seeds) and each analytic rule
+    on each scenario's test episodes."""
     from hlm_gym.harness.evaluation import evaluate
 
     ev = {"env_id": config.env_id, "split": "test", "episodes": rc["episodes"], "seed": config.seed + 20_000,
@@ -495,14 +566,7 @@ def _evaluate_all(config: CompareConfig, rc: dict[str, Any], runs: list[dict[str
     shared = family.shared_policy_context(config.traces)  # computed once (HybridLM: the U-HLM fit)
     rows: list[dict[str, Any]] = []
     for sc in rc["scenarios"]:
-        for run in (r for r in runs if r["scenario"] == sc):
-            label = reward_label(run["risk_weight"], run["risk_target"])
-            if bar is not None:
-                bar.set_description(f"test {sc} ppo {label}")
-            r = evaluate(f"ppo:{run['model']}", scenario=sc, risk_weight=run["risk_weight"], **ev)
-            rows.append(result_row(sc, "ppo", f"ppo:{label}", r, run["risk_weight"], run["risk_target"]))
-            if bar is not None:
-                bar.update(1)
+        rows += _evaluate_ppo(config, rc, sc, [r for r in runs if r["scenario"] == sc], ev, bar)
         for a in analytic:
             if bar is not None:
                 bar.set_description(f"test {sc} {a.spec}")
@@ -535,6 +599,9 @@ def config_from_saved(saved: dict[str, Any]) -> tuple[CompareConfig, dict[str, A
     ``lambdas``/``target_lambda`` read as ``risk_weights``/``target_risk_weight``)."""
     saved = {LEGACY_KEYS.get(k, k): v for k, v in saved.items()}
     rc = {LEGACY_KEYS.get(k, k): v for k, v in saved.pop("resolved").items()}
+    if "seeds" not in saved:  # written before --seeds and --trainer: one seed, the SB3 trainer
+        saved |= {"seeds": 1, "trainer": "sb3"}
+        rc.setdefault("seeds", [int(saved.get("seed", 0))])
     fields = {f.name for f in dataclasses.fields(CompareConfig)}
     tuples = ("scenarios", "risk_weights", "risk_targets", "thresholds", "ltt_deltas")
     config = CompareConfig(**{k: (tuple(v) if k in tuples and v is not None else v)
@@ -544,7 +611,8 @@ def config_from_saved(saved: dict[str, Any]) -> tuple[CompareConfig, dict[str, A
 
 # ------------------------------------------------------------------------------------ outputs
 COLUMNS = ("scenario", "family", "policy", "lambda", "param", "tokens_per_s", "tokens_per_s_ci", "risk", "risk_ci",
-           "error_rate", "error_rate_ci", "skip_rate", "transmission_rate", "energy_j_per_token", "episodes", "note")
+           "error_rate", "error_rate_ci", "skip_rate", "transmission_rate", "energy_j_per_token", "episodes", "note",
+           "seeds", "seed_list", "seed")
 DOM_COLUMNS = ("metric", "scenario", "policy", "lambda", "risk", "tokens_per_s", "analytic_tokens_per_s",
                "front_tokens_per_s", "gain",
                "best_matched_policy", "best_matched_tokens_per_s", "gain_vs_best_matched", "matched_points",
@@ -571,7 +639,8 @@ def command_line(config: CompareConfig) -> str:
             flags.append(f"--{name} {nums(value)}")
     for name, value, default in (("target-risk-weight", config.target_risk_weight, d.target_risk_weight),
                                  ("timesteps", config.timesteps, None), ("episodes", config.episodes, None),
-                                 ("seed", config.seed, d.seed), ("device", config.device, d.device),
+                                 ("seed", config.seed, d.seed), ("seeds", config.seeds, d.seeds),
+                                 ("trainer", config.trainer, d.trainer), ("device", config.device, d.device),
                                  ("env-backend", config.env_backend, d.env_backend),
                                  ("n-envs", config.n_envs, None), ("traces", config.traces, None),
                                  ("jobs", config.jobs, d.jobs)):
@@ -603,8 +672,9 @@ def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
                 f"{_fmt(r['risk'], 3)} ± {_fmt(r['risk_ci'], 2)}", _fmt(r["error_rate"], 3), _fmt(r["skip_rate"], 3),
                 _fmt(r["energy_j_per_token"], 3))
 
-    body = [cells(r) for r in rows if not r.get("note")]
-    notes = [f"{r['scenario']}  {r['policy']}: {r['note']}" for r in rows if r.get("note")]
+    shown = [r for r in rows if r.get("family") != SEED_FAMILY]  # PPO: the mean over seeds, not each seed
+    body = [cells(r) for r in shown if not r.get("note")]
+    notes = [f"{r['scenario']}  {r['policy']}: {r['note']}" for r in shown if r.get("note")]
     if markdown:
         lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
         lines += ["| " + " | ".join(c) + " |" for c in body]

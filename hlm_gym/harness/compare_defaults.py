@@ -23,4 +23,8 @@ DEFAULTS: dict[str, Any] = {
     "episodes": 200,
     "full_episodes": 500,
     "eval_episodes": 48,
+    # training seeds per reward setting (PPO points are means over them, with 95% t intervals)
+    "seeds": 3,
+    # PPO trainer: "population" (every run of the sweep as one batched torch run) or "sb3"
+    "trainer": "population",
 }

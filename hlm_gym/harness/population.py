@@ -50,32 +50,31 @@ parameters bit-identical (tested).
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
 import json
 import math
 import re
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
 
 from hlm_gym.harness.checks import check_device, check_int, check_number, check_out_dir, check_scenarios, check_seed
 from hlm_gym.harness.errors import TrainingError
 from hlm_gym.harness.families import DEFAULT_ENV_ID, family_for
 from hlm_gym.harness.family import EnvSettings
 from hlm_gym.harness.hyperparams import check_hyperparams, load_hyperparams, split_hyperparams
+from hlm_gym.harness.population_nets import ActorCritic, PopulationNets, sb3_policy
 from hlm_gym.harness.run_folder import RunFolder, sha256_file
 from hlm_gym.paths import atomic_path, atomic_write_text
 
 __all__ = ["AgentSpec", "PopulationConfig", "PopulationPlan", "PopulationResult", "population_agents",
-           "prepare_population", "train_population", "format_population_summary", "ActorCritic", "PopulationNets",
+           "prepare_population", "train_population", "format_population_summary", "population_config_dict",
+           "scenario_groups", "ActorCritic", "PopulationNets",
            "RunningStats", "compute_gae", "ppo_losses", "clip_grad_norm_per_agent", "POPULATION_ARTIFACTS",
            "UNSUPPORTED_KEYS"]
 
@@ -153,6 +152,8 @@ class PopulationConfig:
     eval_episodes: int = 64
     tensorboard: bool = True
     verbose: int = 0
+    #: called after each iteration with ``(iteration, iterations)`` (progress bars; not recorded)
+    on_iteration: Optional[Callable[[int, int], None]] = None
 
     def scenario_of(self, agent: AgentSpec) -> str:
         """The scenario agent ``agent`` trains on."""
@@ -250,58 +251,8 @@ def prepare_population(config: PopulationConfig, create_out: bool = True) -> Pop
                           iterations=iterations, device=str(device), out=out)
 
 
-# ----------------------------------------------------------------------------------- networks
-class ActorCritic(nn.Module):
-    """The trainable part of an SB3 ``ActorCriticPolicy`` (its own modules, so the state-dict keys
-    are SB3's): ``mlp_extractor`` (separate pi/vf MLPs), ``action_net``, ``value_net``. Takes
-    already normalised observations; returns ``(logits, value)``."""
-
-    def __init__(self, policy: nn.Module) -> None:
-        super().__init__()
-        self.mlp_extractor = policy.mlp_extractor
-        self.action_net = policy.action_net
-        self.value_net = policy.value_net
-
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        latent_pi, latent_vf = self.mlp_extractor(obs)
-        return self.action_net(latent_pi), self.value_net(latent_vf).squeeze(-1)
-
-
 def _const(value: Any) -> Callable[[float], float]:
     return value if callable(value) else (lambda _progress: float(value))
-
-
-def _sb3_policy(obs_space: Any, act_space: Any, policy_kwargs: dict[str, Any], seed: int) -> nn.Module:
-    """SB3's ``ActorCriticPolicy`` (MlpPolicy) built with ``seed`` as the torch seed (its init)."""
-    from stable_baselines3.common.policies import ActorCriticPolicy
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return ActorCriticPolicy(obs_space, act_space, _const(0.0), **policy_kwargs)
-
-
-class PopulationNets:
-    """P actor-critics as stacked parameters (``params[name]`` of shape ``(P, ...)``, leaf tensors
-    with gradients) and one vmapped functional forward over them."""
-
-    def __init__(self, modules: Sequence[ActorCritic], device: str | torch.device) -> None:
-        params, _ = stack_module_state([m.to(device) for m in modules])
-        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-        self.P = len(modules)
-        base = copy.deepcopy(modules[0]).to("meta")
-
-        def one(p: dict[str, torch.Tensor], obs: torch.Tensor):
-            return functional_call(base, p, (obs,))
-
-        self._forward = vmap(one)
-
-    def __call__(self, obs: torch.Tensor, params: Optional[dict[str, torch.Tensor]] = None):
-        """``obs`` (P, B, obs_dim) -> ``(logits (P, B, A), values (P, B))``."""
-        return self._forward(self.params if params is None else params, obs)
-
-    def agent_state_dict(self, p: int) -> dict[str, torch.Tensor]:
-        """Agent ``p``'s parameters with SB3's policy keys (on the CPU)."""
-        return {k: v[p].detach().cpu().clone() for k, v in self.params.items()}
 
 
 # ----------------------------------------------------------------------------------- normalisation
@@ -642,7 +593,7 @@ def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder
     try:
         # --- networks: SB3's policy per agent under the agent's seed; actor-critics stacked
         pk = dict(ppo.get("policy_kwargs") or {})
-        policies = [_sb3_policy(env.single_observation_space, env.single_action_space, pk, a.seed) for a in agents]
+        policies = [sb3_policy(env.single_observation_space, env.single_action_space, pk, a.seed) for a in agents]
         nets = PopulationNets([ActorCritic(p) for p in policies], dev)
         optimizer = torch.optim.Adam(list(nets.params.values()), lr=lr_fn(1.0), eps=1e-5)
         gens = _seed_everything(agents, dev)
@@ -680,6 +631,7 @@ def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder
             sums: dict[str, torch.Tensor] = {}
             n_batches = 0
             for _ in range(ppo["n_epochs"]):
+                kl_sum, kl_batches = 0, 0  # SB3 logs approx_kl of the last epoch only
                 perms = torch.stack([torch.randperm(N, generator=g, device=dev) for g in gens])  # (P, N)
                 for start in range(0, N, bs):
                     idx = perms[:, start:start + bs]
@@ -692,9 +644,11 @@ def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder
                     optimizer.step()
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0) + v
+                    kl_sum, kl_batches = kl_sum + stats["approx_kl"], kl_batches + 1
                     n_batches += 1
             # --- per-agent scalars: one transfer to the host per iteration
-            scalars = {f"train/{k}": v / n_batches for k, v in sums.items() if k != "loss"}
+            scalars = {f"train/{k}": v / n_batches for k, v in sums.items() if k not in ("loss", "approx_kl")}
+            scalars["train/approx_kl"] = kl_sum / max(kl_batches, 1)
             scalars["train/loss"] = stats["loss"]
             scalars["train/explained_variance"] = _explained_variance(data["old_values"], data["returns"],
                                                                       data["mask"].to(torch.float32))
@@ -711,6 +665,8 @@ def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder
             for k, v in host.items():  # the last finite value of each scalar, per agent (for the summary)
                 old = last_metrics.get(k, np.full(P, np.nan))
                 last_metrics[k] = np.where(np.isfinite(v), v, old)
+            if config.on_iteration is not None:
+                config.on_iteration(it + 1, plan.iterations)
             if config.verbose:
                 print(f"iteration {it + 1}/{plan.iterations}: {timesteps} steps per agent, "
                       f"{host['time/fps'][0]:.0f} steps/s in all", flush=True)
@@ -811,7 +767,7 @@ def _validate(config: PopulationConfig, agents: Sequence[AgentSpec], nets: Popul
         res = evaluate_blocks(policy, config.env_id, settings, "validation", [a.seed + 10_000 for a in group],
                               weights, targets, E, k)
         for i, r in zip(idx, res):
-            out[i] = r
+            out[i] = {m: float(v["mean"]) for m, v in r.items()}
     return out
 
 
@@ -820,12 +776,11 @@ def _summary(config: PopulationConfig, plan: PopulationPlan, agent: AgentSpec, p
              folder: RunFolder, tb_dir: Optional[Path]) -> dict[str, Any]:
     """An agent's ``summary.json``: the SB3 trainer's fields where they apply, plus the population."""
     P = len(config.agents)
-    cfg = {k: v for k, v in asdict(config).items() if k not in ("agents", "verbose")}
     return {"algo": "ppo", "trainer": "population", "env_id": config.env_id, "scenario": config.scenario_of(agent),
             "risk_weight": agent.risk_weight, "risk_target": agent.risk_target, "seed": agent.seed,
             "agent": agent.name, "agent_index": config.agents.index(agent),
             "population": [a.folder for a in config.agents],
-            "config": json.loads(json.dumps(cfg, default=str)), "device": plan.device, "env_backend": "torch",
+            "config": population_config_dict(config), "device": plan.device, "env_backend": "torch",
             "n_envs": plan.n_envs, "timesteps": int(timesteps), "train_wall_s": round(train_wall, 2),
             "wall_s": round(wall, 2), "steps_per_s": round(timesteps * P / max(train_wall, 1e-9), 1),
             "hyperparams": {k: (v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v))
@@ -837,6 +792,14 @@ def _summary(config: PopulationConfig, plan: PopulationPlan, agent: AgentSpec, p
                       "summary": str(folder.final("summary.json"))},
             "artifacts": {"model_last": {"file": "model_last.zip",
                                          "sha256": sha256_file(folder.staged("model_last.zip"))}}}
+
+
+def population_config_dict(config: PopulationConfig) -> dict[str, Any]:
+    """The run settings an agent's ``summary.json`` records (``config``): every field but the agent
+    list and the output options, as JSON values (``hlm-gym compare --resume`` compares them)."""
+    d = {f.name: getattr(config, f.name) for f in fields(config)
+         if f.name not in ("agents", "verbose", "on_iteration")}
+    return json.loads(json.dumps(d, default=str))
 
 
 def _json(o: Any) -> Any:

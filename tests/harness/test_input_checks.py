@@ -240,6 +240,12 @@ def _compare_config(traces, out, **kw):
     ({"algo": "sac"}, "--algo 'sac'"),
     ({"overrides": {"gamma": 2}}, "--hp gamma=2"),
     ({"device": "cuda:999"}, "--device cuda:999"),
+    ({"device": "cuda:999", "trainer": "sb3"}, "--device cuda:999"),
+    ({"overrides": {"gamma": 2}, "trainer": "sb3"}, "--hp gamma=2"),
+    ({"seeds": 0}, "--seeds 0: expected an integer >= 1"),
+    ({"trainer": "rllib"}, "--trainer 'rllib': expected one of population, sb3"),
+    ({"algo": "a2c"}, "--trainer population trains PPO only, not --algo a2c"),
+    ({"overrides": {"target_kl": 0.01}}, "target_kl=0.01: not supported by the population trainer"),
 ])
 def test_bad_compare_settings_are_refused_before_any_work(traces, tmp_path, change, fragment):
     from hlm_gym.harness.compare import compare

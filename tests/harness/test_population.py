@@ -58,9 +58,9 @@ def _reference_ppo_loss(policy, obs, actions, old_log_prob, advantages, returns,
 def test_loss_and_gradient_equal_a_plain_ppo_reference(masked):
     """P = 1 on a fixed batch: the trainer's loss and gradient are the reference's (on the valid
     samples only when some are masked out)."""
-    from hlm_gym.harness.population import ActorCritic, PopulationNets, _sb3_policy, ppo_losses
+    from hlm_gym.harness.population import ActorCritic, PopulationNets, sb3_policy, ppo_losses
 
-    policy = _sb3_policy(OBS_SPACE, ACT_SPACE, {"net_arch": [64, 64]}, seed=7)
+    policy = sb3_policy(OBS_SPACE, ACT_SPACE, {"net_arch": [64, 64]}, seed=7)
     nets = PopulationNets([ActorCritic(policy)], "cpu")
     g = torch.Generator().manual_seed(0)
     B = 96
@@ -248,11 +248,11 @@ def test_export_is_the_trained_policy_with_its_normalisation():
     import tempfile
 
     from hlm_gym.harness.population import (ActorCritic, AgentSpec, PopulationNets, _export, _Normalizer,
-                                            _sb3_policy)
+                                            sb3_policy)
     from hlm_gym.policies.sb3_model import load_sb3_policy
 
     P, n = 2, 5
-    nets = PopulationNets([ActorCritic(_sb3_policy(OBS_SPACE, ACT_SPACE, {"net_arch": [64, 64]}, s))
+    nets = PopulationNets([ActorCritic(sb3_policy(OBS_SPACE, ACT_SPACE, {"net_arch": [64, 64]}, s))
                            for s in (0, 1)], "cpu")
     norm = _Normalizer(P, n, 10, {"norm_obs": True, "norm_reward": True, "clip_obs": 10.0}, torch.device("cpu"))
     g = torch.Generator().manual_seed(4)
@@ -368,12 +368,12 @@ def test_rollout_masks_reset_steps_and_bootstraps_truncation():
     step's reward gets gamma * V(terminal observation) (the next step's input, or the rollout's
     last value), a terminated one does not, and the returns of ended episodes are counted."""
     from hlm_gym.harness.population import (ActorCritic, PopulationNets, _collect, _new_acc, _Normalizer,
-                                            _sb3_policy)
+                                            sb3_policy)
 
     P, n, T, gamma = 2, 2, 6, 0.9
     ends = {(2, 0): "trunc", (4, 1): "term", (T - 1, 2): "trunc", (1, 3): "term"}
     env = _ScriptedEnv(P * n, ends)
-    nets = PopulationNets([ActorCritic(_sb3_policy(OBS_SPACE, ACT_SPACE, {"net_arch": [64, 64]}, s))
+    nets = PopulationNets([ActorCritic(sb3_policy(OBS_SPACE, ACT_SPACE, {"net_arch": [64, 64]}, s))
                            for s in range(P)], "cpu")
     norm = _Normalizer(P, n, 10, None, torch.device("cpu"))  # identity: rewards as the env gives them
     obs0 = torch.randn(P, n, 10, generator=torch.Generator().manual_seed(6))

@@ -198,27 +198,39 @@ def test_dominance_matches_risk_and_computes_gain():
     assert d["ppo:lambda=1"]["analytic_tokens_per_s"] == 38.0 and d["ppo:lambda=1"]["attainable"] is False
 
 
-def test_compare_end_to_end_tiny(traces, tmp_path, capsys):
+@pytest.mark.parametrize("trainer, seeds", [("population", 2), ("sb3", 1)])
+def test_compare_end_to_end_tiny(traces, tmp_path, capsys, trainer, seeds):
     from hlm_gym.harness.compare import CompareConfig, compare
 
     cfg = CompareConfig(scenarios=("vehicular",), risk_weights=(5.0,), risk_targets=(0.3,), timesteps=256,
                         thresholds=(0.0, 0.3, 1.0), ltt_deltas=(0.1,), episodes=8, n_envs=4, traces=str(traces),
-                        out=str(tmp_path), eval_episodes=8, overrides=dict(TINY), jobs=1)
+                        out=str(tmp_path), eval_episodes=8, overrides=dict(TINY), jobs=1, trainer=trainer, seeds=seeds)
     res = compare(cfg)
     out = capsys.readouterr().out
     assert "dominance at matched risk" in out and "files written" in out
     for key in ("results_csv", "results_md", "dominance_csv", "json", "pareto_vehicular"):
         assert Path(res["files"][key]).is_file() and Path(res["files"][key]).stat().st_size > 0, key
     families = {r["family"] for r in res["rows"]}
-    assert families == {"ppo", "uhlm-threshold", "uhlm", "ltt", "channel-aware"}
+    assert families == {"ppo", "ppo-seed", "uhlm-threshold", "uhlm", "ltt", "channel-aware"}
     assert [d["policy"] for d in res["dominance"]] == ["ppo:lambda=5", "ppo:lambda=10,target=0.3"]
     assert {r["policy"] for r in res["rows"] if r["family"] == "channel-aware"} == {
         "channel-aware:lambda=5", "channel-aware:lambda=10,target=0.3"}
-    summary = json.loads((tmp_path / "runs" / "vehicular" / "lambda10-target0.3" / "summary.json").read_text())
-    assert summary["risk_target"] == 0.3 and summary["risk_weight"] == 10.0
+    per_seed = [r for r in res["rows"] if r["family"] == "ppo-seed"]
+    assert sorted(r["policy"] for r in per_seed) == sorted(
+        f"ppo:{label}/seed{s}" for label in ("lambda=5", "lambda=10,target=0.3") for s in range(seeds))
+    for r in (r for r in res["rows"] if r["family"] == "ppo"):  # each PPO point: the mean over its seeds
+        mine = [x for x in per_seed if x["policy"].startswith(r["policy"] + "/")]
+        assert r["seeds"] == seeds == len(mine)
+        assert r["tokens_per_s"] == pytest.approx(np.mean([x["tokens_per_s"] for x in mine]))
+    for s in range(seeds):
+        summary = json.loads((tmp_path / "runs" / "vehicular" / f"lambda10-target0.3-seed{s}" / "summary.json")
+                             .read_text())
+        assert summary["risk_target"] == 0.3 and summary["risk_weight"] == 10.0 and summary["seed"] == s
+        assert summary.get("trainer", "sb3") == trainer
     assert Path(res["files"]["pareto_vehicular"]).read_bytes()[:4] == b"\x89PNG"
     md = Path(res["files"]["results_md"]).read_text()
     assert "`hlm-gym compare --scenarios vehicular --risk-weights 5 --risk-targets 0.3 --thresholds 0,0.3,1" in md
+    assert "/seed0" not in md  # the tables show the means over seeds
     assert "learned-front points where a 10% gain is attainable" in out
 
 
@@ -245,7 +257,7 @@ def test_compare_resume_reuses_finished_runs(traces, tmp_path, monkeypatch, caps
 
     cfg = dict(scenarios=("vehicular",), risk_weights=(5.0,), risk_targets=(0.3,), timesteps=256, thresholds=(0.0, 1.0),
                ltt_deltas=(0.1,), episodes=8, n_envs=4, traces=str(traces), out=str(tmp_path), eval_episodes=8,
-               overrides=dict(TINY), jobs=1)
+               overrides=dict(TINY), jobs=1, trainer="sb3", seeds=1)
     first = compare(CompareConfig(**cfg))
     assert [r["reused"] for r in first["runs"]] == [False, False]
 
@@ -259,6 +271,34 @@ def test_compare_resume_reuses_finished_runs(traces, tmp_path, monkeypatch, caps
     with pytest.raises(AssertionError, match="trained .* again"):  # other settings: retrained
         compare(CompareConfig(**(cfg | {"timesteps": 128}), resume=True))
     capsys.readouterr()
+
+
+def test_compare_resume_reuses_finished_population_agents(traces, tmp_path, monkeypatch, capsys):
+    """--resume with the population trainer trains only the agents not finished with the same settings."""
+    import hlm_gym.harness.population as population
+    from hlm_gym.harness.compare import CompareConfig, compare
+
+    cfg = dict(scenarios=("vehicular",), risk_weights=(5.0,), risk_targets=(0.3,), timesteps=256, thresholds=(0.0, 1.0),
+               ltt_deltas=(0.1,), episodes=8, n_envs=4, traces=str(traces), out=str(tmp_path), eval_episodes=8,
+               overrides=dict(TINY), seeds=2)
+    first = compare(CompareConfig(**cfg))
+    assert [r["reused"] for r in first["runs"]] == [False] * 4
+    trained = []
+    real = population.train_population
+
+    def record(config):
+        trained.append([a.folder for a in config.agents])
+        return real(config)
+
+    monkeypatch.setattr(population, "train_population", record)
+    again = compare(CompareConfig(**cfg, resume=True))
+    assert trained == [] and [r["reused"] for r in again["runs"]] == [True] * 4
+    assert [r["tokens_per_s"] for r in again["rows"]] == [r["tokens_per_s"] for r in first["rows"]]
+    (tmp_path / "runs" / "vehicular" / "lambda5-seed1" / "model_last.zip").write_bytes(b"damaged")
+    compare(CompareConfig(**cfg, resume=True))
+    assert trained == [["vehicular/lambda5-seed1"]]  # only the damaged agent, as a population of one
+    out = capsys.readouterr().out
+    assert "retrain" in out and "lambda5-seed1" in out
 
 
 # ------------------------------------------------------------------------------ the compressed env, end to end
@@ -321,8 +361,8 @@ def test_compare_runs_on_the_compressed_env(traces, tmp_path, capsys):
     assert rc == 0
     doc = json.loads((tmp_path / "compare.json").read_text())
     assert doc["config"]["env_id"] == COMPRESSED
-    assert {r["family"] for r in doc["rows"]} == {"ppo", "uhlm-threshold", "uhlm", "ltt", "channel-aware"}
-    assert (tmp_path / "runs" / "vehicular" / "lambda5" / "summary.json").is_file()
+    assert {r["family"] for r in doc["rows"]} == {"ppo", "ppo-seed", "uhlm-threshold", "uhlm", "ltt", "channel-aware"}
+    assert (tmp_path / "runs" / "vehicular" / "lambda5-seed0" / "summary.json").is_file()
     assert "--env hlm_gym/HybridLMCompressed-v0" in (tmp_path / "results.md").read_text()
     capsys.readouterr()
 

@@ -1,0 +1,89 @@
+"""The PPO runs of ``hlm-gym compare --trainer population``: every (scenario, reward setting,
+seed) of the sweep as one agent of ONE population run (:mod:`hlm_gym.harness.population`).
+
+Agent folders are ``<out>/runs/<scenario>/<lambda...>-seed<S>/`` (the SB3 trainer's run folders'
+names). With ``resume`` an agent is reused when its ``summary.json`` records the same run
+settings and reward setting and its files match the sha256 it records; the others are trained
+together as one (smaller) population.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from hlm_gym.harness.population import AgentSpec, PopulationConfig, population_config_dict
+from hlm_gym.harness.run_folder import verify_artifacts
+
+__all__ = ["SweepRun", "population_config", "finished_agent", "train_sweep"]
+
+#: One PPO run of a sweep: (scenario, risk weight, risk target (0: none), seed).
+SweepRun = tuple[str, float, float, int]
+
+
+def population_config(config: Any, rc: dict[str, Any], out: Path, runs: Sequence[SweepRun]) -> PopulationConfig:
+    """The population run of ``runs`` for the comparison ``config`` (a ``CompareConfig``) with
+    resolved settings ``rc``, writing into ``<out>/runs``."""
+    agents = [AgentSpec(float(w), float(t) or None, int(s), sc) for sc, w, t, s in runs]
+    return PopulationConfig(agents=agents, env_id=config.env_id, scenario=runs[0][0] if runs else rc["scenarios"][0],
+                            device=config.device, n_envs=config.n_envs, timesteps=rc["timesteps"],
+                            out=str(out / "runs"), traces=config.traces, overrides=dict(config.overrides or {}),
+                            eval_episodes=config.eval_episodes)
+
+
+def _info(folder: Path, summary: dict[str, Any], reused: bool) -> dict[str, Any]:
+    files = summary.get("files") or {}
+    return {"model": str(folder / "model_last.zip"), "wall_s": summary.get("wall_s"),
+            "steps_per_s": summary.get("steps_per_s"), "tensorboard": files.get("tensorboard", ""), "reused": reused}
+
+
+def finished_agent(pop: PopulationConfig, agent: AgentSpec) -> tuple[Optional[dict[str, Any]], str]:
+    """``(info, why)``: the run info of ``agent`` from its folder when it finished with the same
+    settings (run settings, reward setting, seed, scenario) and intact files; else ``(None, why not)``."""
+    folder = Path(pop.out) / agent.folder
+    try:
+        s = json.loads((folder / "summary.json").read_text())
+    except FileNotFoundError:
+        return None, "no summary.json (never trained, or interrupted)"
+    except (OSError, ValueError) as exc:
+        return None, f"summary.json unreadable ({type(exc).__name__})"
+    if not isinstance(s, dict) or s.get("trainer") != "population":
+        return None, "not a population agent's summary (trained by another trainer)"
+    current = population_config_dict(pop)
+    recorded = s.get("config") if isinstance(s.get("config"), dict) else {}
+    changed = [k for k in dict.fromkeys([*current, *recorded]) if recorded.get(k) != current.get(k)
+               and k != "scenario"]  # the run's default scenario: each agent records its own
+    mine = {"risk_weight": agent.risk_weight, "risk_target": agent.risk_target, "seed": agent.seed,
+            "scenario": pop.scenario_of(agent)}
+    changed += [k for k, v in mine.items() if s.get(k) != v]
+    if changed:
+        return None, f"settings differ: {', '.join(changed[:3])}" + (f" and {len(changed) - 3} more"
+                                                                      if len(changed) > 3 else "")
+    problem = verify_artifacts(folder, s.get("artifacts"))
+    if problem:
+        return None, problem
+    return _info(folder, s, True), "finished with the same settings, files match their sha256"
+
+
+def train_sweep(config: Any, rc: dict[str, Any], out: Path, runs: Sequence[SweepRun], resume: bool,
+                say: Callable[[str], None], on_iteration: Optional[Callable[[int, int], None]] = None
+                ) -> list[dict[str, Any]]:
+    """Train ``runs`` as one population (those not reusable when ``resume``); each run's info
+    (``model``, ``wall_s``, ``steps_per_s``, ``tensorboard``, ``reused``), in the order of ``runs``."""
+    from hlm_gym.harness.population import train_population
+
+    pop = population_config(config, rc, out, runs)
+    infos: list[Optional[dict[str, Any]]] = [None] * len(runs)
+    if resume:
+        for i, agent in enumerate(pop.agents):
+            infos[i], why = finished_agent(pop, agent)
+            say(f"resume: {'reuse' if infos[i] else 'retrain'} {Path(pop.out) / agent.folder}: {why}")
+    todo = [i for i, info in enumerate(infos) if info is None]
+    if todo:
+        pop.agents = [pop.agents[i] for i in todo]
+        pop.on_iteration = on_iteration
+        result = train_population(pop)
+        for i, agent, summary in zip(todo, result.agents, result.summaries):
+            infos[i] = _info(Path(pop.out) / agent.folder, summary, False)
+    return infos  # type: ignore[return-value]

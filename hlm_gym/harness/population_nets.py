@@ -1,0 +1,62 @@
+"""The networks of a population: SB3's actor-critic per agent, stacked for one batched pass
+(``torch.func.stack_module_state`` + ``functional_call`` + ``vmap``)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+__all__ = ["ActorCritic", "PopulationNets", "sb3_policy"]
+
+
+class ActorCritic(nn.Module):
+    """The trainable part of an SB3 ``ActorCriticPolicy`` (its own modules, so the state-dict keys
+    are SB3's): ``mlp_extractor`` (separate pi/vf MLPs), ``action_net``, ``value_net``. Takes
+    already normalised observations; returns ``(logits, value)``."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.mlp_extractor = policy.mlp_extractor
+        self.action_net = policy.action_net
+        self.value_net = policy.value_net
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        latent_pi, latent_vf = self.mlp_extractor(obs)
+        return self.action_net(latent_pi), self.value_net(latent_vf).squeeze(-1)
+
+
+def sb3_policy(obs_space: Any, act_space: Any, policy_kwargs: dict[str, Any], seed: int) -> nn.Module:
+    """SB3's ``ActorCriticPolicy`` (MlpPolicy) built with ``seed`` as the torch seed (its init)."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ActorCriticPolicy(obs_space, act_space, (lambda _progress: 0.0), **policy_kwargs)
+
+
+class PopulationNets:
+    """P actor-critics as stacked parameters (``params[name]`` of shape ``(P, ...)``, leaf tensors
+    with gradients) and one vmapped functional forward over them."""
+
+    def __init__(self, modules: Sequence[ActorCritic], device: str | torch.device) -> None:
+        params, _ = stack_module_state([m.to(device) for m in modules])
+        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        self.P = len(modules)
+        base = copy.deepcopy(modules[0]).to("meta")
+
+        def one(p: dict[str, torch.Tensor], obs: torch.Tensor):
+            return functional_call(base, p, (obs,))
+
+        self._forward = vmap(one)
+
+    def __call__(self, obs: torch.Tensor, params: Optional[dict[str, torch.Tensor]] = None):
+        """``obs`` (P, B, obs_dim) -> ``(logits (P, B, A), values (P, B))``."""
+        return self._forward(self.params if params is None else params, obs)
+
+    def agent_state_dict(self, p: int) -> dict[str, torch.Tensor]:
+        """Agent ``p``'s parameters with SB3's policy keys (on the CPU)."""
+        return {k: v[p].detach().cpu().clone() for k, v in self.params.items()}
