@@ -40,7 +40,13 @@ def sb3_policy(obs_space: Any, act_space: Any, policy_kwargs: dict[str, Any], se
 
 class PopulationNets:
     """P actor-critics as stacked parameters (``params[name]`` of shape ``(P, ...)``, leaf tensors
-    with gradients) and one vmapped functional forward over them."""
+    with gradients) and one batched forward over them.
+
+    The forward is ``torch.func``'s ``vmap`` of ``functional_call`` over the stacked parameters; for
+    SB3's MLP (Linear layers and parameter-free activations, the only architecture the population
+    trainer builds) the same arithmetic is run directly as batched matrix products
+    (``torch.baddbmm``), which gives bit-identical outputs (tested) at half the per-call overhead.
+    """
 
     def __init__(self, modules: Sequence[ActorCritic], device: str | torch.device) -> None:
         params, _ = stack_module_state([m.to(device) for m in modules])
@@ -51,12 +57,51 @@ class PopulationNets:
         def one(p: dict[str, torch.Tensor], obs: torch.Tensor):
             return functional_call(base, p, (obs,))
 
-        self._forward = vmap(one)
+        self._vmapped = vmap(one)
+        self._plan = _mlp_plan(modules[0])
 
     def __call__(self, obs: torch.Tensor, params: Optional[dict[str, torch.Tensor]] = None):
         """``obs`` (P, B, obs_dim) -> ``(logits (P, B, A), values (P, B))``."""
-        return self._forward(self.params if params is None else params, obs)
+        p = self.params if params is None else params
+        if self._plan is None:
+            return self._vmapped(p, obs)
+        (pi, vf), h, g = self._plan, obs, obs
+        for kind, what in pi:
+            h = _linear(h, p, what) if kind == "linear" else what(h)
+        for kind, what in vf:
+            g = _linear(g, p, what) if kind == "linear" else what(g)
+        return _linear(h, p, "action_net"), _linear(g, p, "value_net").squeeze(-1)
+
+    def vmapped(self, obs: torch.Tensor, params: Optional[dict[str, torch.Tensor]] = None):
+        """The same forward through ``vmap(functional_call)`` (any architecture)."""
+        return self._vmapped(self.params if params is None else params, obs)
 
     def agent_state_dict(self, p: int) -> dict[str, torch.Tensor]:
         """Agent ``p``'s parameters with SB3's policy keys (on the CPU)."""
         return {k: v[p].detach().cpu().clone() for k, v in self.params.items()}
+
+
+def _linear(x: torch.Tensor, p: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """``nn.Linear`` ``name`` of every agent at once: ``x`` (P, B, in) -> (P, B, out)."""
+    return torch.baddbmm(p[name + ".bias"].unsqueeze(1), x, p[name + ".weight"].transpose(1, 2))
+
+
+def _mlp_plan(module: ActorCritic) -> Optional[tuple[list, list]]:
+    """The layers of SB3's pi and vf MLPs as ``("linear", parameter prefix)`` / ``("act", module)``
+    steps; None when a layer is neither a Linear nor a parameter-free module (use ``vmap``)."""
+    ex = module.mlp_extractor
+    plans = []
+    for branch in ("policy_net", "value_net"):
+        steps: list = []
+        for name, layer in getattr(ex, branch).named_children():
+            if isinstance(layer, nn.Linear) and layer.bias is not None:
+                steps.append(("linear", f"mlp_extractor.{branch}.{name}"))
+            elif not any(True for _ in layer.parameters()) and not any(True for _ in layer.buffers()):
+                steps.append(("act", layer))
+            else:
+                return None
+        plans.append(steps)
+    if not all(isinstance(getattr(module, h), nn.Linear) and getattr(module, h).bias is not None
+               for h in ("action_net", "value_net")):
+        return None
+    return plans[0], plans[1]

@@ -438,3 +438,25 @@ def test_agents_of_several_scenarios_train_in_one_run_independently(traces, tmp_
     assert population_agents([1.0], [None], [0, 1], scenarios=["vehicular", "pedestrian"]) == [
         AgentSpec(1.0, None, 0, "vehicular"), AgentSpec(1.0, None, 1, "vehicular"),
         AgentSpec(1.0, None, 0, "pedestrian"), AgentSpec(1.0, None, 1, "pedestrian")]
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_direct_batched_forward_is_the_vmapped_forward_bit_for_bit(activation):
+    """PopulationNets' direct batched matrix products give vmap(functional_call)'s outputs and
+    gradients exactly (SB3's MLP with tanh or relu)."""
+    from hlm_gym.harness.population import ActorCritic, PopulationNets, sb3_policy
+
+    pk = {"net_arch": [64, 64], "activation_fn": torch.nn.Tanh if activation == "tanh" else torch.nn.ReLU}
+    nets = PopulationNets([ActorCritic(sb3_policy(OBS_SPACE, ACT_SPACE, pk, s)) for s in range(5)], "cpu")
+    assert nets._plan is not None
+    x = torch.randn(5, 37, 10, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for forward in (nets, nets.vmapped):
+        logits, values = forward(x)
+        for v in nets.params.values():
+            v.grad = None
+        (logits.square().sum() + values.sum()).backward()
+        grads.append(({k: v.grad.clone() for k, v in nets.params.items()}, logits.detach(), values.detach()))
+    (g1, l1, v1), (g2, l2, v2) = grads
+    assert torch.equal(l1, l2) and torch.equal(v1, v2)
+    assert all(torch.equal(g1[k], g2[k]) for k in g1)
