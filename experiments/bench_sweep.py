@@ -118,6 +118,15 @@ def _warm_up(args: argparse.Namespace, scenario: str, out: Path) -> None:
                       reference=False))
 
 
+def _welch_p(a: list[float], b: list[float]) -> float:
+    """Two-sided p-value of Welch's t-test that ``a`` and ``b`` have the same mean (NaN if undefined)."""
+    from scipy.stats import ttest_ind
+
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
 def _cell(values: list[float]) -> str:
     v = np.asarray(values, dtype=float)
     return f"{v.mean():+.4f} ({v.min():+.4f}..{v.max():+.4f})"
@@ -189,9 +198,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         head += f" | {t + ' reward/step':<34} {'tok/s':>6} {'risk':>6}"
     both = "sb3" in trainers and "population" in trainers
     if both:
-        head += " | population mean within SB3's seed range?"
+        head += " | population mean within SB3's seed range? | Welch p"
     print(head)
-    n_within, table = 0, []
+    n_within, n_differ, table = 0, 0, []
     for scenario in scenarios:
         for w, r in _settings(args):
             row = f"{scenario:<22} {w:>6g} {(r or 0):>5g}"
@@ -201,25 +210,31 @@ def main(argv: Optional[list[str]] = None) -> int:
                 cells[t] = [m["reward_per_step"] for m in ms]
                 row += (f" | {_cell(cells[t]):<34} "
                         f"{np.mean([m['tokens_per_s'] for m in ms]):>6.2f} {np.nanmean([m['risk'] for m in ms]):>6.3f}")
+            extra = {}
             if both:
                 within = bool(min(cells["sb3"]) <= np.mean(cells["population"]) <= max(cells["sb3"]))
                 n_within += within
-                row += f" | {'yes' if within else 'no'}"
+                p_value = _welch_p(cells["sb3"], cells["population"])
+                n_differ += bool(p_value < 0.05)
+                row += f" | {'yes' if within else 'no':<3} | {p_value:.3f}"
+                extra = {"within_sb3_range": within, "welch_p": p_value}
             table.append({"scenario": scenario, "risk_weight": w, "risk_target": r,
-                          **{f"{t}_reward_per_step": cells[t] for t in trainers}})
+                          **{f"{t}_reward_per_step": cells[t] for t in trainers}} | extra)
             print(row)
     for t in trainers:
         print(f"{t} trainer wall time: {walls[t]:.1f} s")
     if both:
         print(f"parity: the population's mean validation reward is within SB3's seed range in {n_within}/{len(table)} "
-              "settings")
+              f"settings; the two trainers' means differ at p < 0.05 (Welch's t over seeds) in {n_differ}/{len(table)} "
+              f"(about {0.05 * len(table):.1f} expected by chance if they are the same)")
     if args.json:
         doc = {"command": "python experiments/bench_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "scenarios": scenarios, "settings": len(_settings(args)), "seeds": args.seeds,
                "timesteps": args.timesteps, "device": args.device, "sb3_jobs": args.sb3_jobs,
                "sb3_threads": args.threads, "population_threads": args.population_threads,
                "wall_s": walls, "speed_up": walls["sb3"] / walls["population"] if both else None,
-               "parity_within": n_within if both else None, "validation": table}
+               "parity_within": n_within if both else None, "parity_differ_p05": n_differ if both else None,
+               "validation": table}
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     if both:
         print(f"sweep speed-up: {walls['sb3'] / walls['population']:.1f}x")

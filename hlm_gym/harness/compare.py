@@ -4,17 +4,21 @@ For each scenario (time-varying by default: pedestrian, vehicular, cell-edge-fas
 one env id (``--env``, default ``hlm_gym/HybridLM-v0``; its env family supplies the analytic
 policies, see :mod:`hlm_gym.harness.hybrid_lm`):
 
-1. train PPO (:func:`hlm_gym.harness.training.train`) on the training split, keeping the best
-   checkpoint by validation reward, for two sweeps of the reward: each risk weight lambda with
+1. train PPO on the training split for two sweeps of the reward: each risk weight lambda with
    ``risk_target`` 0 (the return prices the *error rate*, expected rejections per token), and
    each risk target R at ``target_risk_weight`` (the return is the Lagrangian of "mean rejection
-   probability of the skipped tokens <= R", the *risk* that the matched-risk check compares);
+   probability of the skipped tokens <= R", the *risk* that the matched-risk check compares),
+   each with ``seeds`` training seeds: with ``trainer="population"`` (default) every run of the
+   sweep as one batched run (:mod:`hlm_gym.harness.compare_population`, final models), with
+   ``"sb3"`` one :func:`hlm_gym.harness.training.train` run per point (best checkpoint by
+   validation reward);
 2. evaluate, on the **test** split through the evaluation harness
    (:func:`hlm_gym.harness.evaluation.evaluate`, the same episodes for every policy): each PPO model,
    the U-HLM threshold swept over ``u_th`` (``threshold:U``, and ``always`` as ``u_th = -inf``) plus the fitted risk-averse and
    risk-prone thresholds (``uhlm``, ``uhlm:prone``), Learn-then-Test thresholds
    (``ltt:delta=D``) and the channel-aware rule at each PPO run's reward
-   (``channel-aware:lambda=L[,target=R]``);
+   (``channel-aware:lambda=L[,target=R]``); each PPO point is the mean over its seeds with a 95%
+   t interval over seeds (:mod:`hlm_gym.harness.seeds`);
 3. the dominance check: for each PPO point (risk r, tokens/s T), the analytic reference
    ``T_analytic``: the best tokens/s among the ``u_th`` sweep points whose risk is within 10%
    (relative) of r, or, when there is none, the U-HLM front (the upper envelope of the sweep,
@@ -26,7 +30,7 @@ policies, see :mod:`hlm_gym.harness.hybrid_lm`):
    repeated with the error rate as the risk axis.
 
 Outputs in ``--out``: ``results.csv``, ``results.md`` (table and dominance), ``dominance.csv``,
-``pareto-<scenario>.png``, ``compare.json``, the training runs (``runs/<scenario>/lambda<L>/``,
+``pareto-<scenario>.png``, ``compare.json``, the training runs (``runs/<scenario>/lambda<L>-seed<S>/``,
 TensorBoard logs under ``tb/`` there). The tables' ``lambda`` column is the risk weight of the
 row's reward.
 
@@ -63,7 +67,7 @@ from hlm_gym.harness.families import DEFAULT_ENV_ID, family_for
 from hlm_gym.harness.front import analytic_front
 from hlm_gym.harness.hybrid_lm import SWEEP_FAMILY, reward_label
 from hlm_gym.harness.hyperparams import check_algo
-from hlm_gym.harness.run_folder import FolderLock, signals_deferred, verify_artifacts
+from hlm_gym.harness.run_folder import FolderLock, read_run_summary, signals_deferred, verify_artifacts
 from hlm_gym.harness.seeds import SEED_FAMILY, aggregate_seeds, seed_row
 from hlm_gym.paths import atomic_write_bytes
 from hlm_gym.policies.base import PolicyError
@@ -328,14 +332,9 @@ def finished_run(cfg: Any) -> tuple[Optional[dict[str, Any]], str]:
     from hlm_gym.harness.training import config_dict
 
     folder = Path(cfg.out)
-    try:
-        s = json.loads((folder / "summary.json").read_text())
-    except FileNotFoundError:
-        return None, "no summary.json (never trained, or interrupted)"
-    except (OSError, ValueError) as exc:
-        return None, f"summary.json unreadable ({type(exc).__name__})"
-    if not isinstance(s, dict):
-        return None, "summary.json is not a run summary"
+    s, why = read_run_summary(folder)
+    if s is None:
+        return None, why
     current = config_dict(cfg)
     if s.get("config") != current:
         return None, f"settings differ: {_settings_diff(s.get('config'), current)}"
@@ -732,6 +731,14 @@ def _csv(rows: list[dict[str, Any]], fields: Sequence[str]) -> str:
     return buf.getvalue()
 
 
+def _trainer_text(config: CompareConfig, rc: dict[str, Any]) -> str:
+    """How the PPO runs were trained, for the results' header."""
+    seeds = tuple(rc.get("seeds") or (config.seed,))
+    which = "the population trainer, all runs as one batched run" if config.trainer == "population" else \
+        "Stable-Baselines3, one run per point"
+    return f"{which}; training seeds {', '.join(map(str, seeds))}"
+
+
 def render_outputs(rows, dom, runs, rc, config: CompareConfig, wall: float) -> dict[str, tuple[str, bytes]]:
     """Every output of a comparison in memory: ``key -> (file name, bytes)`` (tables, CSVs, plots, JSON)."""
     dom_risk = [d for d in dom if d["metric"] == "risk"]
@@ -740,9 +747,14 @@ def render_outputs(rows, dom, runs, rc, config: CompareConfig, wall: float) -> d
     md = ["# hlm-gym compare: learned PPO vs analytic thresholds", "",
           f"Command: `{cmd}` (scenarios {', '.join(rc['scenarios'])}; lambdas {', '.join(map(str, rc['risk_weights']))}; "
           f"risk targets {', '.join(map(str, rc['risk_targets'])) or 'none'} at lambda {rc['target_risk_weight']:g}; "
-          f"{rc['timesteps']} PPO steps per run; {rc['episodes']} test episodes per policy; seed {config.seed}; "
-          f"{wall / 60:.1f} min).", "",
-          "Means over test episodes with 95% Student-t half-widths.", "", format_table(rows, markdown=True), "",
+          f"{rc['timesteps']} PPO steps per run ({_trainer_text(config, rc)}); {rc['episodes']} test episodes per "
+          f"policy at evaluation seed {config.seed + 20_000} (`hlm-gym evaluate --split test --episodes "
+          f"{rc['episodes']} --seed {config.seed + 20_000}` reproduces a row); {wall / 60:.1f} min).", "",
+          "Analytic rules: means over test episodes with 95% Student-t half-widths. PPO: "
+          + ("the mean over the training seeds of each seed's test mean, with a 95% Student-t half-width over "
+             "seeds (each seed's row is in results.csv)." if len(rc.get("seeds", ())) > 1 else
+             "one training seed; means over test episodes with 95% Student-t half-widths."), "",
+          format_table(rows, markdown=True), "",
           "## Dominance at matched risk", "",
           "Reference: the best U-HLM sweep point (`always` = u_th -inf, `threshold:U`) whose risk is within 10% "
           "(relative) of the PPO point's; if there is none, the U-HLM front (upper envelope of the sweep) linearly "

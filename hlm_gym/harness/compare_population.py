@@ -9,12 +9,11 @@ together as one (smaller) population.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from hlm_gym.harness.population import AgentSpec, PopulationConfig, population_config_dict
-from hlm_gym.harness.run_folder import verify_artifacts
+from hlm_gym.harness.run_folder import read_run_summary, verify_artifacts
 
 __all__ = ["SweepRun", "population_config", "finished_agent", "train_sweep"]
 
@@ -42,13 +41,10 @@ def finished_agent(pop: PopulationConfig, agent: AgentSpec) -> tuple[Optional[di
     """``(info, why)``: the run info of ``agent`` from its folder when it finished with the same
     settings (run settings, reward setting, seed, scenario) and intact files; else ``(None, why not)``."""
     folder = Path(pop.out) / agent.folder
-    try:
-        s = json.loads((folder / "summary.json").read_text())
-    except FileNotFoundError:
-        return None, "no summary.json (never trained, or interrupted)"
-    except (OSError, ValueError) as exc:
-        return None, f"summary.json unreadable ({type(exc).__name__})"
-    if not isinstance(s, dict) or s.get("trainer") != "population":
+    s, why = read_run_summary(folder)
+    if s is None:
+        return None, why
+    if s.get("trainer") != "population":
         return None, "not a population agent's summary (trained by another trainer)"
     current = population_config_dict(pop)
     recorded = s.get("config") if isinstance(s.get("config"), dict) else {}

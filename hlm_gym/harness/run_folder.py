@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -35,7 +36,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from hlm_gym.harness.errors import RunFolderBusyError
 
 __all__ = ["LOCK_NAME", "STAGING_PREFIX", "FolderLock", "RunFolder", "signals_deferred", "sha256_file",
-           "verify_artifacts"]
+           "verify_artifacts", "read_run_summary"]
 
 LOCK_NAME = ".hlm-gym.lock"
 STAGING_PREFIX = ".partial-"
@@ -190,6 +191,20 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_run_summary(folder: str | os.PathLike) -> tuple[Optional[dict], str]:
+    """``(summary, "")``: a run folder's ``summary.json`` as a dict; or ``(None, why not)`` in one line
+    (missing: never trained or interrupted; unreadable; not a dict)."""
+    try:
+        s = json.loads((Path(folder) / "summary.json").read_text())
+    except FileNotFoundError:
+        return None, "no summary.json (never trained, or interrupted)"
+    except (OSError, ValueError) as exc:
+        return None, f"summary.json unreadable ({type(exc).__name__})"
+    if not isinstance(s, dict):
+        return None, "summary.json is not a run summary"
+    return s, ""
 
 
 def verify_artifacts(folder: str | os.PathLike, artifacts: Any) -> Optional[str]:
