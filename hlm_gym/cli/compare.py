@@ -20,7 +20,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = CompareConfig(scenarios=tuple(args.scenarios), risk_weights=opt(args.risk_weights),
                         risk_targets=opt(args.risk_targets), target_risk_weight=args.target_risk_weight,
                         timesteps=args.timesteps, full=args.full, thresholds=opt(args.thresholds),
-                        ltt_deltas=opt(args.ltt_deltas), episodes=args.episodes, seed=args.seed, seeds=args.seeds,
+                        ltt_deltas=opt(args.ltt_deltas), bild_alphas=opt(args.bild_alphas),
+                        calm_lambdas=opt(args.calm_lambdas), episodes=args.episodes, seed=args.seed, seeds=args.seeds,
                         trainer=args.trainer, device=args.device,
                         env_backend=args.env_backend, n_envs=args.n_envs, traces=args.traces, out=args.out,
                         progress=True, overrides=dict(args.overrides), jobs=args.jobs, resume=args.resume,
@@ -66,6 +67,12 @@ def register(subparsers: Any) -> None:
                    help="U-HLM u_th sweep, comma-separated values in [0, 1] (default: 16 values from 0 to 1)")
     p.add_argument("--ltt-deltas", type=float_list, default=None,
                    help=f"Learn-then-Test risk levels delta, comma-separated values in (0, 1) (default {nums('ltt_deltas')})")
+    p.add_argument("--bild-alphas", type=float_list, default=None,
+                   help=f"BiLD fallback sweep (send iff top-1 probability < alpha), values in [0, 1] (default "
+                        f"{nums('bild_alphas')}; 'none' for no such rules)")
+    p.add_argument("--calm-lambdas", type=float_list, default=None,
+                   help=f"CALM softmax-margin sweep (send iff margin < lambda(t)), values in [0, 1] (default "
+                        f"{nums('calm_lambdas')}; 'none' for no such rules)")
     p.add_argument("--episodes", type=positive_int, default=None, help="test episodes per policy and scenario")
     p.add_argument("--seed", type=seed, default=0, help="random seed, an integer >= 0 (default 0); the PPO runs "
                    "use seeds --seed .. --seed + --seeds - 1, the test episodes --seed + 20000")

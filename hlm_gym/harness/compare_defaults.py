@@ -20,6 +20,10 @@ DEFAULTS: dict[str, Any] = {
     # u is recorded on a 0.05 grid and 39% of tokens have u = 1: the top of the sweep is dense
     "thresholds": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0),
     "ltt_deltas": (0.02, 0.05, 0.1),
+    # BiLD fallback (send iff top-1 probability < alpha) and CALM softmax-margin (send iff margin <
+    # lambda(t)) sweeps: the other analytic rules PPO is compared with at matched risk
+    "bild_alphas": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
+    "calm_lambdas": (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99),
     "episodes": 200,
     "full_episodes": 500,
     "eval_episodes": 48,

@@ -27,6 +27,8 @@ PPO_LABEL_GID = "ppo-label"  # the gid of the number beside each PPO point (test
 _STYLES = {ANALYTIC_FAMILY: ("tab:blue", "o", "U-HLM threshold sweep (u_th; always = -inf)"),
            "uhlm": ("tab:cyan", "s", "U-HLM fitted (averse/prone)"),
            "ltt": ("tab:green", "^", "Learn-then-Test"),
+           "bild": ("tab:orange", "v", "BiLD fallback sweep"),
+           "calm": ("tab:olive", "P", "CALM softmax-margin sweep"),
            "channel-aware": ("tab:purple", "D", "channel-aware rule"),
            "ppo": ("tab:red", "*", "PPO (λ and risk-target R sweeps; numbers: see key)")}
 _PANELS = (("risk", "risk (mean rejection probability of skipped tokens)"),

@@ -208,12 +208,15 @@ def reward_label(risk_weight: float, target: float) -> str:
 
 def analytic_policies(sweep: Mapping[str, Any]) -> list[AnalyticPolicy]:
     """The U-HLM threshold sweep (``always`` as u_th = -inf, ``threshold:U``), the fitted U-HLM
-    thresholds, Learn-then-Test at each delta and the channel-aware rule at each PPO run's reward
-    (``sweep``: compare's resolved settings ``thresholds``, ``ltt_deltas``, ``ppo_runs``)."""
+    thresholds, Learn-then-Test at each delta, the BiLD fallback and CALM softmax-margin sweeps and
+    the channel-aware rule at each PPO run's reward (``sweep``: compare's resolved settings
+    ``thresholds``, ``ltt_deltas``, ``bild_alphas``, ``calm_lambdas``, ``ppo_runs``)."""
     return ([AnalyticPolicy(SWEEP_FAMILY, "always", None, -math.inf)]
             + [AnalyticPolicy(SWEEP_FAMILY, f"threshold:{u:g}", None, u) for u in sweep["thresholds"]]
             + [AnalyticPolicy("uhlm", "uhlm:averse", None, "averse"), AnalyticPolicy("uhlm", "uhlm:prone", None, "prone")]
             + [AnalyticPolicy("ltt", f"ltt:delta={d:g},eps=0.1", None, d) for d in sweep["ltt_deltas"]]
+            + [AnalyticPolicy("bild", f"bild:{a:g}", None, a) for a in sweep.get("bild_alphas", ())]
+            + [AnalyticPolicy("calm", f"calm:{c:g}", None, c) for c in sweep.get("calm_lambdas", ())]
             + [AnalyticPolicy("channel-aware", "channel-aware:" + reward_label(w, t), w, t)
                for w, t in sweep["ppo_runs"] if w > 0])
 

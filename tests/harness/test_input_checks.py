@@ -243,6 +243,8 @@ def _compare_config(traces, out, **kw):
     ({"device": "cuda:999", "trainer": "sb3"}, "--device cuda:999"),
     ({"overrides": {"gamma": 2}, "trainer": "sb3"}, "--hp gamma=2"),
     ({"seeds": 0}, "--seeds 0: expected an integer >= 1"),
+    ({"bild_alphas": (0.5, 1.5)}, "--bild-alphas 1.5: expected a number in [0, 1]"),
+    ({"calm_lambdas": (0.9, 0.9)}, "--calm-lambdas: 0.9 is given twice"),
     ({"trainer": "rllib"}, "--trainer 'rllib': expected one of population, sb3"),
     ({"algo": "a2c"}, "--trainer population trains PPO only, not --algo a2c"),
     ({"overrides": {"target_kl": 0.01}}, "target_kl=0.01: not supported by the population trainer"),

@@ -8,6 +8,7 @@ hundred PPO steps, so it does not need the shipped default traces.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -198,20 +199,51 @@ def test_dominance_matches_risk_and_computes_gain():
     assert d["ppo:lambda=1"]["analytic_tokens_per_s"] == 38.0 and d["ppo:lambda=1"]["attainable"] is False
 
 
+def test_dominance_against_the_best_of_every_analytic_rule():
+    """Besides the U-HLM sweep, each PPO point is compared with the best of all analytic rules
+    within 10% risk (here a BiLD point the U-HLM sweep does not reach), or their interpolated front."""
+    from hlm_gym.harness.compare import dominance, format_dominance
+
+    rows = [{"scenario": "s", "family": "uhlm-threshold", "policy": f"threshold:{u}", "risk": r, "tokens_per_s": t}
+            for u, r, t in ((0.0, 0.01, 20.0), (0.2, 0.04, 28.0))]
+    rows += [{"scenario": "s", "family": "bild", "policy": "bild:0.6", "risk": 0.031, "tokens_per_s": 29.0},
+             {"scenario": "s", "family": "calm", "policy": "calm:0.9", "risk": 0.011, "tokens_per_s": 21.0},
+             {"scenario": "s", "family": "ltt", "policy": "ltt:delta=0.1", "risk": math.nan, "tokens_per_s": math.nan,
+              "note": "undefined: no threshold"},
+             {"scenario": "s", "family": "ppo-seed", "policy": "ppo:lambda=5/seed0", "risk": 0.03, "tokens_per_s": 99.0},
+             {"scenario": "s", "family": "ppo", "policy": "ppo:lambda=5", "lambda": 5.0, "risk": 0.03,
+              "tokens_per_s": 30.0},
+             {"scenario": "s", "family": "ppo", "policy": "ppo:lambda=9", "lambda": 9.0, "risk": 0.02,
+              "tokens_per_s": 25.0}]
+    d = {x["policy"]: x for x in dominance(rows, "s")}
+    five, nine = d["ppo:lambda=5"], d["ppo:lambda=9"]
+    assert five["gain"] == pytest.approx(30 / (20 + 8 * 2 / 3) - 1)  # against the U-HLM front, interpolated
+    assert five["best_rule_policy"] == "bild:0.6" and five["best_rule_tokens_per_s"] == 29.0
+    assert five["gain_vs_best_rule"] == pytest.approx(30 / 29 - 1) and five["beats_best_rule_10pct"] is False
+    # no rule within 10% of risk 0.02: the front of all rules (calm 0.011/21, bild 0.031/29) interpolated
+    assert nine["best_rule_policy"] == "front of all rules"
+    assert nine["best_rule_tokens_per_s"] == pytest.approx(21 + (0.02 - 0.011) / (0.031 - 0.011) * 8)
+    text = format_dominance(dominance(rows, "s"))
+    assert "bild:0.6 (29)" in text and "against the best analytic rule at matched risk" in text
+    assert "0/2 PPO points >= 10% ahead" in text
+
+
 @pytest.mark.parametrize("trainer, seeds", [("population", 2), ("sb3", 1)])
 def test_compare_end_to_end_tiny(traces, tmp_path, capsys, trainer, seeds):
     from hlm_gym.harness.compare import CompareConfig, compare
 
     cfg = CompareConfig(scenarios=("vehicular",), risk_weights=(5.0,), risk_targets=(0.3,), timesteps=256,
                         thresholds=(0.0, 0.3, 1.0), ltt_deltas=(0.1,), episodes=8, n_envs=4, traces=str(traces),
-                        out=str(tmp_path), eval_episodes=8, overrides=dict(TINY), jobs=1, trainer=trainer, seeds=seeds)
+                        out=str(tmp_path), eval_episodes=8, overrides=dict(TINY), jobs=1, trainer=trainer, seeds=seeds,
+                        bild_alphas=(0.6,), calm_lambdas=(0.9,))
     res = compare(cfg)
     out = capsys.readouterr().out
     assert "dominance at matched risk" in out and "files written" in out
     for key in ("results_csv", "results_md", "dominance_csv", "json", "pareto_vehicular"):
         assert Path(res["files"][key]).is_file() and Path(res["files"][key]).stat().st_size > 0, key
     families = {r["family"] for r in res["rows"]}
-    assert families == {"ppo", "ppo-seed", "uhlm-threshold", "uhlm", "ltt", "channel-aware"}
+    assert families == {"ppo", "ppo-seed", "uhlm-threshold", "uhlm", "ltt", "bild", "calm", "channel-aware"}
+    assert all(d["gain_vs_best_rule"] is not None or d["best_rule_tokens_per_s"] is None for d in res["dominance"])
     assert [d["policy"] for d in res["dominance"]] == ["ppo:lambda=5", "ppo:lambda=10,target=0.3"]
     assert {r["policy"] for r in res["rows"] if r["family"] == "channel-aware"} == {
         "channel-aware:lambda=5", "channel-aware:lambda=10,target=0.3"}
@@ -356,12 +388,14 @@ def test_compare_runs_on_the_compressed_env(traces, tmp_path, capsys):
 
     rc = main(["compare", "--env", COMPRESSED, "--scenarios", "vehicular", "--risk-weights", "5", "--risk-targets",
                "none", "--timesteps", "128", "--thresholds", "0,1", "--ltt-deltas", "0.1", "--episodes", "8",
-               "--n-envs", "4", "--traces", str(traces), "--jobs", "1", "--out", str(tmp_path),
+               "--n-envs", "4", "--traces", str(traces), "--jobs", "1", "--out", str(tmp_path), "--bild-alphas", "0.6",
+               "--calm-lambdas", "none",
                *[f"--hp={k}={v}" for k, v in TINY.items()]])
     assert rc == 0
     doc = json.loads((tmp_path / "compare.json").read_text())
     assert doc["config"]["env_id"] == COMPRESSED
-    assert {r["family"] for r in doc["rows"]} == {"ppo", "ppo-seed", "uhlm-threshold", "uhlm", "ltt", "channel-aware"}
+    assert {r["family"] for r in doc["rows"]} == {"ppo", "ppo-seed", "uhlm-threshold", "uhlm", "ltt", "bild",
+                                                  "channel-aware"}
     assert (tmp_path / "runs" / "vehicular" / "lambda5-seed0" / "summary.json").is_file()
     assert "--env hlm_gym/HybridLMCompressed-v0" in (tmp_path / "results.md").read_text()
     capsys.readouterr()
