@@ -311,6 +311,19 @@ def test_cli_population_run_writes_one_folder_per_agent(traces, tmp_path, capsys
         "lambda1-target0.3-seed0", "lambda5-target0.3-seed0"]
 
 
+def test_cli_population_of_several_scenarios(traces, tmp_path, capsys):
+    from hlm_gym.cli.main import main
+
+    out = tmp_path / "pop"
+    rc = main(["train", "--trainer", "population", "--scenarios", "vehicular,pedestrian", "--risk-weights", "2",
+               "--n-envs", "2", "--timesteps", "32", "--eval-episodes", "2", "--hp", "n_steps=16", "--hp",
+               "batch_size=16", "--hp", "n_epochs=1", "--traces", str(traces), "--out", str(out), "--no-progress"])
+    assert rc == 0 and "(vehicular, pedestrian)" in capsys.readouterr().out
+    for sc in ("vehicular", "pedestrian"):
+        summary = json.loads((out / sc / "lambda2-seed0" / "summary.json").read_text())
+        assert summary["scenario"] == sc and (out / sc / "lambda2-seed0" / "model_last.zip").is_file()
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--risk-weights", "1,2"], "--risk-weights defines a population: it needs --trainer population"),
     (["--trainer", "population", "--algo", "a2c"], "population trains PPO only"),
@@ -321,6 +334,9 @@ def test_cli_population_run_writes_one_folder_per_agent(traces, tmp_path, capsys
     (["--trainer", "population", "--combine", "zip", "--risk-weights", "1,2", "--seeds", "0,1,2"], "--combine zip"),
     (["--trainer", "population", "--seeds", "1,x"], "--seeds"),
     (["--trainer", "population", "--eval-freq", "100"], "--eval-freq"),
+    (["--trainer", "population", "--scenario", "vehicular", "--scenarios", "pedestrian"], "--scenario and --scenarios"),
+    (["--trainer", "population", "--scenarios", "vehicular,nope"], "unknown scenario 'nope'"),
+    (["--scenarios", "vehicular"], "--scenarios defines a population: it needs --trainer population"),
 ])
 def test_cli_population_flags_refused_in_one_line_before_any_work(traces, tmp_path, capsys, flags, message):
     from hlm_gym.cli.main import main
