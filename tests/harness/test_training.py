@@ -197,6 +197,12 @@ def test_dominance_matches_risk_and_computes_gain():
     rows.append({"scenario": "s", "family": "uhlm-threshold", "policy": "threshold:1", "risk": 0.5, "tokens_per_s": 38.0})
     d = {x["policy"]: x for x in dominance(rows, "s")}
     assert d["ppo:lambda=1"]["analytic_tokens_per_s"] == 38.0 and d["ppo:lambda=1"]["attainable"] is False
+    # the gain at the lower end of the point's tokens/s interval (seed interval for a mean over seeds)
+    next(r for r in rows if r["policy"] == "ppo:lambda=5")["tokens_per_s_ci"] = 1.0  # 30 +- 1 against 26
+    d = {x["policy"]: x for x in dominance(rows, "s")}
+    assert d["ppo:lambda=5"]["gain_at_ci_low"] == pytest.approx(29 / 26 - 1)
+    assert d["ppo:lambda=5"]["dominates_10pct_at_ci_low"] is True
+    assert d["ppo:lambda=3"]["gain_at_ci_low"] is None  # no interval recorded
 
 
 def test_dominance_against_the_best_of_every_analytic_rule():
