@@ -564,11 +564,9 @@ def _evaluate_ppo(config: CompareConfig, rc: dict[str, Any], sc: str, runs: list
     if bar is not None:
         bar.set_description(f"test {sc}: {len(runs)} PPO models")
     settings = EnvSettings(scenario=sc, traces=config.traces)
-    family = family_for(config.env_id)
-    defaults = family.env_kwargs(settings, "test")
+    # as evaluate(ppo:..., risk_weight=...) below: the run's risk weight, the env's default target
     summaries = evaluate_models([r["model"] for r in runs], config.env_id, settings, "test", ev["seed"],
-                                [r["risk_weight"] for r in runs],
-                                [float(defaults.get("risk_target", 0.0))] * len(runs), ev["episodes"])
+                                [r["risk_weight"] for r in runs], None, ev["episodes"])
     rows = []
     for i, run in enumerate(runs):
         if summaries is not None:

@@ -23,7 +23,7 @@ from hlm_gym.harness.family import EnvSettings
 from hlm_gym.harness.results import summarize_episodes
 from hlm_gym.policies.base import Policy
 
-__all__ = ["StackedPolicy", "evaluate_blocks", "block_quota", "stack_models", "evaluate_models"]
+__all__ = ["StackedPolicy", "evaluate_blocks", "block_env", "block_quota", "stack_models", "evaluate_models"]
 
 
 class StackedPolicy(Policy):
@@ -67,18 +67,19 @@ def block_quota(n_blocks: int, k: int, episodes: int) -> np.ndarray:
 
 
 def block_env(env_id: str, settings: EnvSettings, split: str, risk_weights: Sequence[float],
-              risk_targets: Sequence[float], k: int) -> Any:
+              risk_targets: Optional[Sequence[float]], k: int) -> Any:
     """The vector env of ``len(risk_weights)`` blocks of ``k`` envs on ``split``, block ``b`` with
-    reward setting ``risk_weights[b]``/``risk_targets[b]``."""
+    reward setting ``risk_weights[b]``/``risk_targets[b]`` (``risk_targets`` None: the env's default)."""
     family = family_for(env_id)
     kwargs = family.env_kwargs(settings, split)
     kwargs["risk_weights"] = [float(w) for w in risk_weights for _ in range(k)]
-    kwargs["risk_targets"] = [float(t) for t in risk_targets for _ in range(k)]
+    if risk_targets is not None:
+        kwargs["risk_targets"] = [float(t) for t in risk_targets for _ in range(k)]
     return family.make_vector_env(env_id, len(risk_weights) * k, kwargs)
 
 
 def evaluate_blocks(policy: Policy, env_id: str, settings: EnvSettings, split: str, seeds: Sequence[int],
-                    risk_weights: Sequence[float], risk_targets: Sequence[float], episodes: int,
+                    risk_weights: Sequence[float], risk_targets: Optional[Sequence[float]], episodes: int,
                     k: int, env: Any = None) -> list[dict[str, dict[str, float]]]:
     """Evaluate ``policy`` (acting on ``len(seeds)`` blocks of ``k`` envs) on ``split``: block ``b``
     with reset seed ``seeds[b]``, reward setting ``risk_weights[b]``/``risk_targets[b]`` and
@@ -137,11 +138,11 @@ def stack_models(paths: Sequence[str], context: Any = None
 
 
 def evaluate_models(paths: Sequence[str], env_id: str, settings: EnvSettings, split: str, seed: int,
-                    risk_weights: Sequence[float], risk_targets: Sequence[float],
+                    risk_weights: Sequence[float], risk_targets: Optional[Sequence[float]],
                     episodes: int, num_envs: int = 16) -> Optional[list[dict[str, dict[str, float]]]]:
     """Each saved model of ``paths`` on the episodes ``evaluate(f"ppo:{path}", seed=seed, ...)``
     gives it (the same for every model), all models in one batch; model ``i`` with reward setting
-    ``risk_weights[i]``/``risk_targets[i]``. Returns their summaries, or ``None`` when the models
+    ``risk_weights[i]``/``risk_targets[i]`` (None: the env's default target). Returns their summaries, or ``None`` when the models
     cannot be stacked (evaluate them one by one)."""
     family = family_for(env_id)
     k = min(num_envs, episodes)
