@@ -476,3 +476,33 @@ def test_direct_batched_forward_is_the_vmapped_forward_bit_for_bit(activation):
     (g1, l1, v1), (g2, l2, v2) = grads
     assert torch.equal(l1, l2) and torch.equal(v1, v2)
     assert all(torch.equal(g1[k], g2[k]) for k in g1)
+
+
+def test_interrupted_population_commits_no_agent_and_keeps_a_finished_one(traces, tmp_path):
+    """Ctrl-C during a population run (raised from the iteration hook): no agent folder gets a
+    model or summary, the staging folders are removed and the locks are free; an interrupted
+    re-run into finished folders leaves their files byte-identical."""
+    from hlm_gym.harness.population import AgentSpec, train_population
+    from hlm_gym.harness.run_folder import STAGING_PREFIX, FolderLock
+
+    agents = [AgentSpec(1.0, None, 0), AgentSpec(5.0, None, 1)]
+
+    def interrupt(i, n):
+        if i == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "fresh"
+    with pytest.raises(KeyboardInterrupt):
+        train_population(_config(traces, out, agents, timesteps=1024, on_iteration=interrupt))
+    for a in agents:
+        folder = out / a.folder
+        assert not (folder / "model_last.zip").exists() and not (folder / "summary.json").exists()
+        assert not list(folder.glob(f"{STAGING_PREFIX}*"))
+        with FolderLock(folder):
+            pass
+    done = tmp_path / "done"
+    train_population(_config(traces, done, agents, tensorboard=False))
+    before = {p: p.read_bytes() for a in agents for p in (done / a.folder).glob("*") if p.is_file()}
+    with pytest.raises(KeyboardInterrupt):
+        train_population(_config(traces, done, agents, timesteps=1024, on_iteration=interrupt))
+    assert {p: p.read_bytes() for a in agents for p in (done / a.folder).glob("*") if p.is_file()} == before
