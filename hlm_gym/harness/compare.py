@@ -150,6 +150,15 @@ def front_at(front: Sequence[tuple[float, float]], risk: float) -> Optional[floa
     return float(np.interp(risk, rs, ts))
 
 
+def _reference(points: list[dict[str, Any]], front: Sequence[tuple[float, float]], metric: str, value: float
+               ) -> tuple[list[dict[str, Any]], Optional[dict[str, Any]], Optional[float]]:
+    """``(matched, best, reference tokens/s)`` at ``metric`` = ``value``: the ``points`` within 10%
+    (relative), the fastest of them, and its tokens/s, or ``front`` interpolated when none is that close."""
+    matched = [a for a in points if abs(a[metric] - value) <= MATCH_TOL * max(abs(value), 1e-12)]
+    best = max(matched, key=lambda a: a["tokens_per_s"]) if matched else None
+    return matched, best, best["tokens_per_s"] if best else front_at(front, value)
+
+
 def dominance(rows: list[dict[str, Any]], scenario: str, metric: str = "risk",
               reference: str = ANALYTIC_FAMILY) -> list[dict[str, Any]]:
     """One record per PPO point of ``scenario``: matched analytic tokens/s and the gain.
@@ -172,42 +181,40 @@ def dominance(rows: list[dict[str, Any]], scenario: str, metric: str = "risk",
              and math.isfinite(r[metric]) and math.isfinite(r["tokens_per_s"])]  # every analytic rule
     rules_front = analytic_front([(r[metric], r["tokens_per_s"]) for r in rules])
     ceiling = max((r["tokens_per_s"] for r in mine if math.isfinite(r["tokens_per_s"])), default=math.inf)
+
+    def gain(tps: float, ref: Optional[float]) -> Optional[float]:
+        return tps / ref - 1 if ref and ref > 0 else None
+
+    def attainable(ref: Optional[float]) -> bool:
+        return bool(ref is not None and ref * (1 + GAIN_TARGET) <= ceiling * (1 + 1e-9))
+
     out = []
     for r in ppo:
         risk, tps = r[metric], r["tokens_per_s"]
         on_front = not any(o is not r and o[metric] <= risk and o["tokens_per_s"] > tps for o in ppo)
-        matched = [a for a in analytic if abs(a[metric] - risk) <= MATCH_TOL * max(abs(risk), 1e-12)]
-        best_matched = max(matched, key=lambda a: a["tokens_per_s"]) if matched else None
-        interp = front_at(front, risk)
         # the reference: the best sweep point within 10% risk; the interpolated front only if there is none
-        ref = best_matched["tokens_per_s"] if best_matched else interp
-        gain = tps / ref - 1 if ref and ref > 0 else None
+        matched, best_matched, ref = _reference(analytic, front, metric, risk)
+        g = gain(tps, ref)
         # the same gain at the lower end of the point's 95% tokens/s interval (over seeds for PPO means)
         ci = r.get("tokens_per_s_ci")
-        ok = isinstance(ci, (int, float)) and math.isfinite(ci)
-        gain_low = (tps - ci) / ref - 1 if ok and ref and ref > 0 else None
-        gain_matched = tps / best_matched["tokens_per_s"] - 1 if best_matched else None
+        g_low = gain(tps - ci, ref) if isinstance(ci, (int, float)) and math.isfinite(ci) else None
         # the same check against the best of ALL analytic rules (U-HLM, LTT, BiLD, CALM, channel-aware)
-        near = [a for a in rules if abs(a[metric] - risk) <= MATCH_TOL * max(abs(risk), 1e-12)]
-        best_rule = max(near, key=lambda a: a["tokens_per_s"]) if near else None
-        ref_rules = best_rule["tokens_per_s"] if best_rule else front_at(rules_front, risk)
-        gain_rules = tps / ref_rules - 1 if ref_rules and ref_rules > 0 else None
+        _, best_rule, ref_rules = _reference(rules, rules_front, metric, risk)
+        g_rules = gain(tps, ref_rules)
         out.append({"scenario": scenario, "metric": metric, "policy": r["policy"], "lambda": r.get("lambda"), "risk": risk,
-                    "tokens_per_s": tps, "analytic_tokens_per_s": ref, "front_tokens_per_s": interp, "gain": gain,
-                    "matched_points": ";".join(a["policy"] for a in matched),
+                    "tokens_per_s": tps, "analytic_tokens_per_s": ref, "front_tokens_per_s": front_at(front, risk),
+                    "gain": g, "matched_points": ";".join(a["policy"] for a in matched),
                     "best_matched_policy": best_matched["policy"] if best_matched else "",
                     "best_matched_tokens_per_s": best_matched["tokens_per_s"] if best_matched else None,
-                    "gain_vs_best_matched": gain_matched,
-                    "in_range": ref is not None, "on_learned_front": on_front,
-                    "attainable": bool(ref is not None and ref * (1 + GAIN_TARGET) <= ceiling * (1 + 1e-9)),
-                    "dominates_10pct": bool(gain is not None and gain >= GAIN_TARGET),
-                    "gain_at_ci_low": gain_low,
-                    "dominates_10pct_at_ci_low": bool(gain_low is not None and gain_low >= GAIN_TARGET),
+                    "gain_vs_best_matched": gain(tps, best_matched["tokens_per_s"]) if best_matched else None,
+                    "in_range": ref is not None, "on_learned_front": on_front, "attainable": attainable(ref),
+                    "dominates_10pct": bool(g is not None and g >= GAIN_TARGET),
+                    "gain_at_ci_low": g_low,
+                    "dominates_10pct_at_ci_low": bool(g_low is not None and g_low >= GAIN_TARGET),
                     "best_rule_policy": best_rule["policy"] if best_rule else ("front of all rules" if ref_rules else ""),
-                    "best_rule_tokens_per_s": ref_rules, "gain_vs_best_rule": gain_rules,
-                    "beats_best_rule_10pct": bool(gain_rules is not None and gain_rules >= GAIN_TARGET),
-                    "best_rule_attainable": bool(ref_rules is not None
-                                                 and ref_rules * (1 + GAIN_TARGET) <= ceiling * (1 + 1e-9))})
+                    "best_rule_tokens_per_s": ref_rules, "gain_vs_best_rule": g_rules,
+                    "beats_best_rule_10pct": bool(g_rules is not None and g_rules >= GAIN_TARGET),
+                    "best_rule_attainable": attainable(ref_rules)})
     return out
 
 
