@@ -7,27 +7,21 @@ values :class:`EnvConfigError`).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-import numpy as np
+# EnvConfigError, UnknownOptionError, integer and real live in options; importable from here too
+from hlm_gym.environments.options import EnvConfigError, UnknownOptionError
+from hlm_gym.environments.options import bad_option as _bad, integer, integers, real
 
-from hlm_gym.errors import HLMGymError
+__all__ = ["EnvConfig", "EnvConfigError", "UnknownOptionError", "CONFIG_FIELDS", "make_config", "integer",
+           "integers", "real", "SPLITS"]
 
 SPLITS = ("train", "validation", "test")
 RISKS = ("beta", "error")
 VERIFIES = ("none", "deferred")
 MODES = ("trace", "live")
-
-
-class EnvConfigError(HLMGymError, ValueError):
-    """An environment option has a bad value."""
-
-
-class UnknownOptionError(EnvConfigError, TypeError):
-    """An environment was given an option it does not have."""
 
 
 @dataclass(frozen=True)
@@ -122,44 +116,6 @@ class EnvConfig:
                 put(name, os.fspath(value))
         if not isinstance(self.device, str) or not self.device:
             raise _bad("device", self.device, "expected a torch device name such as 'cpu' or 'cuda'")
-
-
-def _bad(name: str, value: Any, what: str) -> EnvConfigError:
-    return EnvConfigError(f"bad option {name}={value!r}: {what}")
-
-
-def real(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf, open_lo: bool = False,
-         what: Optional[str] = None) -> float:
-    """``value`` as a finite float in ``[lo, hi]`` (``(lo, hi]`` if ``open_lo``); numpy numbers accepted,
-    bools and non-numbers refused with an :class:`EnvConfigError` naming the option."""
-    if what is None:
-        what = f"a finite number {'>' if open_lo else '>='} {lo:g}" + (f" and <= {hi:g}" if hi < math.inf else "")
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise _bad(name, value, f"expected {what}")
-    v = float(value)
-    if not math.isfinite(v) or v < lo or v > hi or (open_lo and v == lo):
-        raise _bad(name, value, f"expected {what}")
-    return v
-
-
-def integer(name: str, value: Any, lo: int = 0) -> int:
-    """``value`` as an int ``>= lo`` (numpy integers accepted; bools, floats and text refused)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or int(value) < lo:
-        raise _bad(name, value, f"expected an integer >= {lo}")
-    return int(value)
-
-
-def integers(name: str, values: Any, lo: int = 0) -> tuple[int, ...]:
-    """A non-empty sequence of integers ``>= lo`` as a tuple."""
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise _bad(name, values, f"expected a non-empty sequence of integers >= {lo}")
-    out = tuple(values)
-    if not out:
-        raise _bad(name, values, f"expected a non-empty sequence of integers >= {lo}")
-    for v in out:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or int(v) < lo:
-            raise _bad(name, values, f"expected a non-empty sequence of integers >= {lo}; {v!r} is not")
-    return tuple(int(v) for v in out)
 
 
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(EnvConfig))
