@@ -19,9 +19,14 @@ from typing import Any
 import numpy as np
 
 from hlm_gym.environments.hybrid_lm.config import EnvConfig, EnvConfigError
+# EpisodeDraw and sub_env_seeds live in environments.episodes (shared by the families); importable from here too
+from hlm_gym.environments.episodes import EpisodeDraw, sub_env_seeds
 from hlm_gym.environments.hybrid_lm.observation import OBS_HIGH, OBS_LOW
 from hlm_gym.wireless.bank import ChannelBank, auto_dt, bank_shape, channel_bank
 from hlm_gym.wireless.cost import CostModel, reference_latency
+
+__all__ = ["Simulation", "TraceTables", "EpisodeDraw", "build_simulation", "sub_env_seeds", "trace_tables",
+           "load_env_traces", "load_env_scenario", "resolve_topk", "SNR_CLIP", "LOG_RATE_CLIP"]
 
 SNR_CLIP = (float(OBS_LOW[5]), float(OBS_HIGH[5]))
 LOG_RATE_CLIP = (float(OBS_LOW[6]), float(OBS_HIGH[6]))
@@ -196,49 +201,3 @@ def build_simulation(config: EnvConfig, compressed: bool) -> Simulation:
     cost = CostModel.build(scenario, V, topk, deferred=config.verify == "deferred")
     ref = config.latency_ref_s or reference_latency(scenario, CostModel.build(scenario, V, (V,), False), V)
     return Simulation(config, scenario, traces, tables, bank, cost, float(ref), topk, tables.max_tokens, V)
-
-
-def sub_env_seeds(seed, n: int) -> list:
-    """Per-sub-env seeds of a batched reset: ``seed + i`` like gymnasium's vector envs, a list as is."""
-    if seed is None:
-        return [None] * n
-    if isinstance(seed, (int, np.integer)):
-        return [int(seed) + i for i in range(n)]
-    seeds = list(seed)
-    if len(seeds) != n:
-        raise ValueError(f"expected {n} seeds, got {len(seeds)}")
-    return seeds
-
-
-@dataclass(frozen=True)
-class EpisodeDraw:
-    """How one uniform integer picks an episode's prompt, channel realisation and start phase.
-
-    Every environment (single, numpy batched, torch batched) draws ``d`` uniform in
-    ``0..total - 1`` from its generator and splits it with :meth:`split`, so the three
-    implementations start identical episodes from identical generators.
-    """
-
-    n_prompts: int
-    bank_size: int
-    points: int
-
-    @classmethod
-    def of(cls, sim: "Simulation") -> "EpisodeDraw":
-        return cls(int(sim.traces.n_prompts), int(sim.bank.size), int(sim.bank.points))
-
-    @property
-    def total(self) -> int:
-        return self.n_prompts * self.bank_size * self.points
-
-    def split(self, draw):
-        """``(prompt, bank row, start phase)`` of a draw (a Python int or an integer array)."""
-        prompt, rest = divmod(draw, self.bank_size * self.points)
-        brow, j0 = divmod(rest, self.points)
-        return prompt, brow, j0
-
-    def draw(self, gens: list, idx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One draw from each generator ``gens[i]`` for ``i`` in ``idx``, split (int64 arrays)."""
-        draws = np.fromiter((gens[i].integers(0, self.total) for i in idx), dtype=np.int64, count=len(idx))
-        return self.split(draws)
-
