@@ -237,13 +237,8 @@ def _unknown(raw: Mapping[str, Any], allowed: tuple[str, ...], source: str, pref
 
 
 def _section(cls: type, raw: Mapping[str, Any], key: str, source: str) -> Any:
-    """Build a section dataclass strictly, re-raising the scenario loader's errors as FleetError."""
-    try:
-        return _build(cls, raw.get(key, {}), source, key + ".")
-    except FleetError:
-        raise
-    except ScenarioError as exc:
-        raise FleetError(str(exc)) from None
+    """Build section ``key`` of ``raw`` as dataclass ``cls``, strictly (the scenario loader's rules)."""
+    return _build(cls, raw.get(key, {}), source, key + ".")
 
 
 def _compute_classes(raw: Any, source: str) -> dict[str, DeviceCompute]:
@@ -315,8 +310,9 @@ def _device(i: int, entry: Any, defaults: Mapping[str, Any], classes: Mapping[st
     try:
         sc = load_scenario(link_ref, **overrides)
     except ScenarioError as exc:
-        raise FleetError(f"{source}: {where('link')} ({link_ref if isinstance(link_ref, str) else 'mapping'}): "
-                         f"{exc}") from None
+        ref = link_ref if isinstance(link_ref, str) else "a mapping"
+        origin = "" if "link" in entry else ", from device_defaults"
+        raise FleetError(f"{source}: devices[{i}].link ({ref}{origin}): {exc}") from None
     if "link.distance_m" in overrides:
         if sc.link.mean_snr_db is not None:
             raise FleetError(f"{source}: {where('distance_m')}: link {sc.name!r} sets link.mean_snr_db "
@@ -355,6 +351,16 @@ def _placement(raw: Mapping[str, Any], n_devices: int, source: str) -> tuple[int
 
 
 def _fleet_from_raw(raw: Mapping[str, Any], source: str, default_name: str, base_dir: Optional[Path]) -> Fleet:
+    """Validate and build a fleet; the shared helpers' ScenarioErrors come out as FleetError."""
+    try:
+        return _validated(raw, source, default_name, base_dir)
+    except FleetError:
+        raise
+    except ScenarioError as exc:
+        raise FleetError(str(exc)) from None
+
+
+def _validated(raw: Mapping[str, Any], source: str, default_name: str, base_dir: Optional[Path]) -> Fleet:
     _unknown(raw, _TOP_KEYS, source, "")
     name = _coerce(raw.get("name", default_name), str, source, "name")
     description = _coerce(raw.get("description", ""), str, source, "description")
@@ -379,6 +385,14 @@ def _fleet_from_raw(raw: Mapping[str, Any], source: str, default_name: str, base
                  expert=expert, bs_layer_s=bs.layer_s, source=source)
 
 
+def _read(text: str, source: str) -> dict[str, Any]:
+    """The YAML mapping of a fleet file (the scenario loader's reader; its errors as FleetError)."""
+    try:
+        return _read_yaml(text, source)
+    except ScenarioError as exc:
+        raise FleetError(str(exc)) from None
+
+
 def load_fleet(spec: "str | os.PathLike[str] | Mapping[str, Any] | Fleet") -> Fleet:
     """Load and validate a fleet: a bundled name (:func:`fleet_names`, ``envs/wdmoe/<name>.yaml``),
     a YAML path, a mapping (e.g. :meth:`Fleet.to_dict`) or a :class:`Fleet`. Raises
@@ -394,17 +408,9 @@ def load_fleet(spec: "str | os.PathLike[str] | Mapping[str, Any] | Fleet") -> Fl
         path = Path(s)
         if not path.is_file():
             raise FleetError(f"{s}: fleet file not found")
-        try:
-            raw = _read_yaml(path.read_text(), path.name)
-        except ScenarioError as exc:
-            raise FleetError(str(exc)) from None
-        return _fleet_from_raw(raw, path.name, path.stem, path.parent)
+        return _fleet_from_raw(_read(path.read_text(), path.name), path.name, path.stem, path.parent)
     res = _envs_root().joinpath(FLEET_FOLDER, f"{s}.yaml")
     if not res.is_file():
         raise FleetError(f"unknown fleet {s!r}; available: {', '.join(fleet_names()) or '(none)'}")
     source = f"{FLEET_FOLDER}/{s}.yaml"
-    try:
-        raw = _read_yaml(res.read_text(), source)
-    except ScenarioError as exc:
-        raise FleetError(str(exc)) from None
-    return _fleet_from_raw(raw, source, s, None)
+    return _fleet_from_raw(_read(res.read_text(), source), source, s, None)
