@@ -295,7 +295,7 @@ def _device(i: int, entry: Any, defaults: Mapping[str, Any], classes: Mapping[st
     overrides: dict[str, Any] = {}  # the defaults' link_overrides, then the device's own
     parts = ((defaults.get("link_overrides"), "device_defaults"), (entry.get("link_overrides"), f"devices[{i}]"))
     for part, label in parts:
-        for dk, dv in _mapping(part or {}, source, f"{label}.link_overrides").items():
+        for dk, dv in _mapping({} if part is None else part, source, f"{label}.link_overrides").items():
             if not isinstance(dk, str):
                 raise FleetError(f"{source}: {label}.link_overrides: keys must be dotted strings, got {dk!r}")
             overrides[dk] = dv

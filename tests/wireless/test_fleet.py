@@ -114,6 +114,7 @@ BAD = [
     (lambda d: d["devices"][0].update(link_overrides={"link.colour": 1}), "devices[0].link (static-good"),
     (lambda d: d["devices"][2].update(link_overrides={"link.colour": 1}), "link.colour: unknown key"),
     (lambda d: d["devices"][0].update(link_overrides=["x"]), "devices[0].link_overrides"),
+    (lambda d: d["devices"][0].update(link_overrides=[]), "devices[0].link_overrides"),
     (lambda d: d["devices"][0].update(speed_kmh=2000), "devices[0].speed_kmh"),
     (lambda d: d["devices"][0].update(link="pedestrian"), "devices[0].distance_m"),
     (lambda d: d["device_defaults"].update(name="x"), "device_defaults.name"),
