@@ -120,7 +120,14 @@ class NumpyOps:
     """numpy arrays: a batch of environments on the CPU."""
 
     batched = True
+    #: the array module (``einsum``, ``where``, ... with the same signatures as torch's)
+    lib = np
     _DTYPES = {"f": np.float64, "i": np.int64, "b": np.bool_, "f32": np.float32}
+
+    @staticmethod
+    def amax(x: np.ndarray, axis: int) -> np.ndarray:
+        """The maximum along ``axis``."""
+        return np.max(x, axis=axis)
 
     def table(self, values: np.ndarray, kind: str = "f") -> np.ndarray:
         return np.ascontiguousarray(values, dtype=self._DTYPES[kind])
@@ -160,6 +167,10 @@ class NumpyOps:
     @staticmethod
     def f64(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float64)
+
+    @staticmethod
+    def f32(x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float32)
 
     @staticmethod
     def floor_int(x: np.ndarray) -> np.ndarray:
@@ -211,6 +222,7 @@ class TorchOps:
         import torch
 
         self.torch = torch
+        self.lib = torch  # the array module (einsum, where, ... as numpy's)
         self.device = torch.device(device)
         self._dtypes = {"f": torch.float64, "i": torch.int64, "b": torch.bool, "f32": torch.float32}
 
@@ -253,6 +265,10 @@ class TorchOps:
     def minimum(self, a, b: float):
         return self.torch.clamp_max(a, b)
 
+    def amax(self, x, axis: int):
+        """The maximum along ``axis``."""
+        return self.torch.amax(x, dim=axis)
+
     def maximum(self, a, b):
         return self.torch.clamp_min(a, b) if not isinstance(b, self.torch.Tensor) else self.torch.maximum(a, b)
 
@@ -261,6 +277,9 @@ class TorchOps:
 
     def f64(self, x):
         return x.to(self.torch.float64)
+
+    def f32(self, x):
+        return x.to(self.torch.float32)
 
     def floor_int(self, x):
         return x.to(self.torch.int64)

@@ -13,7 +13,7 @@ import numpy as np
 
 from hlm_gym.errors import HLMGymError
 
-__all__ = ["EnvConfigError", "UnknownOptionError", "bad_option", "real", "integer", "integers", "choice"]
+__all__ = ["EnvConfigError", "UnknownOptionError", "bad_option", "real", "integer", "integers", "choice", "per_env"]
 
 
 class EnvConfigError(HLMGymError, ValueError):
@@ -70,3 +70,11 @@ def integers(name: str, values: Any, lo: int = 0) -> tuple[int, ...]:
     return tuple(int(v) for v in out)
 
 
+def per_env(name: str, values: Any, n: int, default: float, lo: float, hi: float) -> np.ndarray:
+    """``values`` as ``n`` finite floats in ``[lo, hi]`` (``None``: ``default`` for every env)."""
+    if values is None:
+        return np.full(n, default)
+    arr = np.asarray(values, dtype=object).reshape(-1)
+    if arr.size != n:
+        raise EnvConfigError(f"bad option {name}: expected {n} values (one per env), got {arr.size}")
+    return np.array([real(name, v, lo=lo, hi=hi) for v in arr], dtype=np.float64)

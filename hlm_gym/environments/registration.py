@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 #: Default ``max_episode_steps``: the shipped traces' response length limit.
 MAX_EPISODE_STEPS = 128
 
-ENV_IDS = ("hlm_gym/HybridLM-v0", "hlm_gym/HybridLMCompressed-v0")
+ENV_IDS = ("hlm_gym/HybridLM-v0", "hlm_gym/HybridLMCompressed-v0", "hlm_gym/WDMoE-v0")
 #: The env id commands and the harness use when none is given.
 DEFAULT_ENV_ID = ENV_IDS[0]
 
@@ -29,15 +29,18 @@ def _register_now() -> None:
 
     specs = {
         "hlm_gym/HybridLM-v0": ("hlm_gym.environments.hybrid_lm.env:HybridLMEnv",
-                                "hlm_gym.environments.hybrid_lm.vector:HybridLMVectorEnv"),
+                                "hlm_gym.environments.hybrid_lm.vector:HybridLMVectorEnv", MAX_EPISODE_STEPS),
         "hlm_gym/HybridLMCompressed-v0": ("hlm_gym.environments.hybrid_lm.env:HybridLMCompressedEnv",
-                                          "hlm_gym.environments.hybrid_lm.vector:HybridLMCompressedVectorEnv"),
+                                          "hlm_gym.environments.hybrid_lm.vector:HybridLMCompressedVectorEnv",
+                                          MAX_EPISODE_STEPS),
+        # an episode is a whole sequence (tokens x MoE layers decisions); it always terminates
+        "hlm_gym/WDMoE-v0": ("hlm_gym.environments.wdmoe.env:WDMoEEnv",
+                             "hlm_gym.environments.wdmoe.vector:WDMoEVectorEnv", None),
     }
-    for env_id, (entry, vector_entry) in specs.items():
+    for env_id, (entry, vector_entry, max_steps) in specs.items():
         if env_id in registry:
             continue
-        register(id=env_id, entry_point=entry, vector_entry_point=vector_entry,
-                 max_episode_steps=MAX_EPISODE_STEPS)
+        register(id=env_id, entry_point=entry, vector_entry_point=vector_entry, max_episode_steps=max_steps)
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):
@@ -75,7 +78,7 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
 
 
 def register_envs() -> None:
-    """Register ``hlm_gym/HybridLM-v0`` and ``hlm_gym/HybridLMCompressed-v0`` (idempotent).
+    """Register every env id of :data:`ENV_IDS` (idempotent).
 
     Now if gymnasium is imported, else right after its first import; nothing if it is not
     installed (the package still imports).

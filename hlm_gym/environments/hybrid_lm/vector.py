@@ -21,10 +21,11 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from hlm_gym.environments.backends import ALL, NumpyOps
-from hlm_gym.environments.hybrid_lm.config import EnvConfigError, integer, make_config, real
+from hlm_gym.environments.hybrid_lm.config import EnvConfigError, integer, make_config
 from hlm_gym.environments.hybrid_lm.kernel import EPISODE_KEYS, STEP_KEYS, HybridLMKernel
 from hlm_gym.environments.hybrid_lm.observation import OBS_HIGH, OBS_LOW, OBS_NAMES
 from hlm_gym.environments.hybrid_lm.simulation import EpisodeDraw, build_simulation, sub_env_seeds
+from hlm_gym.environments.options import per_env
 from hlm_gym.environments.registration import MAX_EPISODE_STEPS
 
 __all__ = ["HybridLMVectorEnv", "HybridLMCompressedVectorEnv", "STEP_KEYS", "EPISODE_KEYS"]
@@ -171,16 +172,6 @@ class HybridLMVectorEnv(VectorEnv):
             self._reset_envs(idx)
             self._kernel.observe(self._obs, idx)
         return self._copy(self._obs[idx])
-
-
-def per_env(name: str, values: Any, n: int, default: float, lo: float, hi: float) -> np.ndarray:
-    """``values`` as ``n`` finite floats in ``[lo, hi]`` (``None``: ``default`` for every env)."""
-    if values is None:
-        return np.full(n, default)
-    arr = np.asarray(values, dtype=object).reshape(-1)
-    if arr.size != n:
-        raise EnvConfigError(f"bad option {name}: expected {n} values (one per env), got {arr.size}")
-    return np.array([real(name, v, lo=lo, hi=hi) for v in arr], dtype=np.float64)
 
 
 class HybridLMCompressedVectorEnv(HybridLMVectorEnv):
