@@ -22,7 +22,7 @@ from hlm_gym.environments.backends import ALL
 from hlm_gym.environments.episodes import EpisodeDraw, sub_env_seeds
 from hlm_gym.environments.options import EnvConfigError
 
-__all__ = ["KernelVectorEnv", "TorchBatch"]
+__all__ = ["KernelVectorEnv", "TorchBatch", "NumpyView"]
 
 
 class KernelVectorEnv(VectorEnv):
@@ -175,3 +175,44 @@ class TorchBatch:
     @staticmethod
     def _copy(x):
         return x.clone()
+
+
+class NumpyView:
+    """A torch vector env seen through numpy arrays (actions in, observations/rewards/infos out).
+
+    Lets the SB3 adapter (:class:`hlm_gym.environments.sb3_vec.BatchedSB3VecEnv`), which works on
+    numpy, drive a torch env: the simulation runs on the env's device and only the
+    observations, rewards, flags and info arrays cross to the host each step.
+    """
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.num_envs = env.num_envs
+        self.single_observation_space = env.single_observation_space
+        self.single_action_space = env.single_action_space
+
+    @staticmethod
+    def _np(x):
+        return x.detach().cpu().numpy() if hasattr(x, "detach") else x
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._np(obs), {k: self._np(v) for k, v in info.items()}
+
+    def step(self, actions: np.ndarray):
+        import torch
+
+        a = torch.as_tensor(np.asarray(actions, dtype=np.int64), device=self.env.device)
+        obs, rew, term, trunc, info = self.env.step(a)
+        return (self._np(obs), self._np(rew), self._np(term), self._np(trunc),
+                {k: self._np(v) for k, v in info.items()})
+
+    def autoreset_now(self, idx: np.ndarray) -> np.ndarray:
+        return self._np(self.env.autoreset_now(idx))
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self.env, name)
+

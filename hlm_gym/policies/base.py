@@ -40,13 +40,13 @@ class PolicyError(HLMGymError, ValueError):
     """Bad policy spec, parameter or model file (one-line message)."""
 
 
-def as_batch(obs: Any) -> np.ndarray:
+def as_batch(obs: Any, obs_dim: int = OBS_DIM) -> np.ndarray:
     """``obs`` as a float64 array of shape ``(n, obs_dim)``."""
     arr = np.asarray(obs, dtype=np.float64)
     if arr.ndim == 1:
         arr = arr[None, :]
-    if arr.ndim != 2 or arr.shape[1] != OBS_DIM:
-        raise PolicyError(f"observations must have shape (n, {OBS_DIM}) or ({OBS_DIM},), got {np.shape(obs)}")
+    if arr.ndim != 2 or arr.shape[1] != obs_dim:
+        raise PolicyError(f"observations must have shape (n, {obs_dim}) or ({obs_dim},), got {np.shape(obs)}")
     return arr
 
 
@@ -55,13 +55,14 @@ class Policy:
 
     name: str = "policy"
     n_actions: int = 2  #: size of the action space the policy acts in (binary: SKIP/SEND)
+    obs_dim: int = OBS_DIM  #: length of the observations it reads (default: the HybridLM layout)
 
     def _act(self, obs: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def act(self, obs: Any) -> np.ndarray:
         """Actions (``SKIP``/``SEND``) of shape ``(n,)`` for observations ``(n, obs_dim)`` or ``(obs_dim,)``."""
-        batch = as_batch(obs)
+        batch = as_batch(obs, self.obs_dim)
         return np.asarray(self._act(batch), dtype=np.int64).reshape(batch.shape[0])
 
     __call__ = act
@@ -95,6 +96,7 @@ class MappedActions(Policy):
         self.policy = policy
         self.table = np.asarray(table, dtype=np.int64)
         self.n_actions = int(n_actions)
+        self.obs_dim = policy.obs_dim
         self.name = policy.name
 
     def _act(self, obs: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from hlm_gym.policies.context import PolicyContext
 from hlm_gym.policies.hybrid_lm_kinds import HYBRID_LM_KINDS
 from hlm_gym.policies.kind import ParsedSpec, PolicyKind, SpecArgumentError
 from hlm_gym.policies.sb3_kind import SB3_KIND
+from hlm_gym.policies.wdmoe_kinds import WDMOE_KINDS
 
 __all__ = ["PolicyRegistry", "REGISTRY", "KINDS", "validate_spec", "make_policy", "make_draft_policy",
            "valid_forms"]
@@ -96,7 +97,7 @@ class PolicyRegistry:
 
 
 #: Every env family's policy kinds (a new family adds its tuple here).
-KINDS: tuple[PolicyKind, ...] = (*HYBRID_LM_KINDS, SB3_KIND)
+KINDS: tuple[PolicyKind, ...] = (*HYBRID_LM_KINDS, *WDMOE_KINDS, SB3_KIND)
 #: The registry the harness, the CLI and :func:`make_policy` use.
 REGISTRY = PolicyRegistry(KINDS)
 

@@ -76,6 +76,7 @@ class SB3Policy(Policy):
         self.deterministic = deterministic
         self.vecnorm = vecnorm
         self.n_actions = int(model.action_space.n)
+        self.obs_dim = int(np.prod(model.observation_space.shape))
         self._state: Any = None
 
     def reset(self, n: int = 1) -> None:

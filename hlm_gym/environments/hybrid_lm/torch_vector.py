@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from hlm_gym.environments.backends import TorchOps
+# NumpyView lives in environments.batched (shared by the families); importable from here too
+from hlm_gym.environments.batched import NumpyView
 from hlm_gym.environments.hybrid_lm.vector import HybridLMVectorEnv
 from hlm_gym.environments.registration import MAX_EPISODE_STEPS
 
@@ -57,42 +59,3 @@ class HybridLMTorchVectorEnv(HybridLMVectorEnv):
     @staticmethod
     def _copy(x: torch.Tensor) -> torch.Tensor:
         return x.clone()
-
-
-class NumpyView:
-    """A torch vector env seen through numpy arrays (actions in, observations/rewards/infos out).
-
-    Lets the SB3 adapter (:class:`hlm_gym.environments.hybrid_lm.sb3.HybridLMSB3VecEnv`), which works on
-    numpy, drive the torch env: the simulation runs on the env's device and only the
-    ``(n, 10)`` observations, rewards, flags and info arrays cross to the host each step.
-    """
-
-    def __init__(self, env: HybridLMTorchVectorEnv) -> None:
-        self.env = env
-        self.num_envs = env.num_envs
-        self.single_observation_space = env.single_observation_space
-        self.single_action_space = env.single_action_space
-
-    @staticmethod
-    def _np(x):
-        return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
-
-    def reset(self, *, seed=None, options=None):
-        obs, info = self.env.reset(seed=seed, options=options)
-        return self._np(obs), {k: self._np(v) for k, v in info.items()}
-
-    def step(self, actions: np.ndarray):
-        a = torch.as_tensor(np.asarray(actions, dtype=np.int64), device=self.env.device)
-        obs, rew, term, trunc, info = self.env.step(a)
-        return (self._np(obs), self._np(rew), self._np(term), self._np(trunc),
-                {k: self._np(v) for k, v in info.items()})
-
-    def autoreset_now(self, idx: np.ndarray) -> np.ndarray:
-        return self._np(self.env.autoreset_now(idx))
-
-    def close(self) -> None:
-        self.env.close()
-
-    def __getattr__(self, name: str):
-        return getattr(self.env, name)
-
