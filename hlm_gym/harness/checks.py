@@ -122,10 +122,13 @@ def _first_duplicate(values: Sequence[Any]) -> Any:
 
 
 def check_scenarios(names: Optional[Iterable[Any]], flag: str = "--scenarios",
-                    error: type[HarnessError] = CompareError) -> tuple[Any, ...]:
-    """A non-empty list of scenarios (names or YAML paths), none twice, each loaded now so that a
-    bad one is refused before any work."""
+                    error: type[HarnessError] = CompareError, load: Optional[Any] = None) -> tuple[Any, ...]:
+    """A non-empty list of scenarios (names or YAML paths), none twice, each loaded now (with ``load``,
+    an env family's ``load_scenario``; default: the HybridLM link scenarios) so that a bad one is
+    refused before any work."""
     from hlm_gym.wireless.scenarios import ScenarioError, load_scenario
+
+    load_scenario = load or load_scenario
 
     scenarios = tuple(names or ())
     if not scenarios:

@@ -280,7 +280,7 @@ def check_config(config: CompareConfig) -> dict[str, Any]:
 
     family = family_for(config.env_id)
     check_algo(config.algo)
-    check_scenarios(config.scenarios, "--scenarios", CompareError)
+    check_scenarios(config.scenarios, "--scenarios", CompareError, family.load_scenario)
     _check_sweeps(config)
     for flag, value in (("--timesteps", config.timesteps), ("--episodes", config.episodes),
                         ("--n-envs", config.n_envs)):

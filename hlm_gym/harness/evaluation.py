@@ -120,7 +120,7 @@ def check_evaluation(policy: "str | Policy", *, env_id: str = DEFAULT_ENV_ID, sc
 
         validate_spec(policy)
     if isinstance(scenario, (str, PathLike)):
-        check_scenarios([scenario], "--scenario", EvaluationError)
+        check_scenarios([scenario], "--scenario", EvaluationError, family_for(env_id).load_scenario)
 
 
 def evaluate(policy: str | Policy, *, env_id: str = DEFAULT_ENV_ID, scenario: Any = "static-good",

@@ -9,11 +9,12 @@ from __future__ import annotations
 from hlm_gym.harness.errors import UnknownEnvError
 from hlm_gym.harness.family import EnvFamily
 from hlm_gym.harness.hybrid_lm import HYBRID_LM
+from hlm_gym.harness.wdmoe import WDMOE
 from hlm_gym.policies.context import DEFAULT_ENV_ID
 
 __all__ = ["FAMILIES", "DEFAULT_ENV_ID", "env_ids", "family_for"]
 
-FAMILIES: tuple[EnvFamily, ...] = (HYBRID_LM,)
+FAMILIES: tuple[EnvFamily, ...] = (HYBRID_LM, WDMOE)
 
 
 def env_ids() -> tuple[str, ...]:

@@ -82,7 +82,17 @@ class EnvFamily:
     * ``check_data(traces, splits)``: raise when the data of ``splits`` (default all) is missing;
     * ``evaluate_live(policy, *, env_id, settings, split, episodes, seed, policy_context, reference)``:
       the family's live evaluation (an :class:`~hlm_gym.harness.results.EvaluationResult`;
-      ``None``: no live mode).
+      ``None``: no live mode);
+    * ``load_scenario(name)``: the scenario of a name or YAML path (a one-line error otherwise);
+      ``make_torch_env(env_id, num_envs, device, env_kwargs, risk_weights, risk_targets)``: the
+      torch batched env with per-env reward settings (the population trainer's);
+      ``reward_defaults(env_kwargs) -> (risk_weight, risk_target)``: the env's defaults;
+    * ``episode_info_metrics``: the end-of-episode info keys the population trainer logs;
+      ``per_token_sums``: ``{metric: step info key}`` it sums per episode and divides by tokens;
+    * ``risk_metric``: compare's matched-risk axis (tokens/s against it); ``error_metric``: a
+      second axis checked the same way (``None``: none); ``row_metrics``/``ci_metrics``: the
+      results table's columns (and those with an interval); ``compare_defaults``: compare's
+      default scenarios and sweeps for this family (``None``: compare's own).
     """
 
     name: str
@@ -100,6 +110,16 @@ class EnvFamily:
     sweep_family: str
     shared_policy_context: Callable[[Any], Mapping[str, Any]]
     check_data: Callable[..., None]
+    load_scenario: Callable[[Any], Any]
+    make_torch_env: Callable[..., Any]
+    reward_defaults: Callable[[Mapping[str, Any]], tuple[float, float]]
+    episode_info_metrics: tuple[str, ...]
+    per_token_sums: Mapping[str, str]
+    risk_metric: str
+    error_metric: Optional[str]
+    row_metrics: tuple[str, ...]
+    ci_metrics: tuple[str, ...]
+    compare_defaults: Optional[Mapping[str, Any]] = None
     evaluate_live: Optional[Callable[..., Any]] = None
 
     def context_for(self, env: Any, env_id: str, **changes: Any) -> PolicyContext:

@@ -102,6 +102,30 @@ def make_train_env(env_id: str, n_envs: int, seed: int, kwargs: dict[str, Any], 
     return venv
 
 
+def make_torch_env(env_id: str, num_envs: int, device: Any, kwargs: dict[str, Any], risk_weights: Any,
+                   risk_targets: Any) -> Any:
+    """The torch batched env with per-env reward settings (the population trainer's)."""
+    from hlm_gym.environments.hybrid_lm.torch_vector import HybridLMTorchVectorEnv
+
+    return HybridLMTorchVectorEnv(num_envs=num_envs, device=device, compressed=env_id.endswith("Compressed-v0"),
+                                  risk_weights=risk_weights, risk_targets=risk_targets, **kwargs)
+
+
+def reward_defaults(kwargs: Mapping[str, Any]) -> tuple[float, float]:
+    """The risk weight and target of a HybridLM env made with ``kwargs``."""
+    from hlm_gym.environments.hybrid_lm.config import make_config
+
+    config, _ = make_config(dict(kwargs))
+    return config.risk_weight, config.risk_target
+
+
+def load_scenario(name: Any) -> Any:
+    """The scenario of a name or YAML path (:func:`hlm_gym.wireless.scenarios.load_scenario`)."""
+    from hlm_gym.wireless.scenarios import load_scenario as load
+
+    return load(name)
+
+
 def policy_context(env: Any) -> PolicyContext:
     """What spec strings need from a HybridLM env (``env.sim``): max_tokens, latency_ref, risk
     weight and target, scenario, vocabulary size."""
@@ -343,4 +367,13 @@ HYBRID_LM = EnvFamily(
     shared_policy_context=shared_policy_context,
     check_data=check_data,
     evaluate_live=evaluate_live,
+    load_scenario=load_scenario,
+    make_torch_env=make_torch_env,
+    reward_defaults=reward_defaults,
+    episode_info_metrics=("tokens_per_s", "transmission_rate", "skip_rate", "risk", "error_rate"),
+    per_token_sums={"energy_j_per_token": "energy_j", "uplink_bits_per_token": "uplink_bits"},
+    risk_metric="risk",
+    error_metric="error_rate",
+    row_metrics=("tokens_per_s", "risk", "error_rate", "skip_rate", "transmission_rate", "energy_j_per_token"),
+    ci_metrics=("tokens_per_s", "risk", "error_rate"),
 )

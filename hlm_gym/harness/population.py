@@ -83,7 +83,6 @@ POPULATION_ARTIFACTS = ("model_last.zip", "summary.json")
 #: PPO keys the population trainer refuses (one line) rather than silently ignoring.
 UNSUPPORTED_KEYS = ("target_kl", "use_sde", "sde_sample_freq")
 _POLICY_KWARGS = ("net_arch", "activation_fn", "ortho_init")
-_EPISODE_METRICS = ("tokens_per_s", "transmission_rate", "skip_rate", "risk", "error_rate")
 
 
 # ----------------------------------------------------------------------------------- config
@@ -239,7 +238,8 @@ def prepare_population(config: PopulationConfig, create_out: bool = True) -> Pop
     device = check_device(config.device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    check_scenarios(sorted({config.scenario_of(a) for a in config.agents}, key=str), "--scenario", TrainingError)
+    check_scenarios(sorted({config.scenario_of(a) for a in config.agents}, key=str), "--scenario", TrainingError,
+                    family.load_scenario)
     family.check_data(config.traces, ("train", "validation"))
     out = check_out_dir(config.out, "--out", create=create_out)
     normalize = None
@@ -431,18 +431,15 @@ def scenario_groups(config: PopulationConfig, agents: Sequence[AgentSpec]) -> di
 def _reward_settings(config: PopulationConfig, agents: Sequence[AgentSpec], kwargs: dict[str, Any]
                      ) -> tuple[list[float], list[float]]:
     """Each agent's risk weight and risk target (its own, or the env's default under ``kwargs``)."""
-    from hlm_gym.environments.hybrid_lm.config import make_config
-
-    defaults, _ = make_config(dict(kwargs))
-    return ([defaults.risk_weight if a.risk_weight is None else float(a.risk_weight) for a in agents],
-            [defaults.risk_target if a.risk_target is None else float(a.risk_target) for a in agents])
+    weight, target = family_for(config.env_id).reward_defaults(kwargs)
+    return ([weight if a.risk_weight is None else float(a.risk_weight) for a in agents],
+            [target if a.risk_target is None else float(a.risk_target) for a in agents])
 
 
 def _make_env(config: PopulationConfig, plan: PopulationPlan, agents: Sequence[AgentSpec]) -> Any:
     """The batched torch env of P * n_envs sub-envs (agent ``p``'s block ``p*n .. (p+1)*n - 1``, with
     its reward setting): one env per scenario, concatenated (``agents`` grouped by scenario)."""
     from hlm_gym.environments.concat import ConcatVectorEnv
-    from hlm_gym.environments.hybrid_lm.torch_vector import HybridLMTorchVectorEnv
 
     family = family_for(config.env_id)
     n, parts = plan.n_envs, []
@@ -450,10 +447,9 @@ def _make_env(config: PopulationConfig, plan: PopulationPlan, agents: Sequence[A
         kwargs = family.env_kwargs(EnvSettings(scenario=scenario, traces=config.traces,
                                                env_kwargs=dict(config.env_kwargs)), "train")
         weights, targets = _reward_settings(config, [agents[i] for i in idx], kwargs)
-        parts.append(HybridLMTorchVectorEnv(num_envs=len(idx) * n, device=plan.device,
-                                            compressed=config.env_id.endswith("Compressed-v0"),
-                                            risk_weights=[w for w in weights for _ in range(n)],
-                                            risk_targets=[t for t in targets for _ in range(n)], **kwargs))
+        parts.append(family.make_torch_env(config.env_id, len(idx) * n, plan.device, kwargs,
+                                           [w for w in weights for _ in range(n)],
+                                           [t for t in targets for _ in range(n)]))
     return parts[0] if len(parts) == 1 else ConcatVectorEnv(parts)
 
 
@@ -462,14 +458,13 @@ def _collect(env: Any, nets: PopulationNets, norm: _Normalizer, state: dict[str,
     """One rollout of ``T`` steps of every agent's ``n`` envs, on the device: this loop reads
     nothing back to the host (the torch env's own step still synchronises where it picks the
     sub-envs to reset and draws their next episodes on the host). ``state`` carries the normalised
-    observation, the reset flags and the episode accumulators."""
+    observation, the reset flags and the episode sums (:class:`_EpisodeSums`)."""
     dev = state["obs"].device
     buf = {"obs": torch.empty((T, P, n, state["obs"].shape[-1]), device=dev),
            "actions": torch.empty((T, P, n), dtype=torch.int64, device=dev),
            "log_prob": torch.empty((T, P, n), device=dev), "values": torch.empty((T, P, n), device=dev),
            "rewards": torch.empty((T, P, n), device=dev), "dones": torch.empty((T, P, n), device=dev),
            "trunc": torch.empty((T, P, n), device=dev), "valid": torch.empty((T, P, n), dtype=torch.bool, device=dev)}
-    acc = state["acc"]
     for t in range(T):
         valid = ~state["needs_reset"]
         with torch.no_grad():
@@ -484,29 +479,7 @@ def _collect(env: Any, nets: PopulationNets, norm: _Normalizer, state: dict[str,
         buf["dones"][t] = done.to(torch.float32)
         buf["trunc"][t] = (trunc & ~term & valid).to(torch.float32)
         buf["valid"][t] = valid
-        # episode accounting (raw rewards), summed per agent over the episodes that end
-        acc["ep_ret"] += torch.where(valid, rew.to(torch.float64), 0.0)
-        acc["ep_len"] += valid.to(torch.float64)
-        acc["ep_energy"] += torch.where(valid, info["energy_j"].reshape(P, n).to(torch.float64), 0.0)
-        acc["ep_bits"] += torch.where(valid, info["uplink_bits"].reshape(P, n).to(torch.float64), 0.0)
-        d64 = done.to(torch.float64)
-        acc["episodes"] += d64.sum(1)
-        acc["return"] += (acc["ep_ret"] * d64).sum(1)
-        acc["length"] += (acc["ep_len"] * d64).sum(1)
-        if "tokens" in info:
-            ended = info["_tokens"].reshape(P, n) & done
-            tokens = info["tokens"].reshape(P, n).to(torch.float64).clamp(min=1.0)
-            e64 = ended.to(torch.float64)
-            acc["ended_metrics"] += e64.sum(1)
-            acc["energy_j_per_token"] += (acc["ep_energy"] / tokens * e64).sum(1)
-            acc["uplink_bits_per_token"] += (acc["ep_bits"] / tokens * e64).sum(1)
-            for key in _EPISODE_METRICS:
-                v = info[key].reshape(P, n).to(torch.float64)
-                ok = ended & torch.isfinite(v)
-                acc[key] += torch.where(ok, v, 0.0).sum(1)
-                acc[key + "_n"] += ok.to(torch.float64).sum(1)
-        for k in ("ep_ret", "ep_len", "ep_energy", "ep_bits"):
-            acc[k] = torch.where(done, torch.zeros_like(acc[k]), acc[k])
+        state["episodes"].step(rew, valid, done, info)
         state["needs_reset"] = done
         # the next observation: a terminal one (next step is a reset step) does not count in the statistics
         state["obs"] = norm.obs(raw_obs.reshape(P, n, -1), ~done)
@@ -520,32 +493,61 @@ def _collect(env: Any, nets: PopulationNets, norm: _Normalizer, state: dict[str,
     return buf
 
 
-def _new_acc(P: int, n: int, device: torch.device) -> dict[str, torch.Tensor]:
-    z = lambda shape: torch.zeros(shape, dtype=torch.float64, device=device)  # noqa: E731
-    acc = {k: z((P, n)) for k in ("ep_ret", "ep_len", "ep_energy", "ep_bits")}
-    for k in ("episodes", "return", "length", "ended_metrics", "energy_j_per_token", "uplink_bits_per_token"):
-        acc[k] = z(P)
-    for key in _EPISODE_METRICS:
-        acc[key], acc[key + "_n"] = z(P), z(P)
-    return acc
+class _EpisodeSums:
+    """Per-agent sums over the episodes that end during the rollouts (the ``rollout/`` and ``domain/``
+    scalars): return, length, the family's end-of-episode info ``metrics`` and its ``per_token``
+    sums (``{metric: step info key}``, divided by the episode's tokens)."""
 
+    def __init__(self, P: int, n: int, device: torch.device, metrics: Sequence[str],
+                 per_token: dict[str, str]) -> None:
+        self.metrics, self.per_token = tuple(metrics), dict(per_token)
+        z = lambda shape: torch.zeros(shape, dtype=torch.float64, device=device)  # noqa: E731
+        self.running = {k: z((P, n)) for k in ("ep_ret", "ep_len", *self.per_token)}
+        self.totals = {k: z(P) for k in ("episodes", "return", "length", "ended_metrics", *self.per_token)}
+        for key in self.metrics:
+            self.totals[key], self.totals[key + "_n"] = z(P), z(P)
 
-def _rollout_scalars(acc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per-agent means over the episodes ended since the last call (NaN where none); resets the sums."""
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=acc["episodes"].device)
-    mean = lambda s, c: torch.where(c > 0, s / c.clamp(min=1.0), nan)  # noqa: E731
-    out = {"rollout/ep_rew_mean": mean(acc["return"], acc["episodes"]),
-           "rollout/ep_len_mean": mean(acc["length"], acc["episodes"]), "domain/episodes": acc["episodes"].clone()}
-    for key in _EPISODE_METRICS:
-        out[f"domain/{key}"] = mean(acc[key], acc[key + "_n"])
-    for key in ("energy_j_per_token", "uplink_bits_per_token"):
-        out[f"domain/{key}"] = mean(acc[key], acc["ended_metrics"])
-    for k in ("episodes", "return", "length", "ended_metrics", "energy_j_per_token", "uplink_bits_per_token"):
-        acc[k].zero_()
-    for key in _EPISODE_METRICS:
-        acc[key].zero_()
-        acc[key + "_n"].zero_()
-    return out
+    def step(self, rew: torch.Tensor, valid: torch.Tensor, done: torch.Tensor, info: dict) -> None:
+        """Add one step of raw rewards and infos (``valid``: decisions; ``done``: episodes ending now)."""
+        P, n = rew.shape
+        run, tot = self.running, self.totals
+        run["ep_ret"] += torch.where(valid, rew.to(torch.float64), 0.0)
+        run["ep_len"] += valid.to(torch.float64)
+        for metric, key in self.per_token.items():
+            run[metric] += torch.where(valid, info[key].reshape(P, n).to(torch.float64), 0.0)
+        d64 = done.to(torch.float64)
+        tot["episodes"] += d64.sum(1)
+        tot["return"] += (run["ep_ret"] * d64).sum(1)
+        tot["length"] += (run["ep_len"] * d64).sum(1)
+        if "tokens" in info:
+            ended = info["_tokens"].reshape(P, n) & done
+            tokens = info["tokens"].reshape(P, n).to(torch.float64).clamp(min=1.0)
+            e64 = ended.to(torch.float64)
+            tot["ended_metrics"] += e64.sum(1)
+            for metric in self.per_token:
+                tot[metric] += (run[metric] / tokens * e64).sum(1)
+            for key in self.metrics:
+                v = info[key].reshape(P, n).to(torch.float64)
+                ok = ended & torch.isfinite(v)
+                tot[key] += torch.where(ok, v, 0.0).sum(1)
+                tot[key + "_n"] += ok.to(torch.float64).sum(1)
+        for k in run:
+            run[k] = torch.where(done, torch.zeros_like(run[k]), run[k])
+
+    def scalars(self) -> dict[str, torch.Tensor]:
+        """Per-agent means over the episodes ended since the last call (NaN where none); resets the sums."""
+        tot = self.totals
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=tot["episodes"].device)
+        mean = lambda s, c: torch.where(c > 0, s / c.clamp(min=1.0), nan)  # noqa: E731
+        out = {"rollout/ep_rew_mean": mean(tot["return"], tot["episodes"]),
+               "rollout/ep_len_mean": mean(tot["length"], tot["episodes"]), "domain/episodes": tot["episodes"].clone()}
+        for key in self.metrics:
+            out[f"domain/{key}"] = mean(tot[key], tot[key + "_n"])
+        for metric in self.per_token:
+            out[f"domain/{metric}"] = mean(tot[metric], tot["ended_metrics"])
+        for v in tot.values():
+            v.zero_()
+        return out
 
 
 def _explained_variance(values: torch.Tensor, returns: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -586,6 +588,7 @@ def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder
     agents, folders = [config.agents[i] for i in order], [folders[i] for i in order]
     P, n, ppo = len(agents), plan.n_envs, plan.ppo
     T, dev = ppo["n_steps"], torch.device(plan.device)
+    family = family_for(config.env_id)
     lr_fn, clip_fn = _const(ppo["learning_rate"]), _const(ppo["clip_range"])
     clip_vf_fn = None if ppo["clip_range_vf"] is None else _const(ppo["clip_range_vf"])
     env = _make_env(config, plan, agents)
@@ -605,7 +608,8 @@ def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder
         obs, _ = env.reset(seed=[a.seed + j for a in agents for j in range(n)])
         norm = _Normalizer(P, n, obs.shape[-1], plan.normalize, dev)
         state = {"obs": norm.obs(obs.reshape(P, n, -1), torch.ones((P, n), dtype=torch.bool, device=dev)),
-                 "needs_reset": torch.zeros((P, n), dtype=torch.bool, device=dev), "acc": _new_acc(P, n, dev)}
+                 "needs_reset": torch.zeros((P, n), dtype=torch.bool, device=dev),
+                 "episodes": _EpisodeSums(P, n, dev, family.episode_info_metrics, dict(family.per_token_sums))}
         N, bs = T * n, ppo["batch_size"]
         rows = torch.arange(P, device=dev).unsqueeze(1)
         timesteps = 0
@@ -652,7 +656,7 @@ def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder
             scalars["train/loss"] = stats["loss"]
             scalars["train/explained_variance"] = _explained_variance(data["old_values"], data["returns"],
                                                                       data["mask"].to(torch.float32))
-            scalars |= _rollout_scalars(state["acc"])
+            scalars |= state["episodes"].scalars()
             host = {k: v.detach().to(torch.float64).cpu().numpy() for k, v in scalars.items()}
             host["train/learning_rate"] = np.full(P, lr)
             host["train/clip_range"] = np.full(P, clip)

@@ -224,7 +224,7 @@ def prepare(config: TrainConfig, create_out: bool = True) -> TrainPlan:
     if "n_steps" in algo_kwargs and "batch_size" in algo_kwargs:  # keep minibatches within one rollout
         algo_kwargs["batch_size"] = int(min(algo_kwargs["batch_size"], algo_kwargs["n_steps"] * n_envs))
     device = check_device(config.device)
-    check_scenarios([config.scenario], "--scenario", TrainingError)
+    check_scenarios([config.scenario], "--scenario", TrainingError, family.load_scenario)
     family.check_data(config.traces, ("train", "validation"))  # (a run trains and validates)
     out = check_out_dir(config.out, "--out", create=create_out)
     return TrainPlan(algo=algo, hp=hp, run=run, algo_kwargs=algo_kwargs, n_envs=n_envs, timesteps=timesteps,

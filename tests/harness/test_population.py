@@ -383,7 +383,8 @@ def test_rollout_masks_reset_steps_and_bootstraps_truncation():
     """``_collect`` on a scripted env: the step after an episode end is masked out, a truncated
     step's reward gets gamma * V(terminal observation) (the next step's input, or the rollout's
     last value), a terminated one does not, and the returns of ended episodes are counted."""
-    from hlm_gym.harness.population import (ActorCritic, PopulationNets, _collect, _new_acc, _Normalizer,
+    from hlm_gym.harness.hybrid_lm import HYBRID_LM
+    from hlm_gym.harness.population import (ActorCritic, PopulationNets, _collect, _EpisodeSums, _Normalizer,
                                             sb3_policy)
 
     P, n, T, gamma = 2, 2, 6, 0.9
@@ -394,7 +395,8 @@ def test_rollout_masks_reset_steps_and_bootstraps_truncation():
     norm = _Normalizer(P, n, 10, None, torch.device("cpu"))  # identity: rewards as the env gives them
     obs0 = torch.randn(P, n, 10, generator=torch.Generator().manual_seed(6))
     state = {"obs": obs0, "needs_reset": torch.zeros(P, n, dtype=torch.bool),
-             "acc": _new_acc(P, n, torch.device("cpu"))}
+             "episodes": _EpisodeSums(P, n, torch.device("cpu"), HYBRID_LM.episode_info_metrics,
+                                      dict(HYBRID_LM.per_token_sums))}
     u = torch.rand(T, P, n, generator=torch.Generator().manual_seed(7))
     buf = _collect(env, nets, norm, state, T, P, n, u, gamma)
 
@@ -419,7 +421,7 @@ def test_rollout_masks_reset_steps_and_bootstraps_truncation():
     torch.testing.assert_close(buf["last_values"].reshape(-1), v_next[T - 1])
     # ended episodes' raw returns, per agent: env 0 ended at 2 (1+2+3), env 1 at 4 (1+...+5); agent 1:
     # env 2 at T-1 (1+...+6), env 3 at 1 (1+2)
-    acc = state["acc"]
+    acc = state["episodes"].totals
     assert acc["episodes"].tolist() == [2.0, 2.0]
     assert acc["return"].tolist() == [6.0 + 15.0, 21.0 + 3.0]
     assert acc["length"].tolist() == [3.0 + 5.0, 6.0 + 2.0]

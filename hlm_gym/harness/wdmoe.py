@@ -1,0 +1,232 @@
+"""The WDMoE env family as the harness sees it (:data:`WDMOE`): ``hlm_gym/WDMoE-v0``.
+
+``Discrete(2**E)`` expert selections (bit ``e`` = expert ``e``); the analytic policies are the
+gate's top-k, WDMoE's weight-to-latency ratio rule swept over its threshold, and the myopic
+channel-aware rule at each PPO run's reward (:mod:`hlm_gym.policies.wdmoe_kinds`).
+
+Metrics per episode (one sequence; mean and a Student-t interval over episodes):
+
+=========================  ==================================================================
+``tokens_per_s``           tokens / the episode's simulated MoE latency (all layers)
+``latency_per_token_s``    the episode's simulated latency / tokens
+``quality_loss``           the dropped experts' error per decision (the env's ``quality``
+                           measure), averaged over the episode's (token, layer) decisions
+``experts_per_layer``      experts used per decision
+``empty_rate``             decisions that selected no expert (resolved to the gate's top-1)
+``energy_j_per_token``     the devices' energy (J) / tokens
+``reward_per_step``        the environment's reward, averaged over the episode's decisions
+``perplexity``             (live mode) exp of the mean next-token loss on the sequence's
+                           reference tokens with the policy's selections in the real MoE
+=========================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from hlm_gym.harness.errors import TrainingError
+from hlm_gym.harness.family import AnalyticPolicy, EnvFamily, EnvSettings
+from hlm_gym.policies.context import PolicyContext
+from hlm_gym.policies.wdmoe_kinds import WDMOE_ENV_IDS
+
+__all__ = ["WDMOE", "METRICS", "TRAIN_METRICS", "SWEEP_FAMILY", "WDMoEEpisodes", "DEFAULTS"]
+
+METRICS: tuple[str, ...] = ("tokens_per_s", "latency_per_token_s", "quality_loss", "experts_per_layer",
+                            "empty_rate", "energy_j_per_token", "reward_per_step", "perplexity")
+TRAIN_METRICS: tuple[str, ...] = ("tokens_per_s", "latency_per_token_s", "quality_loss", "experts_per_layer",
+                                  "energy_j_per_token")
+#: The weight-to-latency ratio sweep: compare's reference front.
+SWEEP_FAMILY = "wlr"
+_SUMS = ("latency_s", "energy_j", "step_quality_loss", "n_selected", "empty", "reward", "steps")
+#: compare's defaults for this family (the fleets, the reward sweeps, the WLR thresholds).
+DEFAULTS: dict[str, Any] = {
+    "scenarios": ("close-static", "mixed-vehicular"),
+    "risk_weights": (0.5, 1.0, 2.0, 4.0, 8.0),
+    "risk_targets": (),
+    "thresholds": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    "topk": (1, 2, 3, 4, 8),
+}
+
+
+def env_kwargs(settings: EnvSettings, split: str) -> dict[str, Any]:
+    """The environment options of a run for ``split`` (fleet scenario, risk weight and target, trace)."""
+    kw: dict[str, Any] = {"scenario": settings.scenario, "split": split}
+    if settings.risk_weight is not None:
+        kw["risk_weight"] = float(settings.risk_weight)
+    if settings.risk_target is not None:
+        kw["risk_target"] = float(settings.risk_target)
+    if settings.traces is not None:
+        kw["trace"] = str(resolve_trace_path(settings.traces, split))
+    kw.update(settings.env_kwargs)
+    return kw
+
+
+def resolve_trace_path(traces: Any, split: str) -> Any:
+    """The WDMoE trace file of ``split`` in a folder (``wdmoe-<split>.parquet``), or a file as given."""
+    from pathlib import Path
+
+    p = Path(traces)
+    return p / f"wdmoe-{split}.parquet" if p.is_dir() else p
+
+
+def make_vector_env(env_id: str, num_envs: int, kwargs: dict[str, Any]) -> Any:
+    """The numpy batched env through Gymnasium's ``make_vec``."""
+    import gymnasium as gym
+
+    import hlm_gym.environments.registration as reg
+
+    reg.register_envs()
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+
+
+def make_train_env(env_id: str, n_envs: int, seed: int, kwargs: dict[str, Any], backend: str = "numpy",
+                   device: str = "cpu") -> Any:
+    """The SB3 ``VecEnv`` of ``n_envs`` batched WDMoE envs (``backend="torch"``: on ``device``)."""
+    from hlm_gym.environments.wdmoe.sb3 import BACKENDS, WDMoESB3VecEnv
+
+    if backend not in BACKENDS:
+        raise TrainingError(f"bad env backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    extra: dict[str, Any] = {"backend": backend}
+    if backend == "torch":
+        extra["device"] = None if device == "auto" else device
+    venv = WDMoESB3VecEnv(num_envs=n_envs, **extra, **kwargs)
+    venv.seed(seed)
+    return venv
+
+
+def make_torch_env(env_id: str, num_envs: int, device: Any, kwargs: dict[str, Any], risk_weights: Any,
+                   risk_targets: Any) -> Any:
+    """The torch batched env with per-env reward settings (the population trainer's)."""
+    from hlm_gym.environments.wdmoe.vector import WDMoETorchVectorEnv
+
+    return WDMoETorchVectorEnv(num_envs=num_envs, device=device, risk_weights=risk_weights,
+                               risk_targets=risk_targets, **kwargs)
+
+
+def reward_defaults(kwargs: Mapping[str, Any]) -> tuple[float, float]:
+    """The risk weight and target of a WDMoE env made with ``kwargs``."""
+    from hlm_gym.environments.wdmoe.config import make_config
+
+    config, _ = make_config(dict(kwargs))
+    return config.risk_weight, config.risk_target
+
+
+def load_scenario(name: Any) -> Any:
+    """The fleet of a WDMoE scenario name or YAML path (one-line error otherwise)."""
+    from hlm_gym.wireless.fleet import load_fleet
+
+    return load_fleet(name)
+
+
+def policy_context(env: Any) -> PolicyContext:
+    """What spec strings need from a WDMoE env (``env.sim``): latency_ref, risk weight and target, fleet."""
+    base = getattr(env, "unwrapped", env)
+    sim = getattr(base, "sim", None)
+    if sim is None:
+        return PolicyContext()
+    return PolicyContext(latency_ref=float(sim.latency_ref), risk_weight=float(sim.config.risk_weight),
+                         risk_target=float(sim.config.risk_target), scenario=sim.fleet,
+                         max_tokens=int(sim.tables.max_tokens))
+
+
+def send_action(n_actions: int) -> int:
+    """A binary rule's SEND: every expert (the dense layer)."""
+    return n_actions - 1
+
+
+# ------------------------------------------------------------------------------------ episodes
+class WDMoEEpisodes:
+    """Per-step sums of latency, energy, quality loss, experts used, empty selections and reward;
+    the env's end-of-episode ``tokens`` gives the per-token metrics."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.acc = {k: np.zeros(n) for k in _SUMS}
+
+    def step(self, actions: np.ndarray, rewards: np.ndarray, info: dict, valid: np.ndarray) -> None:
+        acc = self.acc
+        acc["steps"] += valid
+        acc["reward"] += np.where(valid, np.asarray(rewards, dtype=np.float64), 0.0)
+        for key in ("latency_s", "energy_j", "step_quality_loss", "n_selected", "empty"):
+            acc[key] += np.where(valid, np.asarray(info[key], dtype=np.float64), 0.0)
+
+    def finish(self, i: int, info: dict) -> dict[str, float]:
+        a = {k: float(v[i]) for k, v in self.acc.items()}
+        tokens = float(np.asarray(info["tokens"])[i]) if "tokens" in info else a["steps"]
+        steps = max(a["steps"], 1.0)
+        return {"tokens": tokens, "steps": a["steps"], "latency_s": a["latency_s"],
+                "tokens_per_s": tokens / a["latency_s"] if a["latency_s"] > 0 else math.nan,
+                "latency_per_token_s": a["latency_s"] / max(tokens, 1.0),
+                "quality_loss": a["step_quality_loss"] / steps, "experts_per_layer": a["n_selected"] / steps,
+                "empty_rate": a["empty"] / steps, "energy_j_per_token": a["energy_j"] / max(tokens, 1.0),
+                "reward_per_step": a["reward"] / steps}
+
+    def clear(self, i: int) -> None:
+        for v in self.acc.values():
+            v[i] = 0.0
+
+
+# ------------------------------------------------------------------------------------ compare
+def analytic_policies(sweep: Mapping[str, Any]) -> list[AnalyticPolicy]:
+    """The gate's top-k (``topk:K``), the weight-to-latency ratio rule over the ``thresholds``
+    sweep (the reference front) and the myopic rule at each PPO run's reward."""
+    from hlm_gym.harness.hybrid_lm import reward_label
+
+    return ([AnalyticPolicy("topk", f"topk:{k}", None, k) for k in sweep.get("topk", DEFAULTS["topk"])]
+            + [AnalyticPolicy(SWEEP_FAMILY, f"wlr:{t:g}", None, t) for t in sweep["thresholds"]]
+            + [AnalyticPolicy("myopic", "myopic:" + reward_label(w, 0.0), w, w)
+               for w, t in sweep["ppo_runs"] if not t])
+
+
+def shared_policy_context(traces: Any) -> dict[str, Any]:
+    """Nothing is shared between the WDMoE rules."""
+    return {}
+
+
+def check_data(traces: Any, splits: tuple[str, ...] = ("train", "validation", "test")) -> None:
+    """The WDMoE trace files of ``splits`` exist (``traces``: a folder; ``None``: the shipped set)."""
+    from pathlib import Path
+
+    from hlm_gym.traces.wdmoe import default_wdmoe_trace_path
+
+    flag = "" if traces is None else f"--traces {str(traces)!r}: "
+    for split in splits:
+        p = default_wdmoe_trace_path(split) if traces is None else resolve_trace_path(traces, split)
+        if not Path(p).is_file():
+            raise TrainingError(f"{flag}no WDMoE {split} traces at {p}: build them with "
+                                f"'hlm-gym moe traces --split {split} --out {p}' or pass --traces FOLDER")
+
+
+WDMOE = EnvFamily(
+    name="wdmoe",
+    env_ids=WDMOE_ENV_IDS,
+    metrics=METRICS,
+    train_metrics=TRAIN_METRICS,
+    env_kwargs=env_kwargs,
+    make_vector_env=make_vector_env,
+    make_train_env=make_train_env,
+    policy_context=policy_context,
+    send_action=send_action,
+    episode_tracker=WDMoEEpisodes,
+    reference_policy="topk:8",
+    analytic_policies=analytic_policies,
+    sweep_family=SWEEP_FAMILY,
+    shared_policy_context=shared_policy_context,
+    check_data=check_data,
+    evaluate_live=None,
+    load_scenario=load_scenario,
+    make_torch_env=make_torch_env,
+    reward_defaults=reward_defaults,
+    episode_info_metrics=("tokens_per_s", "latency_per_token_s", "quality_loss", "experts_per_layer", "empty_rate",
+                          "energy_j_per_token"),
+    per_token_sums={},
+    risk_metric="quality_loss",
+    error_metric=None,
+    row_metrics=("tokens_per_s", "quality_loss", "latency_per_token_s", "experts_per_layer", "energy_j_per_token",
+                 "perplexity"),
+    ci_metrics=("tokens_per_s", "quality_loss", "perplexity"),
+    compare_defaults=DEFAULTS,
+)
