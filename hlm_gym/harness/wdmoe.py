@@ -23,7 +23,7 @@ Metrics per episode (one sequence; mean and a Student-t interval over episodes):
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -200,6 +200,65 @@ def check_data(traces: Any, splits: tuple[str, ...] = ("train", "validation", "t
                                 f"'hlm-gym moe traces --split {split} --out {p}' or pass --traces FOLDER")
 
 
+# ------------------------------------------------------------------------------------ live evaluation
+def load_live_moe(device: str = "cpu") -> Any:
+    """The embedded SmolLM2-135M-Instruct as the shipped MoE (:mod:`hlm_gym.lm.moe`)."""
+    from hlm_gym.lm.models import load_model
+    from hlm_gym.lm.moe import load_moe_spec, moefy
+
+    return moefy(load_model("embedded", device=device), load_moe_spec())
+
+
+def evaluate_live(policy: Any, *, env_id: str, settings: EnvSettings, split: str, episodes: int, seed: int,
+                  policy_context: Optional[Mapping[str, Any]] = None, reference: str = "live",
+                  moe: Any = None, batch_size: int = 16) -> Any:
+    """Live mode (:mod:`hlm_gym.harness.wdmoe_live`): the policy's selections in the real MoE on the
+    split's sequences, teacher-forced; the episode metrics of trace mode plus ``perplexity``.
+
+    Episode ``j`` is sequence ``j mod n`` of the trace (each once before any repeats), with the
+    channel drawn from generator ``seed + j``. ``moe``: a ready :class:`~hlm_gym.lm.moe.MoEModel`
+    (default: :func:`load_live_moe`). ``reference`` is not used (the dense model is the reference)."""
+    from hlm_gym.environments.wdmoe.config import make_config
+    from hlm_gym.environments.wdmoe.simulation import build_simulation
+    from hlm_gym.harness.errors import EvaluationError
+    from hlm_gym.harness.results import EvaluationResult, summarize_episodes
+    from hlm_gym.harness.wdmoe_live import run_live, sequences_from_traces
+
+    kwargs = env_kwargs(settings, split)
+    config, _ = make_config(kwargs)
+    sim = build_simulation(config)
+    env = make_vector_env(env_id, 1, kwargs)  # the spaces and context the policy is built for
+    try:
+        pol, ctx = WDMOE.policy_for(policy, env, env_id, seed=seed, traces=settings.traces, overrides=policy_context)
+    finally:
+        env.close()
+    seqs = sequences_from_traces(sim.traces)
+    if not seqs:
+        raise EvaluationError(f"the {split} trace has no sequences")
+    chosen = [seqs[j % len(seqs)] for j in range(episodes)]
+    if moe is None:
+        moe = load_live_moe()
+    run = run_live(moe, sim, pol, chosen, seed=seed, batch_size=batch_size)
+    eps = [{"env": 0, "episode": j} | ep for j, ep in enumerate(run.episodes)]
+    for ep in eps:
+        ep["reward_per_step"] = math.nan  # live mode reports the measured loss, not the reward
+    corr = _correlation(run.token_proxy, run.token_nll_increase)
+    cfg = {"policy": policy if isinstance(policy, str) else repr(policy), "env_id": env_id,
+           "scenario": settings.scenario, "split": split, "episodes": episodes, "seed": seed, "mode": "live",
+           "risk_weight": ctx.risk_weight, "risk_target": ctx.risk_target, "latency_ref_s": ctx.latency_ref,
+           "wall_s": round(run.wall_s, 3), "token_proxy_vs_nll_increase_pearson": corr}
+    return EvaluationResult(config=cfg, episodes=eps, summary=summarize_episodes(eps, METRICS + ("nll_increase",
+                                                                                                 "dense_perplexity")),
+                            policy=pol.describe())
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of two samples (NaN when either is constant or too short)."""
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
 WDMOE = EnvFamily(
     name="wdmoe",
     env_ids=WDMOE_ENV_IDS,
@@ -216,7 +275,7 @@ WDMOE = EnvFamily(
     sweep_family=SWEEP_FAMILY,
     shared_policy_context=shared_policy_context,
     check_data=check_data,
-    evaluate_live=None,
+    evaluate_live=evaluate_live,
     load_scenario=load_scenario,
     make_torch_env=make_torch_env,
     reward_defaults=reward_defaults,

@@ -147,13 +147,14 @@ class WDMoEKernel:
         return rewards, term, info
 
     # ------------------------------------------------------------------ observations and metrics
-    def observe(self, obs: Any, idx: Any = ALL, row: Optional[Any] = None) -> None:
+    def observe(self, obs: Any, idx: Any = ALL, row: Optional[Any] = None, scores: Optional[Any] = None) -> None:
         """Write the observations of environments ``idx`` into ``obs`` (``row``: their trace rows,
-        default the current ones; an ended episode observes its last row)."""
+        default the current ones; an ended episode observes its last row; ``scores``: the gate
+        weights to show instead of the trace's, live mode's)."""
         xp = self.xp
         E = self.n_experts
         r = self.row[idx] if row is None else row[idx]
-        obs[idx, :E] = self.scores[r]
+        obs[idx, :E] = self.scores[r] if scores is None else scores
         obs[idx, E:2 * E] = xp.f32(xp.minimum(self.expert_s[self.channel_rows(idx)] / self.ref, TIME_CLIP))
         obs[idx, 2 * E] = xp.f32(xp.f64(self.layer_of[r]) * self.inv_layers)
         obs[idx, 2 * E + 1] = xp.f32(xp.minimum(xp.f64(self.position_of[r]) * self.inv_tokens, 1.0))
