@@ -14,6 +14,10 @@ __all__ = ["register"]
 def _run(args: argparse.Namespace) -> int:
     from hlm_gym.harness.checks import check_out_dir
     from hlm_gym.harness.evaluation import check_evaluation, evaluate, format_table, write_outputs
+    from hlm_gym.harness.families import default_scenario
+
+    if args.scenario is None:
+        args.scenario = default_scenario(args.env_id, "static-good")
 
     check_evaluation(args.policy, env_id=args.env_id, scenario=args.scenario, split=args.split, episodes=args.episodes,
                      seed=args.seed, mode=args.mode, num_envs=args.num_envs, reference=args.reference)
@@ -35,9 +39,11 @@ def register(subparsers: Any) -> None:
                                               description=__doc__.splitlines()[0].split(": ", 1)[1]))
     p.add_argument("--policy", required=True,
                    help="policy spec: always, never, random:R, threshold:U, uhlm[:prone], bild[:A], calm[:L], "
-                        "ltt[:delta=D,eps=E], channel-aware[:lambda=L,target=R], ppo:PATH.zip")
+                        "ltt[:delta=D,eps=E], channel-aware[:lambda=L,target=R], ppo:PATH.zip; "
+                        "hlm_gym/WDMoE-v0: topk:K, wlr:T[,k=K], myopic[:lambda=L], ppo:PATH.zip")
     add_env_argument(p)
-    p.add_argument("--scenario", default="static-good", help="scenario name or YAML path (default static-good)")
+    p.add_argument("--scenario", default=None,
+                   help="scenario name or YAML path (default static-good; hlm_gym/WDMoE-v0: close-static)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"))
     p.add_argument("--episodes", type=positive_int, default=100)
     p.add_argument("--seed", type=seed, default=0, help="random seed, an integer >= 0 (default 0)")

@@ -68,9 +68,11 @@ def _run(args: argparse.Namespace) -> int:
     from hlm_gym.harness.errors import TrainingError
     from hlm_gym.harness.training import TrainConfig, format_summary, train
 
+    from hlm_gym.harness.families import default_scenario
+
     args.scenario_given = args.scenario is not None
     if args.scenario is None:
-        args.scenario = "pedestrian"
+        args.scenario = default_scenario(args.env_id, "pedestrian")
     if args.trainer == "population":
         from hlm_gym.harness.population import format_population_summary, train_population
 
@@ -110,7 +112,7 @@ def register(subparsers: Any) -> None:
                         "x --risk-targets x --seeds) trained together as one batched run on --device, each agent's "
                         "files in <out>/<agent-name>/")
     add_env_argument(p)
-    p.add_argument("--scenario", default=None, help="scenario name or YAML path (default pedestrian)")
+    p.add_argument("--scenario", default=None, help="scenario name or YAML path (default pedestrian; hlm_gym/WDMoE-v0: close-static)")
     add_risk_weight_argument(p)
     p.add_argument("--risk-target", type=unit_float, default=None,
                    help="the env's risk_target R: a skip costs lambda * (beta - R), the Lagrangian of 'mean "

@@ -12,7 +12,7 @@ from hlm_gym.harness.hybrid_lm import HYBRID_LM
 from hlm_gym.harness.wdmoe import WDMOE
 from hlm_gym.policies.context import DEFAULT_ENV_ID
 
-__all__ = ["FAMILIES", "DEFAULT_ENV_ID", "env_ids", "family_for"]
+__all__ = ["FAMILIES", "DEFAULT_ENV_ID", "env_ids", "family_for", "default_scenario"]
 
 FAMILIES: tuple[EnvFamily, ...] = (HYBRID_LM, WDMOE)
 
@@ -28,3 +28,10 @@ def family_for(env_id: str) -> EnvFamily:
         if env_id in fam.env_ids:
             return fam
     raise UnknownEnvError(f"unknown env id {env_id!r}; known: {', '.join(env_ids())}")
+
+
+def default_scenario(env_id: str, fallback: str) -> str:
+    """The scenario a command uses for ``env_id`` when none is given: ``fallback`` for a family without
+    compare defaults of its own (HybridLM), else the first of its default scenarios."""
+    defaults = family_for(env_id).compare_defaults
+    return str(defaults["scenarios"][0]) if defaults else fallback
