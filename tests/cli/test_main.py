@@ -31,7 +31,7 @@ def test_import_hlm_gym_defers_gymnasium_but_still_registers_the_envs() -> None:
     code = ("import sys, hlm_gym; light = 'gymnasium' not in sys.modules; import gymnasium as gym; "
             "env = gym.make('hlm_gym/HybridLM-v0'); env.reset(seed=0); "
             "print(light, sorted(e for e in gym.registry if e.startswith('hlm_gym/')))")
-    assert _run_python(code) == "True ['hlm_gym/HybridLM-v0', 'hlm_gym/HybridLMCompressed-v0']"
+    assert _run_python(code) == "True ['hlm_gym/HybridLM-v0', 'hlm_gym/HybridLMCompressed-v0', 'hlm_gym/WDMoE-v0']"
     code = "import gymnasium as gym, hlm_gym; print('hlm_gym/HybridLMCompressed-v0' in gym.registry)"
     assert _run_python(code) == "True"
 
