@@ -14,14 +14,14 @@ import sys
 from typing import Any, Sequence
 
 from hlm_gym import __version__
-from hlm_gym.cli import compare, evaluate, generate, slm, traces, train
+from hlm_gym.cli import compare, evaluate, generate, moe, slm, traces, train
 from hlm_gym.cli.argtypes import one_line_errors
 from hlm_gym.errors import HLMGymError
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 #: The command modules, in the order ``--help`` lists their commands.
-COMMAND_MODULES = (generate, traces, slm, evaluate, train, compare)
+COMMAND_MODULES = (generate, traces, slm, moe, evaluate, train, compare)
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every command's sub-parser (imports no heavy library)."""
