@@ -11,13 +11,22 @@ from hlm_gym.cli.argtypes import (add_env_argument, add_threads_argument, apply_
 
 __all__ = ["register"]
 
+
+def int_list(text: str) -> list[int]:
+    """Comma-separated whole numbers (``1e2`` accepted), e.g. ``--topk 1,2,8``."""
+    values = float_list(text)
+    if not values or any(not float(v).is_integer() for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}")
+    return [int(v) for v in values]
+
+
 def _run(args: argparse.Namespace) -> int:
     from hlm_gym.harness.compare import CompareConfig, compare
 
     def opt(values):
         return None if values is None else tuple(values)
 
-    cfg = CompareConfig(scenarios=tuple(args.scenarios), risk_weights=opt(args.risk_weights),
+    cfg = CompareConfig(scenarios=opt(args.scenarios), risk_weights=opt(args.risk_weights),
                         risk_targets=opt(args.risk_targets), target_risk_weight=args.target_risk_weight,
                         timesteps=args.timesteps, full=args.full, thresholds=opt(args.thresholds),
                         ltt_deltas=opt(args.ltt_deltas), bild_alphas=opt(args.bild_alphas),
@@ -25,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
                         trainer=args.trainer, device=args.device,
                         env_backend=args.env_backend, n_envs=args.n_envs, traces=args.traces, out=args.out,
                         progress=True, overrides=dict(args.overrides), jobs=args.jobs, resume=args.resume,
-                        env_id=args.env_id)
+                        env_id=args.env_id, topk=opt(args.topk), live=args.live, live_episodes=args.live_episodes)
     apply_threads(args.threads)
     compare(cfg)
     return 0
@@ -39,14 +48,19 @@ def register(subparsers: Any) -> None:
         return ",".join(f"{x:g}" for x in d[key])
     p = one_line_errors(subparsers.add_parser("compare", help="the main job: learned PPO vs analytic thresholds on the test split",
                               description="Train PPO over sweeps of the reward (risk weights lambda; risk targets R), "
-                                          "sweep the U-HLM, Learn-then-Test and channel-aware thresholds, evaluate all "
+                                          "sweep the env family's analytic rules (HybridLM: U-HLM, Learn-then-Test, "
+                                          "BiLD, CALM and channel-aware thresholds; WDMoE: weight-to-latency ratio, "
+                                          "gate top-k, myopic channel-aware), evaluate all "
                                           "on the test split per scenario; write a table (terminal/Markdown/CSV), "
-                                          "Pareto plots and TensorBoard logs. Every flag is checked before any "
+                                          "Pareto plots and TensorBoard logs. Defaults below are the HybridLM "
+                                          "family's; another --env uses its family's own scenarios and sweeps, and "
+                                          "refuses sweep flags that do not apply to it. Every flag is checked before any "
                                           "work; --out is locked while the comparison runs and its results are "
                                           "replaced only when the whole comparison completes."))
     add_env_argument(p)
-    p.add_argument("--scenarios", type=str_list, default=list(d["scenarios"]),
-                   help=f"comma-separated scenarios (default {','.join(d['scenarios'])})")
+    p.add_argument("--scenarios", type=str_list, default=None,
+                   help=f"comma-separated scenarios (default {','.join(d['scenarios'])}; other env families: "
+                        f"theirs, e.g. WDMoE's fleets close-static,mixed-vehicular)")
     p.add_argument("--risk-weights", dest="risk_weights", type=float_list, default=None, metavar="L1,L2,...",
                    help=f"PPO risk weights lambda of the error-rate runs, risk_target 0 (default {nums('risk_weights')}; "
                         f"--full: {nums('full_risk_weights')}; 'none' for no such runs)")
@@ -64,15 +78,25 @@ def register(subparsers: Any) -> None:
     p.add_argument("--full", action="store_true",
                    help="the large budget (more steps, risk weights and risk targets)")
     p.add_argument("--thresholds", type=float_list, default=None,
-                   help="U-HLM u_th sweep, comma-separated values in [0, 1] (default: 16 values from 0 to 1)")
+                   help="the reference rule's threshold sweep, comma-separated values in [0, 1]: HybridLM's U-HLM "
+                        "u_th (default: 16 values from 0 to 1), WDMoE's weight-to-latency ratio T (default: its "
+                        "family's)")
     p.add_argument("--ltt-deltas", type=float_list, default=None,
-                   help=f"Learn-then-Test risk levels delta, comma-separated values in (0, 1) (default {nums('ltt_deltas')})")
+                   help=f"HybridLM only: Learn-then-Test risk levels delta, comma-separated values in (0, 1) (default {nums('ltt_deltas')})")
     p.add_argument("--bild-alphas", type=float_list, default=None,
-                   help=f"BiLD fallback sweep (send iff top-1 probability < alpha), values in [0, 1] (default "
+                   help=f"HybridLM only: BiLD fallback sweep (send iff top-1 probability < alpha), values in [0, 1] (default "
                         f"{nums('bild_alphas')}; 'none' for no such rules)")
     p.add_argument("--calm-lambdas", type=float_list, default=None,
-                   help=f"CALM softmax-margin sweep (send iff margin < lambda(t)), values in [0, 1] (default "
+                   help=f"HybridLM only: CALM softmax-margin sweep (send iff margin < lambda(t)), values in [0, 1] (default "
                         f"{nums('calm_lambdas')}; 'none' for no such rules)")
+    p.add_argument("--topk", type=int_list, default=None, metavar="K1,K2,...",
+                   help="WDMoE only: the gate's top-K rules, whole numbers of experts (default: its family's)")
+    p.add_argument("--live", action="store_true",
+                   help="also run every policy in the env family's live mode on the test split and add its live "
+                        "metrics to the rows (WDMoE: perplexity of the real MoE with the policy's selections); "
+                        "not for HybridLM (its live mode is too slow for a sweep: use hlm-gym evaluate --mode live)")
+    p.add_argument("--live-episodes", type=positive_int, default=None,
+                   help="--live: episodes per policy (default: --episodes)")
     p.add_argument("--episodes", type=positive_int, default=None, help="test episodes per policy and scenario")
     p.add_argument("--seed", type=seed, default=0, help="random seed, an integer >= 0 (default 0); the PPO runs "
                    "use seeds --seed .. --seed + --seeds - 1, the test episodes --seed + 20000")

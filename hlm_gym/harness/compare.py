@@ -29,6 +29,18 @@ policies, see :mod:`hlm_gym.harness.hybrid_lm`):
    possible at all: near risk 0.5 the reference is skipping every token). The same check is
    repeated with the error rate as the risk axis.
 
+That is the HybridLM family's comparison. Every env family runs the same job with its own pieces
+(:class:`~hlm_gym.harness.family.EnvFamily`): its defaults (``compare_defaults``: scenarios,
+reward sweeps, the reference rule's ``thresholds`` and its other sweeps; a sweep flag it has no
+default for does not apply to it and is refused), its analytic policies and reference sweep
+(``analytic_policies``, ``sweep_family``), the matched-risk axis (``risk_metric``) and the
+secondary one (``error_metric``, ``None``: no secondary check), the rows' metrics
+(``row_metrics``, ``ci_metrics``) and its words (``labels``, ``plot_styles``, ``table_columns``).
+``hlm_gym/WDMoE-v0``, for instance, sweeps the weight-to-latency ratio threshold (``wlr:T``)
+and the gate's top-k, and checks tokens/s at matched quality loss. With ``live`` (a family with
+``live_metrics`` and an ``evaluate_live``), each policy is also run in the family's live mode on
+the test split and its live metrics (WDMoE: perplexity) join its row.
+
 Outputs in ``--out``: ``results.csv``, ``results.md`` (table and dominance), ``dominance.csv``,
 ``pareto-<scenario>.png``, ``compare.json``, the training runs (``runs/<scenario>/lambda<L>-seed<S>/``,
 TensorBoard logs under ``tb/`` there). The tables' ``lambda`` column is the risk weight of the
@@ -60,9 +72,9 @@ import numpy as np
 
 from hlm_gym.harness.checks import (check_choice, check_int, check_number, check_out_dir, check_scenarios, check_seed,
                                     check_sweep)
-from hlm_gym.harness.compare_defaults import DEFAULTS
+from hlm_gym.harness.compare_defaults import DEFAULTS, SWEEP_FLAGS, family_defaults
 from hlm_gym.harness.compare_plot import pareto_png
-from hlm_gym.harness.errors import CompareError
+from hlm_gym.harness.errors import CompareError, UnknownEnvError
 from hlm_gym.harness.families import DEFAULT_ENV_ID, family_for
 from hlm_gym.harness.front import analytic_front
 from hlm_gym.harness.hybrid_lm import SWEEP_FAMILY, reward_label
@@ -72,8 +84,9 @@ from hlm_gym.harness.seeds import SEED_FAMILY, aggregate_seeds, seed_row
 from hlm_gym.paths import atomic_write_bytes
 from hlm_gym.policies.base import PolicyError
 
-__all__ = ["DEFAULTS", "CompareConfig", "compare", "check_config", "command_line", "dominance", "analytic_front",
-           "result_row", "config_from_saved", "finished_run", "render_outputs", "write_outputs"]
+__all__ = ["DEFAULTS", "CompareConfig", "compare", "check_config", "command_line", "dominance", "dominance_checks",
+           "analytic_front", "result_row", "config_from_saved", "finished_run", "render_outputs", "write_outputs",
+           "columns_for", "compare_defaults_for"]
 
 TRAINERS = ("population", "sb3")
 MATCH_TOL = 0.10  # matched risk: within 10% relative
@@ -81,13 +94,21 @@ GAIN_TARGET = 0.10  # the issue's claim: >= 10% more tokens/s at matched risk
 ANALYTIC_FAMILY = SWEEP_FAMILY  # the default env family's reference sweep (the U-HLM thresholds)
 #: Keys of compare.json files written before the risk weight had one name.
 LEGACY_KEYS = {"lambdas": "risk_weights", "target_lambda": "target_risk_weight"}
+#: Settings added for other env families, recorded in compare.json only when not at these defaults
+#: (so a comparison that does not use them writes the same file as before they existed).
+OPTIONAL_FIELDS: dict[str, Any] = {"topk": None, "live": False, "live_episodes": None}
+
+
+def compare_defaults_for(env_id: str) -> dict[str, Any]:
+    """compare's defaults for ``env_id``'s env family (:func:`~hlm_gym.harness.compare_defaults.family_defaults`)."""
+    return family_defaults(family_for(env_id).compare_defaults)
 
 
 @dataclass
 class CompareConfig:
-    """The settings of one comparison (the flags of ``hlm-gym compare``)."""
+    """The settings of one comparison (the flags of ``hlm-gym compare``; ``None``: the env family's default)."""
 
-    scenarios: tuple[str, ...] = DEFAULTS["scenarios"]
+    scenarios: Optional[tuple[str, ...]] = None  # None: the env family's default scenarios
     risk_weights: Optional[tuple[float, ...]] = None  # error-rate runs (risk_target 0); () for none
     risk_targets: Optional[tuple[float, ...]] = None  # matched-risk runs at target_risk_weight; () for none
     target_risk_weight: float = DEFAULTS["target_risk_weight"]
@@ -113,29 +134,46 @@ class CompareConfig:
     env_id: str = DEFAULT_ENV_ID
     eval_episodes: int = DEFAULTS["eval_episodes"]
     overrides: Optional[dict] = None  # PPO hyperparameter overrides (on top of agents/ppo.yml)
+    topk: Optional[tuple[int, ...]] = None  # WDMoE: the gate's top-k rules (K experts each)
+    live: bool = False  # also evaluate every policy in the family's live mode (its live metrics join the rows)
+    live_episodes: Optional[int] = None  # live episodes per policy (None: the test episodes)
+
+    def __post_init__(self) -> None:
+        if self.scenarios is None:  # the family's; an unknown env id is refused by check_config
+            with contextlib.suppress(UnknownEnvError):
+                self.scenarios = tuple(compare_defaults_for(self.env_id)["scenarios"])
+
+    def defaults(self) -> dict[str, Any]:
+        """compare's defaults for this comparison's env family (:func:`compare_defaults_for`)."""
+        return compare_defaults_for(self.env_id)
 
     def resolved(self) -> dict[str, Any]:
         full = self.full
+        d = self.defaults()
 
         def pick(value, key):
-            return tuple(value) if value is not None else tuple(DEFAULTS[("full_" if full else "") + key])
+            return tuple(value) if value is not None else tuple(d[("full_" if full else "") + key])
 
         def pick_plain(value, key):
-            return tuple(value) if value is not None else tuple(DEFAULTS[key])
+            return tuple(value) if value is not None else tuple(d[key])
 
         weights, targets = pick(self.risk_weights, "risk_weights"), pick(self.risk_targets, "risk_targets")
-        return {"scenarios": tuple(self.scenarios),
-                "risk_weights": weights, "risk_targets": targets, "target_risk_weight": float(self.target_risk_weight),
-                # the PPO runs: (risk_weight, risk_target)
-                "ppo_runs": tuple((float(w), 0.0) for w in weights)
-                            + tuple((float(self.target_risk_weight), float(t)) for t in targets),
-                "seeds": tuple(int(self.seed) + i for i in range(int(self.seeds))),
-                "timesteps": int(self.timesteps or (DEFAULTS["full_timesteps"] if full else DEFAULTS["timesteps"])),
-                "thresholds": tuple(self.thresholds) if self.thresholds is not None else tuple(DEFAULTS["thresholds"]),
-                "ltt_deltas": tuple(self.ltt_deltas) if self.ltt_deltas is not None else tuple(DEFAULTS["ltt_deltas"]),
-                "bild_alphas": pick_plain(self.bild_alphas, "bild_alphas"),
-                "calm_lambdas": pick_plain(self.calm_lambdas, "calm_lambdas"),
-                "episodes": int(self.episodes or (DEFAULTS["full_episodes"] if full else DEFAULTS["episodes"]))}
+        rc = {"scenarios": tuple(self.scenarios or ()),
+              "risk_weights": weights, "risk_targets": targets, "target_risk_weight": float(self.target_risk_weight),
+              # the PPO runs: (risk_weight, risk_target)
+              "ppo_runs": tuple((float(w), 0.0) for w in weights)
+                          + tuple((float(self.target_risk_weight), float(t)) for t in targets),
+              "seeds": tuple(int(self.seed) + i for i in range(int(self.seeds))),
+              "timesteps": int(self.timesteps or (d["full_timesteps"] if full else d["timesteps"]))}
+        for key in SWEEP_FLAGS:  # the analytic sweeps of this family (HybridLM: thresholds, ltt_deltas, bild, calm)
+            if key in d:
+                rc[key] = pick_plain(getattr(self, key), key)
+        if "topk" in rc:
+            rc["topk"] = tuple(int(k) for k in rc["topk"])
+        rc["episodes"] = int(self.episodes or (d["full_episodes"] if full else d["episodes"]))
+        if self.live:
+            rc["live_episodes"] = int(self.live_episodes or rc["episodes"])
+        return rc
 
 
 # ------------------------------------------------------------------------------------ front
@@ -280,6 +318,7 @@ def check_config(config: CompareConfig) -> dict[str, Any]:
 
     family = family_for(config.env_id)
     check_algo(config.algo)
+    _check_applicable(config, family)
     check_scenarios(config.scenarios, "--scenarios", CompareError, family.load_scenario)
     _check_sweeps(config)
     for flag, value in (("--timesteps", config.timesteps), ("--episodes", config.episodes),
@@ -287,6 +326,8 @@ def check_config(config: CompareConfig) -> dict[str, Any]:
         if value is not None:
             check_int(value, flag, 1, error=CompareError)
     check_int(config.eval_episodes, "--eval-episodes", 1, error=CompareError)
+    if config.live_episodes is not None:
+        check_int(config.live_episodes, "--live-episodes", 1, error=CompareError)
     check_int(config.jobs, "--jobs", 0, error=CompareError)
     check_seed(config.seed, "--seed", CompareError)
     check_int(config.seeds, "--seeds", 1, error=CompareError)
@@ -309,6 +350,23 @@ def check_config(config: CompareConfig) -> dict[str, Any]:
     return rc
 
 
+def _check_applicable(config: CompareConfig, family: Any) -> None:
+    """Refuse (one line) a sweep flag given for a family it does not apply to (e.g. ``--ltt-deltas``
+    for WDMoE), and ``live`` for a family compare has no live mode for."""
+    d = config.defaults()
+    words = _labels(family)
+    for key, flag in SWEEP_FLAGS.items():
+        if getattr(config, key) is not None and key not in d:
+            raise CompareError(f"{flag} does not apply to {config.env_id} (its analytic rules: {words['rules']}); "
+                               f"leave it out")
+    if config.live_episodes is not None and not config.live:
+        raise CompareError("--live-episodes needs --live")
+    if config.live and not (family.live_metrics and family.evaluate_live is not None):
+        why = words.get("no_live") or ("its family has no live evaluation yet" if family.live_metrics else
+                                       "its family has no live metrics for compare")
+        raise CompareError(f"--live: compare has no live mode for {config.env_id}: {why}")
+
+
 def _check_sweeps(config: CompareConfig) -> None:
     """The sweep lists given (None: the defaults): risk weights finite >= 0 and risk targets in
     [0, 1] (empty: no such runs), thresholds in [0, 1] and LTT deltas in (0, 1) (never empty);
@@ -324,6 +382,11 @@ def _check_sweeps(config: CompareConfig) -> None:
     for flag, values in (("--bild-alphas", config.bild_alphas), ("--calm-lambdas", config.calm_lambdas)):
         if values is not None:
             check_sweep(values, flag, 0, 1, allow_empty=True)
+    if config.topk is not None:
+        check_sweep(config.topk, "--topk", 1)
+        bad = next((k for k in config.topk if not float(k).is_integer()), None)
+        if bad is not None:
+            raise CompareError(f"--topk: expected whole numbers of experts >= 1, got {bad:g}")
     has_targets = config.risk_targets is None or len(config.risk_targets) > 0
     check_number(config.target_risk_weight, "--target-risk-weight", 0, lo_open=has_targets, error=CompareError)
 
@@ -465,28 +528,56 @@ def _stop_workers(pool: Any, futures: list[Any], grace_s: float = 30.0) -> None:
             p.terminate()
 
 
+def _metrics_of(metrics: Optional[Sequence[str]], ci: Optional[Sequence[str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(metrics, ci)``, the default env family's ``row_metrics``/``ci_metrics`` where ``None``."""
+    default = family_for(DEFAULT_ENV_ID)
+    return (tuple(default.row_metrics if metrics is None else metrics),
+            tuple(default.ci_metrics if ci is None else ci))
+
+
+def _half_width(stats: dict[str, Any]) -> float:
+    """The 95% half-width of a summary's ``ci_low``/``ci_high``."""
+    return (float(stats["ci_high"]) - float(stats["ci_low"])) / 2
+
+
 def result_row(scenario: str, family: str, policy: str, res: Any, risk_weight: Optional[float] = None,
-               param: Any = None) -> dict[str, Any]:
+               param: Any = None, *, metrics: Optional[Sequence[str]] = None,
+               ci: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """One results-table row of an :class:`~hlm_gym.harness.evaluation.EvaluationResult` (means and 95%
-    half-widths; the ``lambda`` column is the risk weight)."""
+    half-widths; the ``lambda`` column is the risk weight). ``family`` is the row's policy family;
+    ``metrics``/``ci``: the env family's ``row_metrics``/``ci_metrics`` (default: the HybridLM family's),
+    NaN where the result has none."""
+    metrics, ci = _metrics_of(metrics, ci)
     s = res.summary
     row = {"scenario": scenario, "family": family, "policy": policy, "lambda": risk_weight, "param": param}
-    for m in ("tokens_per_s", "risk", "error_rate", "skip_rate", "transmission_rate", "energy_j_per_token"):
+    for m in metrics:
         row[m] = float(s[m]["mean"]) if m in s else math.nan
-        if m in ("tokens_per_s", "risk", "error_rate"):
-            row[m + "_ci"] = (float(s[m]["ci_high"]) - float(s[m]["ci_low"])) / 2 if m in s else math.nan
+        if m in ci:
+            row[m + "_ci"] = _half_width(s[m]) if m in s else math.nan
     row["episodes"] = int(s["tokens_per_s"]["n"]) if "tokens_per_s" in s else 0
     return row
 
 
+def merge_live(row: dict[str, Any], res: Any, live_metrics: Sequence[str]) -> dict[str, Any]:
+    """``row`` with the ``live_metrics`` of a live evaluation ``res`` (mean as ``m``, 95% half-width
+    as ``m_ci``; NaN where ``res`` has none) and its episode count as ``live_episodes``."""
+    s = res.summary
+    for m in live_metrics:
+        row[m] = float(s[m]["mean"]) if m in s else math.nan
+        row[m + "_ci"] = _half_width(s[m]) if m in s else math.nan
+    row["live_episodes"] = int(s[live_metrics[0]]["n"]) if live_metrics and live_metrics[0] in s else 0
+    return row
+
+
 def _undefined_row(scenario: str, family: str, policy: str, risk_weight: Optional[float], param: Any,
-                   exc: BaseException) -> dict[str, Any]:
+                   exc: BaseException, metrics: Optional[Sequence[str]] = None,
+                   ci: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """A policy that cannot be built on these traces: NaN metrics and the reason."""
+    metrics, ci = _metrics_of(metrics, ci)
     row = {"scenario": scenario, "family": family, "policy": policy, "lambda": risk_weight, "param": param,
            "episodes": 0,
            "note": f"undefined: {str(exc).splitlines()[0]}"}
-    for m in ("tokens_per_s", "risk", "error_rate", "skip_rate", "transmission_rate", "energy_j_per_token",
-              "tokens_per_s_ci", "risk_ci", "error_rate_ci"):
+    for m in (*metrics, *(m + "_ci" for m in metrics if m in ci)):
         row[m] = math.nan
     return row
 
@@ -520,7 +611,8 @@ def _compare(config: CompareConfig, rc: dict[str, Any], out: Path, t0: float) ->
     family = family_for(config.env_id)
     analytic = family.analytic_policies(rc)
     todo = sweep_runs(rc)
-    bar = _progress(config.progress, 2 * len(todo) + len(rc["scenarios"]) * len(analytic), "compare")
+    evaluations = len(todo) + len(rc["scenarios"]) * len(analytic)
+    bar = _progress(config.progress, len(todo) + evaluations * (2 if config.live else 1), "compare")
     try:
         # 1. PPO over the reward sweep x seeds (trained on train)
         infos = _train_runs(config, rc, out, todo, bar)
@@ -531,11 +623,10 @@ def _compare(config: CompareConfig, rc: dict[str, Any], out: Path, t0: float) ->
     finally:
         if bar is not None:
             bar.close()
-    dom = [d for sc in rc["scenarios"] for d in dominance(rows, sc, reference=family.sweep_family)]
-    dom_err = [d for sc in rc["scenarios"] for d in dominance(rows, sc, "error_rate", family.sweep_family)]
+    dom, dom_err = dominance_checks(rows, rc["scenarios"], config.env_id)
     wall = time.perf_counter() - t0
     files = write_outputs(out, rows, dom + dom_err, runs, rc, config, wall)
-    _report(rows, dom, dom_err, files, wall)
+    _report(rows, dom, dom_err, files, wall, config.env_id)
     return {"rows": rows, "dominance": dom, "dominance_error_rate": dom_err, "runs": runs, "files": files,
             "wall_s": wall}
 
@@ -558,16 +649,47 @@ def _train_runs(config: CompareConfig, rc: dict[str, Any], out: Path, todo: list
     return _train_all(configs, config.jobs or auto_jobs(len(configs)), bar, config.resume)
 
 
+def dominance_checks(rows: list[dict[str, Any]], scenarios: Sequence[str], env_id: str = DEFAULT_ENV_ID
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(main, secondary)``: the dominance records of every scenario against ``env_id``'s family's
+    reference sweep, at matched ``risk_metric`` and at matched ``error_metric`` (empty when ``None``)."""
+    family = family_for(env_id)
+    main = [d for sc in scenarios for d in dominance(rows, sc, family.risk_metric, family.sweep_family)]
+    second = ([] if family.error_metric is None else
+              [d for sc in scenarios for d in dominance(rows, sc, family.error_metric, family.sweep_family)])
+    return main, second
+
+
+def _live(config: CompareConfig, rc: dict[str, Any], family: Any, policy: str, scenario: str,
+          risk_weight: Optional[float], policy_context: Any, bar: Any) -> Any:
+    """``policy`` in ``family``'s live mode on the test split (``rc["live_episodes"]`` episodes at the
+    test seed, the same settings as its trace evaluation)."""
+    from hlm_gym.harness.family import EnvSettings
+
+    if bar is not None:
+        bar.set_description(f"live {scenario} {policy}")
+    res = family.evaluate_live(policy, env_id=config.env_id,
+                               settings=EnvSettings(scenario=scenario, risk_weight=risk_weight, traces=config.traces),
+                               split="test", episodes=rc["live_episodes"], seed=config.seed + 20_000,
+                               policy_context=policy_context)
+    if bar is not None:
+        bar.update(1)
+    return res
+
+
 def _evaluate_ppo(config: CompareConfig, rc: dict[str, Any], sc: str, runs: list[dict[str, Any]], ev: dict[str, Any],
-                  bar: Any) -> list[dict[str, Any]]:
+                  bar: Any, family: Any = None) -> list[dict[str, Any]]:
     """Each PPO model of scenario ``sc`` on the test episodes (all of them in one batch where they
     stack, :func:`~hlm_gym.harness.population_eval.evaluate_models`; else one by one), one per-seed row
-    each, then one row per reward setting: the mean over seeds (:mod:`hlm_gym.harness.seeds`)."""
+    each (with ``config.live``, each model's live metrics merged in), then one row per reward
+    setting: the mean over seeds of the env family's metrics (:mod:`hlm_gym.harness.seeds`)."""
     from hlm_gym.harness.evaluation import evaluate
     from hlm_gym.harness.family import EnvSettings
     from hlm_gym.harness.population_eval import evaluate_models
     from hlm_gym.harness.results import EvaluationResult
 
+    family = family or family_for(config.env_id)
+    metrics = {"metrics": family.row_metrics, "ci": family.ci_metrics}
     if bar is not None:
         bar.set_description(f"test {sc}: {len(runs)} PPO models")
     settings = EnvSettings(scenario=sc, traces=config.traces)
@@ -581,11 +703,15 @@ def _evaluate_ppo(config: CompareConfig, rc: dict[str, Any], sc: str, runs: list
         else:
             res = evaluate(f"ppo:{run['model']}", scenario=sc, risk_weight=run["risk_weight"], **ev)
         label = reward_label(run["risk_weight"], run["risk_target"])
-        rows.append(seed_row(result_row(sc, "ppo", f"ppo:{label}", res, run["risk_weight"], run["risk_target"]),
-                             run["seed"]))
+        rows.append(seed_row(result_row(sc, "ppo", f"ppo:{label}", res, run["risk_weight"], run["risk_target"],
+                                        **metrics), run["seed"]))
         if bar is not None:
             bar.update(1)
-    return aggregate_seeds(rows) + rows
+    if config.live:
+        for row, run in zip(rows, runs):
+            merge_live(row, _live(config, rc, family, f"ppo:{run['model']}", sc, run["risk_weight"], None, bar),
+                       family.live_metrics)
+    return aggregate_seeds(rows, metrics=family.row_metrics, with_ci=family.ci_metrics) + rows
 
 
 def _evaluate_all(config: CompareConfig, rc: dict[str, Any], runs: list[dict[str, Any]], analytic: list[Any],
@@ -597,31 +723,40 @@ def _evaluate_all(config: CompareConfig, rc: dict[str, Any], runs: list[dict[str
     ev = {"env_id": config.env_id, "split": "test", "episodes": rc["episodes"], "seed": config.seed + 20_000,
           "traces": config.traces}
     shared = family.shared_policy_context(config.traces)  # computed once (HybridLM: the U-HLM fit)
+    metrics = {"metrics": family.row_metrics, "ci": family.ci_metrics}
     rows: list[dict[str, Any]] = []
     for sc in rc["scenarios"]:
-        rows += _evaluate_ppo(config, rc, sc, [r for r in runs if r["scenario"] == sc], ev, bar)
+        rows += _evaluate_ppo(config, rc, sc, [r for r in runs if r["scenario"] == sc], ev, bar, family)
         for a in analytic:
             if bar is not None:
                 bar.set_description(f"test {sc} {a.spec}")
             try:
                 r = evaluate(a.spec, scenario=sc, risk_weight=a.risk_weight, policy_context=shared, **ev)
-                rows.append(result_row(sc, a.family, a.spec, r, a.risk_weight, a.param))
+                row = result_row(sc, a.family, a.spec, r, a.risk_weight, a.param, **metrics)
             except PolicyError as exc:  # e.g. U-HLM thresholds undefined when beta does not grow with u
-                rows.append(_undefined_row(sc, a.family, a.spec, a.risk_weight, a.param, exc))
+                row = _undefined_row(sc, a.family, a.spec, a.risk_weight, a.param, exc, **metrics)
             if bar is not None:
                 bar.update(1)
+            if config.live:
+                if not row.get("note"):
+                    merge_live(row, _live(config, rc, family, a.spec, sc, a.risk_weight, shared, bar),
+                               family.live_metrics)
+                elif bar is not None:
+                    bar.update(1)
+            rows.append(row)
     return rows
 
 
 def _report(rows: list[dict[str, Any]], dom: list[dict[str, Any]], dom_err: list[dict[str, Any]],
-            files: dict[str, Path], wall: float) -> None:
+            files: dict[str, Path], wall: float, env_id: str = DEFAULT_ENV_ID) -> None:
     """The tables, the dominance checks and the files written, on the terminal."""
-    print(format_table(rows))
+    print(format_table(rows, env_id=env_id))
     print()
-    print(format_dominance(dom))
+    print(format_dominance(dom, env_id=env_id))
     print()
-    print(format_dominance(dom_err))
-    print()
+    if family_for(env_id).error_metric is not None:
+        print(format_dominance(dom_err, env_id=env_id))
+        print()
     print(f"compare finished in {wall / 60:.1f} min; files written:")
     for k, v in files.items():
         print(f"  {k:<14} {v}")
@@ -636,13 +771,15 @@ def config_from_saved(saved: dict[str, Any]) -> tuple[CompareConfig, dict[str, A
         saved |= {"seeds": 1, "trainer": "sb3"}
         rc.setdefault("seeds", [int(saved.get("seed", 0))])
     fields = {f.name for f in dataclasses.fields(CompareConfig)}
-    tuples = ("scenarios", "risk_weights", "risk_targets", "thresholds", "ltt_deltas", "bild_alphas", "calm_lambdas")
+    tuples = ("scenarios", "risk_weights", "risk_targets", "thresholds", "ltt_deltas", "bild_alphas", "calm_lambdas",
+              "topk")
     config = CompareConfig(**{k: (tuple(v) if k in tuples and v is not None else v)
                               for k, v in saved.items() if k in fields})
     return config, rc
 
 
 # ------------------------------------------------------------------------------------ outputs
+#: results.csv's columns for the HybridLM family (:func:`columns_for` gives any family's).
 COLUMNS = ("scenario", "family", "policy", "lambda", "param", "tokens_per_s", "tokens_per_s_ci", "risk", "risk_ci",
            "error_rate", "error_rate_ci", "skip_rate", "transmission_rate", "energy_j_per_token", "episodes", "note",
            "seeds", "seed_list", "seed")
@@ -655,32 +792,65 @@ DOM_COLUMNS = ("metric", "scenario", "policy", "lambda", "risk", "tokens_per_s",
                "best_rule_attainable")
 
 
+def columns_for(env_id: str = DEFAULT_ENV_ID) -> tuple[str, ...]:
+    """results.csv's columns for ``env_id``'s family: its ``row_metrics`` (each followed by its
+    ``_ci`` when in ``ci_metrics``) between the row's identity and its counts (:data:`COLUMNS`
+    for the HybridLM family)."""
+    family = family_for(env_id)
+    metrics = tuple(c for m in family.row_metrics for c in ((m, m + "_ci") if m in family.ci_metrics else (m,)))
+    return ("scenario", "family", "policy", "lambda", "param", *metrics, "episodes", "note", "seeds", "seed_list",
+            "seed") + (("live_episodes",) if family.live_metrics else ())
+
+
+def _labels(family: Any) -> dict[str, str]:
+    """compare's words for ``family``: its ``labels`` over generic ones."""
+    sweep = family.sweep_family
+    generic = {"title": "learned PPO vs analytic rules", "sweep_point": sweep, "front": f"{sweep} front",
+               "front_long": f"{sweep} sweep front", "rules": "every analytic rule of the comparison",
+               "all_rules": "every analytic rule of the comparison",
+               "reference": f"Reference: the best `{sweep}` sweep point whose {{risk}} is within 10% (relative) of the "
+                            f"PPO point's; if there is none, the front of that sweep (its upper envelope) linearly "
+                            f"interpolated at the PPO point's {{risk}}."}
+    return generic | dict(family.labels)
+
+
+def metric_name(family: Any, metric: str) -> str:
+    """A metric's name in text (``error_rate`` -> ``error rate``, or the family's ``name:<metric>`` label)."""
+    return family.labels.get(f"name:{metric}", metric.replace("_", " "))
+
+
 def command_line(config: CompareConfig) -> str:
-    """The ``hlm-gym compare`` command that reproduces ``config`` (flags that differ from the defaults)."""
+    """The ``hlm-gym compare`` command that reproduces ``config`` (flags that differ from the defaults;
+    the scenarios: from the env family's)."""
     d = CompareConfig()
+    with contextlib.suppress(UnknownEnvError):
+        d = CompareConfig(env_id=config.env_id)
 
     def nums(xs):
         return ",".join(f"{x:g}" for x in xs) or "none"
 
     flags = []
-    if tuple(config.scenarios) != tuple(d.scenarios):
-        flags.append(f"--scenarios {','.join(config.scenarios)}")
+    if d.scenarios is None or tuple(config.scenarios or ()) != tuple(d.scenarios):
+        flags.append(f"--scenarios {','.join(config.scenarios or ())}")
     if config.full:
         flags.append("--full")
-    if config.env_id != d.env_id:
+    if config.env_id != DEFAULT_ENV_ID:
         flags.append(f"--env {config.env_id}")
     for name, value in (("risk-weights", config.risk_weights), ("risk-targets", config.risk_targets),
                         ("thresholds", config.thresholds), ("ltt-deltas", config.ltt_deltas),
-                        ("bild-alphas", config.bild_alphas), ("calm-lambdas", config.calm_lambdas)):
+                        ("bild-alphas", config.bild_alphas), ("calm-lambdas", config.calm_lambdas),
+                        ("topk", config.topk)):
         if value is not None:
             flags.append(f"--{name} {nums(value)}")
+    if config.live:
+        flags.append("--live")
     for name, value, default in (("target-risk-weight", config.target_risk_weight, d.target_risk_weight),
                                  ("timesteps", config.timesteps, None), ("episodes", config.episodes, None),
                                  ("seed", config.seed, d.seed), ("seeds", config.seeds, d.seeds),
                                  ("trainer", config.trainer, d.trainer), ("device", config.device, d.device),
                                  ("env-backend", config.env_backend, d.env_backend),
                                  ("n-envs", config.n_envs, None), ("traces", config.traces, None),
-                                 ("jobs", config.jobs, d.jobs)):
+                                 ("jobs", config.jobs, d.jobs), ("live-episodes", config.live_episodes, None)):
         if value != default:
             flags.append(f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}")
     flags += [f"--hp {k}={v}" for k, v in (config.overrides or {}).items()]
@@ -701,13 +871,31 @@ def _fmt(x: Any, nd: int = 4) -> str:
     return str(x)
 
 
-def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
-    heads = ("scenario", "policy", "tokens/s", "risk", "error rate", "skip rate", "energy J/tok")
+def table_columns(rows: list[dict[str, Any]], env_id: str = DEFAULT_ENV_ID) -> tuple[tuple[str, str, int, bool], ...]:
+    """The results table's columns for ``env_id``'s family: ``(metric, heading, significant digits,
+    with interval)``, its ``table_columns`` (default: its ``row_metrics``); a live metric only when
+    some row has a value for it."""
+    family = family_for(env_id)
+    cols = family.table_columns or tuple((m, metric_name(family, m), 4 if m == "tokens_per_s" else 3,
+                                          m in family.ci_metrics) for m in family.row_metrics)
+
+    def shown(metric: str) -> bool:
+        return metric not in family.live_metrics or any(
+            isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]) for r in rows)
+
+    return tuple(c for c in cols if shown(c[0]))
+
+
+def format_table(rows: list[dict[str, Any]], markdown: bool = False, env_id: str = DEFAULT_ENV_ID) -> str:
+    columns = table_columns(rows, env_id)
+    heads = ("scenario", "policy", *(c[1] for c in columns))
+
+    def cell(r, metric, _heading, nd, with_ci):
+        value = _fmt(r.get(metric), nd)
+        return f"{value} ± {_fmt(r.get(metric + '_ci'), 2)}" if with_ci else value
 
     def cells(r):
-        return (r["scenario"], r["policy"], f"{_fmt(r['tokens_per_s'])} ± {_fmt(r['tokens_per_s_ci'], 2)}",
-                f"{_fmt(r['risk'], 3)} ± {_fmt(r['risk_ci'], 2)}", _fmt(r["error_rate"], 3), _fmt(r["skip_rate"], 3),
-                _fmt(r["energy_j_per_token"], 3))
+        return (r["scenario"], r["policy"], *(cell(r, *c) for c in columns))
 
     shown = [r for r in rows if r.get("family") != SEED_FAMILY]  # PPO: the mean over seeds, not each seed
     body = [cells(r) for r in shown if not r.get("note")]
@@ -722,11 +910,13 @@ def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
     return "\n".join(lines + notes)
 
 
-def format_dominance(dom: list[dict[str, Any]], markdown: bool = False) -> str:
-    metric = dom[0]["metric"] if dom else "risk"
-    name = "risk" if metric == "risk" else "error rate"
-    heads = ("scenario", "PPO", name, "tokens/s", f"best u_th point within 10% {name}",
-             f"U-HLM front (interpolated) at that {name}", "reference tokens/s", "gain", ">= 10%?",
+def format_dominance(dom: list[dict[str, Any]], markdown: bool = False, env_id: str = DEFAULT_ENV_ID) -> str:
+    family = family_for(env_id)
+    words = _labels(family)
+    metric = dom[0]["metric"] if dom else family.risk_metric
+    name = metric_name(family, metric)
+    heads = ("scenario", "PPO", name, "tokens/s", f"best {words['sweep_point']} point within 10% {name}",
+             f"{words['front']} (interpolated) at that {name}", "reference tokens/s", "gain", ">= 10%?",
              "on learned front", "10% attainable", f"best analytic rule at that {name}", "gain vs best rule")
     pct = lambda g: f"{g * 100:+.1f}%" if g is not None else "n/a"  # noqa: E731
 
@@ -747,7 +937,7 @@ def format_dominance(dom: list[dict[str, Any]], markdown: bool = False) -> str:
         ds = [d for d in dom if d["scenario"] == sc and d["in_range"]]
         n_ok = sum(d["dominates_10pct"] for d in ds)
         fr = [d for d in ds if d["on_learned_front"] and d["attainable"]]
-        verdict.append(f"{sc}: {n_ok}/{len(ds)} PPO points in the front's {name} range beat the U-HLM threshold front "
+        verdict.append(f"{sc}: {n_ok}/{len(ds)} PPO points in the front's {name} range beat the {words['front_long']} "
                        f"by >= 10% tokens/s at matched {name}"
                        + (f" (median gain {np.median([d['gain'] for d in ds]) * 100:+.1f}%)" if ds else "")
                        + f"; learned-front points where a 10% gain is attainable: "
@@ -757,8 +947,8 @@ def format_dominance(dom: list[dict[str, Any]], markdown: bool = False) -> str:
         rs = [d for d in dom if d["scenario"] == sc and d.get("gain_vs_best_rule") is not None]
         if rs:  # the honest comparison: every analytic rule, not just the U-HLM sweep
             fr_r = [d for d in rs if d["on_learned_front"] and d.get("best_rule_attainable")]
-            verdict.append(f"{sc}: against the best analytic rule at matched {name} (U-HLM, Learn-then-Test, BiLD, "
-                           f"CALM, channel-aware): {sum(d['beats_best_rule_10pct'] for d in rs)}/{len(rs)} PPO points "
+            verdict.append(f"{sc}: against the best analytic rule at matched {name} ({words['rules']}): "
+                           f"{sum(d['beats_best_rule_10pct'] for d in rs)}/{len(rs)} PPO points "
                            f">= 10% ahead (median gain {np.median([d['gain_vs_best_rule'] for d in rs]) * 100:+.1f}%); "
                            f"learned-front points where a 10% gain is attainable: "
                            f"{sum(d['beats_best_rule_10pct'] for d in fr_r)}/{len(fr_r)}")
@@ -767,7 +957,7 @@ def format_dominance(dom: list[dict[str, Any]], markdown: bool = False) -> str:
         lines += ["| " + " | ".join(c) + " |" for c in body]
         return "\n".join(lines + [""] + [f"- {v}" for v in verdict])
     widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(heads)]
-    lines = [f"dominance at matched {name} (learned vs the analytic U-HLM threshold front, test split):",
+    lines = [f"dominance at matched {name} (learned vs the analytic {words['front_long']}, test split):",
              "  ".join(h.ljust(w) for h, w in zip(heads, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(cs, widths)) for cs in body]
     return "\n".join(lines + verdict)
@@ -790,38 +980,55 @@ def _trainer_text(config: CompareConfig, rc: dict[str, Any]) -> str:
     return f"{which}; training seeds {', '.join(map(str, seeds))}"
 
 
+def _config_json(config: CompareConfig) -> dict[str, Any]:
+    """``config`` as compare.json records it (:data:`OPTIONAL_FIELDS` only when set)."""
+    return {k: v for k, v in asdict(config).items() if k not in OPTIONAL_FIELDS or v != OPTIONAL_FIELDS[k]}
+
+
 def render_outputs(rows, dom, runs, rc, config: CompareConfig, wall: float) -> dict[str, tuple[str, bytes]]:
-    """Every output of a comparison in memory: ``key -> (file name, bytes)`` (tables, CSVs, plots, JSON)."""
-    dom_risk = [d for d in dom if d["metric"] == "risk"]
-    dom_err = [d for d in dom if d["metric"] != "risk"]
+    """Every output of a comparison in memory: ``key -> (file name, bytes)`` (tables, CSVs, plots, JSON),
+    in the words of ``config.env_id``'s family."""
+    env_id = config.env_id
+    family = family_for(env_id)
+    words = _labels(family)
+    risk = metric_name(family, family.risk_metric)
+    dom_risk = [d for d in dom if d["metric"] == family.risk_metric]
+    dom_err = [d for d in dom if d["metric"] != family.risk_metric]
     cmd = command_line(config)
-    md = ["# hlm-gym compare: learned PPO vs analytic thresholds", "",
+    env_flag = "" if env_id == DEFAULT_ENV_ID else f" --env {env_id}"
+    md = [f"# hlm-gym compare: {words['title']}", "",
           f"Command: `{cmd}` (scenarios {', '.join(rc['scenarios'])}; lambdas {', '.join(map(str, rc['risk_weights']))}; "
           f"risk targets {', '.join(map(str, rc['risk_targets'])) or 'none'} at lambda {rc['target_risk_weight']:g}; "
           f"{rc['timesteps']} PPO steps per run ({_trainer_text(config, rc)}); {rc['episodes']} test episodes per "
-          f"policy at evaluation seed {config.seed + 20_000} (`hlm-gym evaluate --split test --episodes "
+          f"policy at evaluation seed {config.seed + 20_000} (`hlm-gym evaluate{env_flag} --split test --episodes "
           f"{rc['episodes']} --seed {config.seed + 20_000}` reproduces a row); {wall / 60:.1f} min).", "",
           "Analytic rules: means over test episodes with 95% Student-t half-widths. PPO: "
           + ("the mean over the training seeds of each seed's test mean, with a 95% Student-t half-width over "
              "seeds (each seed's row is in results.csv)." if len(rc.get("seeds", ())) > 1 else
-             "one training seed; means over test episodes with 95% Student-t half-widths."), "",
-          format_table(rows, markdown=True), "",
-          "## Dominance at matched risk", "",
-          "Reference: the best U-HLM sweep point (`always` = u_th -inf, `threshold:U`) whose risk is within 10% "
-          "(relative) of the PPO point's; if there is none, the U-HLM front (upper envelope of the sweep) linearly "
-          "interpolated at the PPO point's risk.", "", format_dominance(dom_risk, markdown=True), "",
-          "The last two columns repeat the check against the best of *every* analytic rule of the comparison "
-          "(U-HLM thresholds, fitted U-HLM, Learn-then-Test, BiLD, CALM, channel-aware) within 10% risk, or the "
-          "interpolated front of all of them where none is that close.", "",
-          "Secondary check, error rate as the risk axis:", "", format_dominance(dom_err, markdown=True), ""]
-    contents = {"results_csv": ("results.csv", _csv(rows, COLUMNS).encode()),
+             "one training seed; means over test episodes with 95% Student-t half-widths."), ""]
+    if config.live:
+        md += [f"Live mode ({', '.join(metric_name(family, m) for m in family.live_metrics)}): every policy (each "
+               f"PPO seed's model) also run live on the test split, {rc.get('live_episodes')} episodes at evaluation "
+               f"seed {config.seed + 20_000}; 95% Student-t half-widths as above.", ""]
+    md += [format_table(rows, markdown=True, env_id=env_id), "",
+           f"## Dominance at matched {risk}", "",
+           words["reference"].format(risk=risk), "", format_dominance(dom_risk, markdown=True, env_id=env_id), "",
+           "The last two columns repeat the check against the best of *every* analytic rule of the comparison "
+           f"({words['all_rules']}) within 10% {risk}, or the interpolated front of all of them where none is that "
+           "close.", ""]
+    if family.error_metric is not None:
+        md += [f"Secondary check, {metric_name(family, family.error_metric)} as the {risk} axis:", "",
+               format_dominance(dom_err, markdown=True, env_id=env_id), ""]
+    contents = {"results_csv": ("results.csv", _csv(rows, columns_for(env_id)).encode()),
                 "dominance_csv": ("dominance.csv", _csv(dom, DOM_COLUMNS).encode())}
+    # the env id only when not the default, so that stand-ins with pareto_png's (rows, scenario) still serve
+    plot_kw = {} if env_id == DEFAULT_ENV_ID else {"env_id": env_id}
     for sc in rc["scenarios"]:
-        contents[f"pareto_{sc}"] = (f"pareto-{sc}.png", pareto_png(rows, sc))
+        contents[f"pareto_{sc}"] = (f"pareto-{sc}.png", pareto_png(rows, sc, **plot_kw))
         md.append(f"![{sc}](pareto-{sc}.png)")
     contents["results_md"] = ("results.md", ("\n".join(md) + "\n").encode())
-    doc = {"config": asdict(config) | {"resolved": rc}, "wall_s": round(wall, 1), "rows": rows, "dominance": dom,
-           "runs": runs}
+    doc = {"config": _config_json(config) | {"resolved": rc}, "wall_s": round(wall, 1), "rows": rows,
+           "dominance": dom, "runs": runs}
     contents["json"] = ("compare.json", (json.dumps(doc, indent=2, default=str) + "\n").encode())
     return contents
 

@@ -1,10 +1,23 @@
-"""The default sweep and budgets of ``hlm-gym compare`` (no imports: the CLI reads them to build its help)."""
+"""The default sweep and budgets of ``hlm-gym compare`` (no imports: the CLI reads them to build its help).
+
+:data:`DEFAULTS` are the HybridLM family's. Another env family gives its own in
+``EnvFamily.compare_defaults``; :func:`family_defaults` merges them: the family's scenarios, reward
+sweeps and analytic sweeps (:data:`FAMILY_KEYS`) replace these as a whole (a sweep the family does
+not name does not apply to it; ``full_X`` falls back to its ``X``), any other key it gives
+overrides the budget here.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Optional
 
-__all__ = ["DEFAULTS"]
+__all__ = ["DEFAULTS", "SWEEP_FLAGS", "FAMILY_KEYS", "family_defaults"]
+
+#: The analytic sweeps compare has a flag for (key -> flag); each family uses some of them.
+SWEEP_FLAGS: dict[str, str] = {"thresholds": "--thresholds", "ltt_deltas": "--ltt-deltas",
+                               "bild_alphas": "--bild-alphas", "calm_lambdas": "--calm-lambdas", "topk": "--topk"}
+#: The keys a family's ``compare_defaults`` replaces as a whole.
+FAMILY_KEYS = ("scenarios", "risk_weights", "full_risk_weights", "risk_targets", "full_risk_targets", *SWEEP_FLAGS)
 
 DEFAULTS: dict[str, Any] = {
     "scenarios": ("pedestrian", "vehicular", "cell-edge-fast-fading"),
@@ -32,3 +45,16 @@ DEFAULTS: dict[str, Any] = {
     # PPO trainer: "population" (every run of the sweep as one batched torch run) or "sb3"
     "trainer": "population",
 }
+
+
+def family_defaults(compare_defaults: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """compare's defaults for an env family whose ``EnvFamily.compare_defaults`` is ``compare_defaults``
+    (``None``: :data:`DEFAULTS`); the analytic sweeps present are the ones that apply to the family."""
+    if compare_defaults is None:
+        return dict(DEFAULTS)
+    out = {k: v for k, v in DEFAULTS.items() if k not in FAMILY_KEYS} | dict(compare_defaults)
+    out.setdefault("scenarios", ())
+    for key in ("risk_weights", "risk_targets"):
+        out.setdefault(key, ())
+        out.setdefault("full_" + key, out[key])
+    return out

@@ -1,4 +1,11 @@
-"""The Pareto plots of ``hlm-gym compare``: tokens/s against risk and error rate, one PNG per scenario.
+"""The Pareto plots of ``hlm-gym compare``: tokens/s against the env family's risk axis (and its
+error axis, when it has one), one PNG per scenario.
+
+What is drawn comes from the env family (:class:`~hlm_gym.harness.family.EnvFamily`): the panels'
+metrics (``risk_metric``, ``error_metric``) and axis labels (``labels["axis:<metric>"]``), the
+analytic families' colours, markers and legend labels (``plot_styles``; a family without them gets
+a colour per analytic family of the rows) and the reference sweep whose front is drawn
+(``sweep_family``). HybridLM: tokens/s against risk and error rate, the U-HLM threshold front.
 
 The PPO points are numbered on the plot (numbers placed so that no two overlap) and a key beside the
 panels says which run each number is; the log tokens/s axis gets labelled ticks spread over the
@@ -12,6 +19,7 @@ import io
 import math
 from typing import TYPE_CHECKING, Any
 
+from hlm_gym.harness.families import DEFAULT_ENV_ID, family_for
 from hlm_gym.harness.front import analytic_front
 from hlm_gym.harness.hybrid_lm import SWEEP_FAMILY
 
@@ -19,20 +27,14 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["pareto_png", "pareto_figure", "log_ticks", "run_tag", "PPO_LABEL_GID"]
+__all__ = ["pareto_png", "pareto_figure", "log_ticks", "run_tag", "PPO_LABEL_GID", "PPO_STYLE"]
 
 ANALYTIC_FAMILY = SWEEP_FAMILY  # as in compare.py: the default env family's reference sweep
 PPO_LABEL_GID = "ppo-label"  # the gid of the number beside each PPO point (tests find them by it)
 
-_STYLES = {ANALYTIC_FAMILY: ("tab:blue", "o", "U-HLM threshold sweep (u_th; always = -inf)"),
-           "uhlm": ("tab:cyan", "s", "U-HLM fitted (averse/prone)"),
-           "ltt": ("tab:green", "^", "Learn-then-Test"),
-           "bild": ("tab:orange", "v", "BiLD fallback sweep"),
-           "calm": ("tab:olive", "P", "CALM softmax-margin sweep"),
-           "channel-aware": ("tab:purple", "D", "channel-aware rule"),
-           "ppo": ("tab:red", "*", "PPO (λ and risk-target R sweeps; numbers: see key)")}
-_PANELS = (("risk", "risk (mean rejection probability of skipped tokens)"),
-           ("error_rate", "error rate (skipped tokens that would be rejected / tokens)"))
+PPO_STYLE = ("tab:red", "*", "PPO (λ and risk-target R sweeps; numbers: see key)")
+_CYCLE = (("tab:blue", "o"), ("tab:green", "^"), ("tab:orange", "v"), ("tab:purple", "D"), ("tab:cyan", "s"),
+          ("tab:olive", "P"), ("tab:brown", "X"), ("tab:pink", "h"), ("tab:gray", "p"))
 # Tick mantissas per decade, coarse to fine; finer sets are roughly evenly spaced on a log axis.
 _MANTISSAS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0),
               (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0),
@@ -150,9 +152,29 @@ def _place_labels(ax: Axes, points: list[tuple[float, float, str]], markers: lis
                         arrowprops=dict(arrowstyle="-", color=colour, lw=0.5, alpha=0.7, shrinkA=0, shrinkB=4))
 
 
-def pareto_figure(rows: list[dict[str, Any]], scenario: str) -> Figure:
+def _styles(family: Any, rows: list[dict[str, Any]]) -> dict[str, tuple[str, str, str]]:
+    """``analytic family -> (colour, marker, legend label)`` for ``family``'s plots, PPO last: its
+    ``plot_styles``, else a colour and marker per analytic family of ``rows`` (its name as label)."""
+    if family.plot_styles:
+        styles = {fam: (colour, marker, label) for fam, colour, marker, label in family.plot_styles}
+    else:
+        names = [f for f in dict.fromkeys(r["family"] for r in rows) if f not in ("ppo", "ppo-seed")]
+        names.sort(key=lambda f: f != family.sweep_family)  # the reference sweep first (blue)
+        styles = {f: (*_CYCLE[i % len(_CYCLE)], f) for i, f in enumerate(names)}
+    return styles | {"ppo": PPO_STYLE}
+
+
+def _panels(family: Any) -> tuple[tuple[str, str], ...]:
+    """``(metric, axis label)`` per panel: the family's risk axis, then its error axis if any."""
+    metrics = (family.risk_metric,) + (() if family.error_metric is None else (family.error_metric,))
+    return tuple((m, family.labels.get(f"axis:{m}", m.replace("_", " "))) for m in metrics)
+
+
+def pareto_figure(rows: list[dict[str, Any]], scenario: str, env_id: str = DEFAULT_ENV_ID) -> Figure:
     """The Pareto figure of one scenario (a matplotlib Figure on an Agg canvas, outside pyplot):
-    tokens/s (log) against risk (left) and error rate (right) for PPO and the analytic rules.
+    tokens/s (log) against ``env_id``'s family's risk axis (left) and its error axis (right; HybridLM:
+    risk and error rate) for PPO and the analytic rules, the fronts of PPO and of the family's
+    reference sweep drawn.
 
     PPO runs are numbered 1..n in the order of ``rows``; the numbers sit beside their points
     without overlapping and a key at the right gives each run's λ (and risk target R).
@@ -161,22 +183,25 @@ def pareto_figure(rows: list[dict[str, Any]], scenario: str) -> Figure:
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-    fig = Figure(figsize=(12.5, 4.8), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2, sharey=True)
+    family = family_for(env_id)
+    panels = _panels(family)
     mine = [r for r in rows if r["scenario"] == scenario and not r.get("note")]
+    styles = _styles(family, mine)
+    fig = Figure(figsize=(12.5, 4.8) if len(panels) == 2 else (4.5 + 4.0 * len(panels), 4.8), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     ppo = [r for r in mine if r["family"] == "ppo"]
     numbers = {id(r): str(i) for i, r in enumerate(ppo, 1)}
-    for ax, (metric, xlabel) in zip(axes, _PANELS):
-        for fam, (colour, marker, label) in _STYLES.items():
+    for ax, (metric, xlabel) in zip(axes, panels):
+        for fam, (colour, marker, label) in styles.items():
             fam_rows = sorted((r for r in mine if r["family"] == fam), key=lambda r: (r[metric], r["tokens_per_s"]))
             if not fam_rows:
                 continue
             x = [r[metric] for r in fam_rows]
             y = [r["tokens_per_s"] for r in fam_rows]
-            ax.errorbar(x, y, xerr=[r[metric + "_ci"] for r in fam_rows], yerr=[r["tokens_per_s_ci"] for r in fam_rows],
+            ax.errorbar(x, y, xerr=[r.get(metric + "_ci", 0.0) for r in fam_rows], yerr=[r["tokens_per_s_ci"] for r in fam_rows],
                         fmt=marker, color=colour, label=label, ms=_marker_size(fam), capsize=2, lw=0.8)
-            if fam in (ANALYTIC_FAMILY, "ppo"):
+            if fam in (family.sweep_family, "ppo"):
                 front = analytic_front(list(zip(x, y)))
                 ax.plot([p[0] for p in front], [p[1] for p in front], "-", color=colour, lw=1.2, alpha=0.8)
         ax.set_xlabel(xlabel)
@@ -188,7 +213,7 @@ def pareto_figure(rows: list[dict[str, Any]], scenario: str) -> Figure:
     right = 1.0
     if ppo:
         key = "PPO runs\n" + "\n".join(f"{numbers[id(r)]:>2}  {run_tag(r['policy'])}" for r in ppo)
-        text = fig.text(0.995, 0.88, key, ha="right", va="top", ma="left", fontsize=8, linespacing=1.4, color=_STYLES["ppo"][0],
+        text = fig.text(0.995, 0.88, key, ha="right", va="top", ma="left", fontsize=8, linespacing=1.4, color=PPO_STYLE[0],
                         bbox=dict(boxstyle="round,pad=0.4", fc="white", ec="0.7"))
         width = text.get_window_extent(fig.canvas.get_renderer()).width / fig.bbox.width
         right = 0.995 - width - 0.012
@@ -201,18 +226,19 @@ def pareto_figure(rows: list[dict[str, Any]], scenario: str) -> Figure:
         axes[0].yaxis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
         axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         axes[0].yaxis.set_minor_formatter(NullFormatter())
-    for ax, (metric, _) in zip(axes, _PANELS):
-        markers = [(r[metric], r["tokens_per_s"], _marker_size(r["family"]), r[metric + "_ci"], r["tokens_per_s_ci"])
+    for ax, (metric, _) in zip(axes, panels):
+        markers = [(r[metric], r["tokens_per_s"], _marker_size(r["family"]), r.get(metric + "_ci", math.nan),
+                    r["tokens_per_s_ci"])
                    for r in mine]
         ax_points = [(r[metric], r["tokens_per_s"], numbers[id(r)]) for r in ppo]
-        _place_labels(ax, ax_points, markers, _STYLES["ppo"][0])
+        _place_labels(ax, ax_points, markers, PPO_STYLE[0])
     return fig
 
 
-def pareto_png(rows: list[dict[str, Any]], scenario: str) -> bytes:
-    """Tokens/s against risk (left) and error rate (right) for one scenario, as PNG bytes (see
-    ``pareto_figure``); the same rows give the same bytes."""
-    fig = pareto_figure(rows, scenario)
+def pareto_png(rows: list[dict[str, Any]], scenario: str, env_id: str = DEFAULT_ENV_ID) -> bytes:
+    """Tokens/s against the risk axis (left) and error axis (right) of ``env_id``'s family for one
+    scenario, as PNG bytes (see ``pareto_figure``); the same rows give the same bytes."""
+    fig = pareto_figure(rows, scenario, env_id)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

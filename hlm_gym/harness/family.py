@@ -92,7 +92,15 @@ class EnvFamily:
     * ``risk_metric``: compare's matched-risk axis (tokens/s against it); ``error_metric``: a
       second axis checked the same way (``None``: none); ``row_metrics``/``ci_metrics``: the
       results table's columns (and those with an interval); ``compare_defaults``: compare's
-      default scenarios and sweeps for this family (``None``: compare's own).
+      default scenarios and sweeps for this family (``None``: compare's own);
+    * compare's words and looks for this family (all optional; compare falls back to generic ones):
+      ``labels`` (``title``, ``sweep_point``, ``front``, ``front_long``, ``rules``, ``all_rules``,
+      ``reference`` with ``{risk}`` for the risk axis' name, ``axis:<metric>`` for a plot axis,
+      ``name:<metric>`` for a metric's name in text), ``plot_styles`` (one ``(analytic family,
+      colour, marker, legend label)`` per analytic family, in drawing order), ``table_columns``
+      (``(metric, heading, significant digits, with interval)`` per column of the results table);
+      ``live_metrics``: what ``compare --live`` merges into the rows from ``evaluate_live``
+      (empty: compare has no live mode for this family).
     """
 
     name: str
@@ -121,6 +129,10 @@ class EnvFamily:
     ci_metrics: tuple[str, ...]
     compare_defaults: Optional[Mapping[str, Any]] = None
     evaluate_live: Optional[Callable[..., Any]] = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    plot_styles: tuple[tuple[str, str, str, str], ...] = ()
+    table_columns: tuple[tuple[str, str, int, bool], ...] = ()
+    live_metrics: tuple[str, ...] = ()
 
     def context_for(self, env: Any, env_id: str, **changes: Any) -> PolicyContext:
         """The :class:`PolicyContext` of ``env`` (a single or vector env of ``env_id``): the family's

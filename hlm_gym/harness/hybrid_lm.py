@@ -245,6 +245,36 @@ def analytic_policies(sweep: Mapping[str, Any]) -> list[AnalyticPolicy]:
                for w, t in sweep["ppo_runs"] if w > 0])
 
 
+#: compare's words for this family (see :class:`~hlm_gym.harness.family.EnvFamily`).
+COMPARE_LABELS: dict[str, str] = {
+    "title": "learned PPO vs analytic thresholds",
+    "sweep_point": "u_th",
+    "front": "U-HLM front",
+    "front_long": "U-HLM threshold front",
+    "rules": "U-HLM, Learn-then-Test, BiLD, CALM, channel-aware",
+    "all_rules": "U-HLM thresholds, fitted U-HLM, Learn-then-Test, BiLD, CALM, channel-aware",
+    "reference": "Reference: the best U-HLM sweep point (`always` = u_th -inf, `threshold:U`) whose {risk} is within "
+                 "10% (relative) of the PPO point's; if there is none, the U-HLM front (upper envelope of the sweep) "
+                 "linearly interpolated at the PPO point's {risk}.",
+    "axis:risk": "risk (mean rejection probability of skipped tokens)",
+    "axis:error_rate": "error rate (skipped tokens that would be rejected / tokens)",
+    "no_live": "its live mode runs the real SLM-LLM pair token by token, too slow for a sweep; evaluate single "
+               "policies live with hlm-gym evaluate --mode live",
+}
+#: compare's Pareto plot: (analytic family, colour, marker, legend label), in drawing order.
+PLOT_STYLES: tuple[tuple[str, str, str, str], ...] = (
+    (SWEEP_FAMILY, "tab:blue", "o", "U-HLM threshold sweep (u_th; always = -inf)"),
+    ("uhlm", "tab:cyan", "s", "U-HLM fitted (averse/prone)"),
+    ("ltt", "tab:green", "^", "Learn-then-Test"),
+    ("bild", "tab:orange", "v", "BiLD fallback sweep"),
+    ("calm", "tab:olive", "P", "CALM softmax-margin sweep"),
+    ("channel-aware", "tab:purple", "D", "channel-aware rule"))
+#: compare's results table: (metric, heading, significant digits, with interval).
+TABLE_COLUMNS: tuple[tuple[str, str, int, bool], ...] = (
+    ("tokens_per_s", "tokens/s", 4, True), ("risk", "risk", 3, True), ("error_rate", "error rate", 3, False),
+    ("skip_rate", "skip rate", 3, False), ("energy_j_per_token", "energy J/tok", 3, False))
+
+
 def shared_policy_context(traces: Any) -> dict[str, Any]:
     """The U-HLM fit on the training split, once for every analytic policy of a comparison."""
     from hlm_gym.policies.fit import fit_from_traces
@@ -376,4 +406,7 @@ HYBRID_LM = EnvFamily(
     error_metric="error_rate",
     row_metrics=("tokens_per_s", "risk", "error_rate", "skip_rate", "transmission_rate", "energy_j_per_token"),
     ci_metrics=("tokens_per_s", "risk", "error_rate"),
+    labels=COMPARE_LABELS,
+    plot_styles=PLOT_STYLES,
+    table_columns=TABLE_COLUMNS,
 )

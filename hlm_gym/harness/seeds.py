@@ -17,14 +17,14 @@ import numpy as np
 
 from hlm_gym.harness.results import t_interval
 
-__all__ = ["SEED_FAMILY", "METRICS", "aggregate_seeds", "seed_row"]
+__all__ = ["SEED_FAMILY", "METRICS", "WITH_CI", "aggregate_seeds", "seed_row"]
 
 #: The family of the per-seed rows (kept in results.csv; the tables, plots and dominance check
 #: use the aggregated ``ppo`` rows).
 SEED_FAMILY = "ppo-seed"
-#: The metrics averaged over seeds (``*_ci``: those with an interval).
+#: The metrics averaged over seeds by default (the HybridLM family's; ``*_ci``: those with an interval).
 METRICS = ("tokens_per_s", "risk", "error_rate", "skip_rate", "transmission_rate", "energy_j_per_token")
-_WITH_CI = ("tokens_per_s", "risk", "error_rate")
+WITH_CI = ("tokens_per_s", "risk", "error_rate")
 
 
 def seed_row(row: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -32,10 +32,13 @@ def seed_row(row: dict[str, Any], seed: int) -> dict[str, Any]:
     return row | {"family": SEED_FAMILY, "seed": int(seed), "policy": f"{row['policy']}/seed{seed}"}
 
 
-def aggregate_seeds(rows: Sequence[dict[str, Any]], family: str = "ppo") -> list[dict[str, Any]]:
+def aggregate_seeds(rows: Sequence[dict[str, Any]], family: str = "ppo", metrics: Sequence[str] = METRICS,
+                    with_ci: Sequence[str] = WITH_CI) -> list[dict[str, Any]]:
     """One ``family`` row per (scenario, policy) of the per-seed rows in ``rows`` (in first-seen
-    order): each metric's mean over the seeds, ``*_ci`` its 95 % t half-width over seeds,
-    ``seeds`` the count, ``seed_list`` the seeds. Rows that are not per-seed rows are ignored."""
+    order): each of ``metrics``' mean over the seeds (NaN values left out), ``*_ci`` the 95 % t
+    half-width over seeds of those in ``with_ci`` (an env family's ``row_metrics`` and
+    ``ci_metrics``), ``seeds`` the count, ``seed_list`` the seeds. Rows that are not per-seed rows
+    are ignored."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         if r.get("family") == SEED_FAMILY:
@@ -51,11 +54,11 @@ def aggregate_seeds(rows: Sequence[dict[str, Any]], family: str = "ppo") -> list
         row: dict[str, Any] = {"scenario": scenario, "family": family, "policy": policy, "lambda": first.get("lambda"),
                                "param": first.get("param"), "episodes": int(first.get("episodes", 0)),
                                "seeds": len(members), "seed_list": ";".join(str(m["seed"]) for m in members)}
-        for m in METRICS:
+        for m in metrics:
             values = np.array([float(x.get(m, math.nan)) for x in members], dtype=float)
             ok = values[np.isfinite(values)]
             row[m] = float(ok.mean()) if len(ok) else math.nan
-            if m in _WITH_CI:
+            if m in with_ci:
                 _, lo, hi, _ = t_interval(ok)
                 row[m + "_ci"] = (hi - lo) / 2 if math.isfinite(lo) else math.nan
         out.append(row)

@@ -45,7 +45,9 @@ _SUMS = ("latency_s", "energy_j", "step_quality_loss", "n_selected", "empty", "r
 DEFAULTS: dict[str, Any] = {
     "scenarios": ("close-static", "mixed-vehicular"),
     "risk_weights": (0.5, 1.0, 2.0, 4.0, 8.0),
+    "full_risk_weights": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
     "risk_targets": (),
+    "full_risk_targets": (),
     "thresholds": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
     "topk": (1, 2, 3, 4, 8),
 }
@@ -181,6 +183,32 @@ def analytic_policies(sweep: Mapping[str, Any]) -> list[AnalyticPolicy]:
                for w, t in sweep["ppo_runs"] if not t])
 
 
+#: compare's words for this family (see :class:`~hlm_gym.harness.family.EnvFamily`).
+COMPARE_LABELS: dict[str, str] = {
+    "title": "learned PPO vs analytic expert selection",
+    "sweep_point": "WLR",
+    "front": "WLR front",
+    "front_long": "weight-to-latency ratio front",
+    "rules": "gate top-k, weight-to-latency ratio, myopic channel-aware",
+    "all_rules": "gate top-k, weight-to-latency ratio thresholds, myopic channel-aware",
+    "reference": "Reference: the best weight-to-latency ratio sweep point (`wlr:T`) whose {risk} is within 10% "
+                 "(relative) of the PPO point's; if there is none, the WLR front (upper envelope of the sweep) "
+                 "linearly interpolated at the PPO point's {risk}.",
+    "axis:quality_loss": "quality loss (dropped experts' error per (token, layer) decision)",
+}
+#: compare's Pareto plot: (analytic family, colour, marker, legend label), in drawing order.
+PLOT_STYLES: tuple[tuple[str, str, str, str], ...] = (
+    (SWEEP_FAMILY, "tab:blue", "o", "weight-to-latency ratio sweep (wlr:T)"),
+    ("topk", "tab:green", "^", "gate top-k"),
+    ("myopic", "tab:purple", "D", "myopic channel-aware rule"))
+#: compare's results table: (metric, heading, significant digits, with interval); perplexity
+#: (live mode only) is shown when the rows have it.
+TABLE_COLUMNS: tuple[tuple[str, str, int, bool], ...] = (
+    ("tokens_per_s", "tokens/s", 4, True), ("latency_per_token_s", "latency s/tok", 3, False),
+    ("quality_loss", "quality loss", 3, True), ("experts_per_layer", "experts/layer", 3, False),
+    ("energy_j_per_token", "energy J/tok", 3, False), ("perplexity", "perplexity", 4, True))
+
+
 def shared_policy_context(traces: Any) -> dict[str, Any]:
     """Nothing is shared between the WDMoE rules."""
     return {}
@@ -288,4 +316,8 @@ WDMOE = EnvFamily(
                  "perplexity"),
     ci_metrics=("tokens_per_s", "quality_loss", "perplexity"),
     compare_defaults=DEFAULTS,
+    labels=COMPARE_LABELS,
+    plot_styles=PLOT_STYLES,
+    table_columns=TABLE_COLUMNS,
+    live_metrics=("perplexity",),
 )
