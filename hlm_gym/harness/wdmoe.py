@@ -218,11 +218,11 @@ def check_data(traces: Any, splits: tuple[str, ...] = ("train", "validation", "t
     """The WDMoE trace files of ``splits`` exist (``traces``: a folder; ``None``: the shipped set)."""
     from pathlib import Path
 
-    from hlm_gym.traces.wdmoe import default_wdmoe_trace_path
+    from hlm_gym.traces.wdmoe import default_wdmoe_path
 
     flag = "" if traces is None else f"--traces {str(traces)!r}: "
     for split in splits:
-        p = default_wdmoe_trace_path(split) if traces is None else resolve_trace_path(traces, split)
+        p = default_wdmoe_path(split) if traces is None else resolve_trace_path(traces, split)
         if not Path(p).is_file():
             raise TrainingError(f"{flag}no WDMoE {split} traces at {p}: build them with "
                                 f"'hlm-gym moe traces --split {split} --out {p}' or pass --traces FOLDER")

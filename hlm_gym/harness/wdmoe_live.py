@@ -55,11 +55,12 @@ class LiveRun:
 
 
 def sequences_from_traces(traces: Any) -> list[LiveSequence]:
-    """The live sequences of a WDMoE trace: each prompt's context and reply token ids as recorded."""
+    """The live sequences of a WDMoE trace: each prompt's chat-templated context
+    (``meta["prompt_token_ids"]``) and its reply token ids, as recorded."""
     off = np.asarray(traces.prompt_offsets, dtype=np.int64) // int(traces.n_layers)
     out = []
     for p in range(len(off) - 1):
-        context = tuple(int(t) for t in traces.context_token_ids(p))
+        context = tuple(int(t) for t in traces.meta["prompt_token_ids"][p])
         reply = tuple(int(t) for t in np.asarray(traces.token_ids)[off[p]:off[p + 1]])
         out.append(LiveSequence(context, reply, p))
     return out

@@ -60,7 +60,7 @@ def trace_of(moe, seqs):
     return types.SimpleNamespace(
         scores=np.concatenate(scores), gram=np.concatenate(gram), residual_norm2=np.concatenate(res),
         token_ids=np.array(toks), prompt_offsets=np.concatenate([[0], np.cumsum(lengths)]) * L, n_layers=L,
-        n_experts=E, meta={"max_tokens": max(lengths)}, context_token_ids=lambda p: contexts[p])
+        n_experts=E, meta={"max_tokens": max(lengths), "prompt_token_ids": contexts})
 
 
 class Recorder(Policy):

@@ -127,9 +127,13 @@ def subset_traces(traces: Any, prompts: tuple[int, ...]) -> Any:
     rows = np.concatenate([np.arange(off[p], off[p + 1]) for p in prompts])
     toks = np.concatenate([np.arange(off[p] // L, off[p + 1] // L) for p in prompts])
     lengths = np.array([off[p + 1] - off[p] for p in prompts], dtype=np.int64)
+    meta = dict(traces.meta)
+    for key in ("prompt_ids", "prompt_token_ids"):  # per-prompt metadata follows the prompts
+        if isinstance(meta.get(key), list) and len(meta[key]) == len(off) - 1:
+            meta[key] = [meta[key][p] for p in prompts]
     return dataclasses.replace(traces, scores=traces.scores[rows], gram=traces.gram[rows],
                                residual_norm2=traces.residual_norm2[rows], token_ids=traces.token_ids[toks],
-                               prompt_offsets=np.concatenate([[0], np.cumsum(lengths)]))
+                               prompt_offsets=np.concatenate([[0], np.cumsum(lengths)]), meta=meta)
 
 
 def build_simulation(config: WDMoEConfig, traces: Optional[Any] = None, fleet: Optional[Any] = None) -> Simulation:
