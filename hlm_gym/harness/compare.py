@@ -201,10 +201,14 @@ def dominance(rows: list[dict[str, Any]], scenario: str, metric: str = "risk",
               reference: str = ANALYTIC_FAMILY) -> list[dict[str, Any]]:
     """One record per PPO point of ``scenario``: matched analytic tokens/s and the gain.
 
-    ``reference``: the analytic family whose sweep points (and their front) are the reference.
+    ``reference``: the analytic family whose sweep points (and their front) are the reference
+    (an env family's ``sweep_family``; default the HybridLM family's U-HLM thresholds).
 
-    ``metric``: the risk axis, ``risk`` (mean rejection probability of skipped tokens, the
-    primary check) or ``error_rate`` (skipped tokens that would have been rejected / tokens).
+    ``metric``: the risk axis, a row metric: the env family's ``risk_metric`` for the primary check
+    (HybridLM: ``risk``, mean rejection probability of skipped tokens; WDMoE: ``quality_loss``)
+    or its ``error_metric`` for the secondary one (HybridLM: ``error_rate``, skipped tokens that
+    would have been rejected / tokens). The record's ``risk`` field holds the point's value of
+    ``metric`` whichever it is (:func:`dominance_checks` runs both checks for an env id).
     ``on_learned_front``: no other PPO point of the scenario has at most its risk and more tokens/s
     (the points that make up the learned front; the others are dominated by PPO itself).
     ``attainable``: a 10% gain over the reference is possible at all, i.e. the reference is at
@@ -369,8 +373,9 @@ def _check_applicable(config: CompareConfig, family: Any) -> None:
 
 def _check_sweeps(config: CompareConfig) -> None:
     """The sweep lists given (None: the defaults): risk weights finite >= 0 and risk targets in
-    [0, 1] (empty: no such runs), thresholds in [0, 1] and LTT deltas in (0, 1) (never empty);
-    the target risk weight > 0 when there are risk-target runs."""
+    [0, 1] (empty: no such runs), thresholds in [0, 1], LTT deltas in (0, 1) and top-k whole
+    numbers >= 1 (never empty), BiLD and CALM in [0, 1]; the target risk weight > 0 when there are
+    risk-target runs."""
     if config.risk_weights is not None:
         check_sweep(config.risk_weights, "--risk-weights", 0, allow_empty=True)
     if config.risk_targets is not None:
@@ -528,7 +533,8 @@ def _stop_workers(pool: Any, futures: list[Any], grace_s: float = 30.0) -> None:
             p.terminate()
 
 
-def _metrics_of(metrics: Optional[Sequence[str]], ci: Optional[Sequence[str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _metrics_of(metrics: Optional[Sequence[str]], ci: Optional[Sequence[str]]
+                ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(metrics, ci)``, the default env family's ``row_metrics``/``ci_metrics`` where ``None``."""
     default = family_for(DEFAULT_ENV_ID)
     return (tuple(default.row_metrics if metrics is None else metrics),

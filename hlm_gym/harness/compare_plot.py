@@ -199,7 +199,8 @@ def pareto_figure(rows: list[dict[str, Any]], scenario: str, env_id: str = DEFAU
                 continue
             x = [r[metric] for r in fam_rows]
             y = [r["tokens_per_s"] for r in fam_rows]
-            ax.errorbar(x, y, xerr=[r.get(metric + "_ci", 0.0) for r in fam_rows], yerr=[r["tokens_per_s_ci"] for r in fam_rows],
+            ax.errorbar(x, y, xerr=[r.get(metric + "_ci", 0.0) for r in fam_rows],
+                        yerr=[r["tokens_per_s_ci"] for r in fam_rows],
                         fmt=marker, color=colour, label=label, ms=_marker_size(fam), capsize=2, lw=0.8)
             if fam in (family.sweep_family, "ppo"):
                 front = analytic_front(list(zip(x, y)))
