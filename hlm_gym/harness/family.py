@@ -96,7 +96,8 @@ class EnvFamily:
     * compare's words and looks for this family (all optional; compare falls back to generic ones):
       ``labels`` (``title``, ``sweep_point``, ``front``, ``front_long``, ``rules``, ``all_rules``,
       ``reference`` with ``{risk}`` for the risk axis' name, ``axis:<metric>`` for a plot axis,
-      ``name:<metric>`` for a metric's name in text), ``plot_styles`` (one ``(analytic family,
+      ``name:<metric>`` for a metric's name in text, ``no_live``: why compare has no live mode for
+      it), ``plot_styles`` (one ``(analytic family,
       colour, marker, legend label)`` per analytic family, in drawing order), ``table_columns``
       (``(metric, heading, significant digits, with interval)`` per column of the results table);
       ``live_metrics``: what ``compare --live`` merges into the rows from ``evaluate_live``
