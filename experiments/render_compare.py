@@ -13,8 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hlm_gym.harness.compare import config_from_saved, dominance, write_outputs
-from hlm_gym.harness.families import family_for
+from hlm_gym.harness.compare import config_from_saved, dominance_checks, write_outputs
 
 
 def main() -> None:
@@ -28,8 +27,8 @@ def main() -> None:
         rows, runs, wall = doc["rows"], doc["runs"], float(doc["wall_s"])
     except (OSError, ValueError, KeyError) as exc:
         raise SystemExit(f"{args.json}: not a compare.json written by hlm-gym compare ({exc})") from None
-    sweep = family_for(config.env_id).sweep_family
-    dom = [d for metric in ("risk", "error_rate") for sc in rc["scenarios"] for d in dominance(rows, sc, metric, sweep)]
+    main, second = dominance_checks(rows, rc["scenarios"], config.env_id)
+    dom = main + second
     args.out.mkdir(parents=True, exist_ok=True)
     files = write_outputs(args.out, rows, dom, runs, rc, config, wall)
     for key, path in files.items():

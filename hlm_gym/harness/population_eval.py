@@ -43,6 +43,8 @@ class StackedPolicy(Policy):
         self.std = None if std is None else std.to(device).index_select(0, index).unsqueeze(1)
         self.clip_obs = float(clip_obs)
         self.n_actions = int(self.params["action_net.weight"].shape[1])  # (P, actions, hidden)
+        first = sorted(k for k in self.params if k.startswith("mlp_extractor.policy_net.") and k.endswith(".weight"))
+        self.obs_dim = int(self.params[first[0] if first else "action_net.weight"].shape[-1])  # (P, out, in)
 
     def _act(self, obs: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)

@@ -22,6 +22,7 @@ Metrics per episode (one sequence; mean and a Student-t interval over episodes):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping, Optional
 
@@ -229,8 +230,10 @@ def check_data(traces: Any, splits: tuple[str, ...] = ("train", "validation", "t
 
 
 # ------------------------------------------------------------------------------------ live evaluation
+@functools.lru_cache(maxsize=1)
 def load_live_moe(device: str = "cpu") -> Any:
-    """The embedded SmolLM2-135M-Instruct as the shipped MoE (:mod:`hlm_gym.lm.moe`)."""
+    """The embedded SmolLM2-135M-Instruct as the shipped MoE (:mod:`hlm_gym.lm.moe`); the last one
+    loaded is kept, so that live evaluations of many policies (``compare --live``) load it once."""
     from hlm_gym.lm.models import load_model
     from hlm_gym.lm.moe import load_moe_spec, moefy
 

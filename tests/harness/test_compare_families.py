@@ -59,25 +59,7 @@ def wdmoe(monkeypatch, live_calls):
     fam = dataclasses.replace(WDMOE, check_data=lambda traces, splits=None: None, evaluate_live=fake_live,
                               env_kwargs=lambda settings, split: WDMOE.env_kwargs(settings, split) | BANK)
     monkeypatch.setattr(families, "FAMILIES", (HYBRID_LM, fam))
-    _stacked_policy_obs_dim(monkeypatch)
     return fam
-
-
-def _stacked_policy_obs_dim(monkeypatch):
-    """Until population_eval.StackedPolicy reads its observation length from the stacked networks
-    (it keeps Policy's default, the HybridLM layout's 10), give it the networks' input width; a
-    no-op once it does."""
-    import hlm_gym.harness.population_eval as pe
-
-    init = pe.StackedPolicy.__init__
-
-    def patched(self, nets, rows, k, *args, **kwargs):
-        init(self, nets, rows, k, *args, **kwargs)
-        first = next(v for name, v in self.params.items()
-                     if name.startswith("mlp_extractor.policy_net.") and name.endswith(".weight"))
-        self.obs_dim = int(first.shape[-1])
-
-    monkeypatch.setattr(pe.StackedPolicy, "__init__", patched)
 
 
 def _wdmoe_config(out: Path, **kw) -> CompareConfig:
