@@ -242,7 +242,7 @@ def load_live_moe(device: str = "cpu") -> Any:
 
 def evaluate_live(policy: Any, *, env_id: str, settings: EnvSettings, split: str, episodes: int, seed: int,
                   policy_context: Optional[Mapping[str, Any]] = None, reference: str = "live",
-                  moe: Any = None, batch_size: int = 16) -> Any:
+                  moe: Any = None, batch_size: int = 32) -> Any:
     """Live mode (:mod:`hlm_gym.harness.wdmoe_live`): the policy's selections in the real MoE on the
     split's sequences, teacher-forced; the episode metrics of trace mode plus ``perplexity``.
 

@@ -107,7 +107,7 @@ def _dense_nll(moe: Any, batch: Sequence[LiveSequence], pad: int) -> list[np.nda
 
 
 def run_live(moe: Any, sim: Any, policy: Any, sequences: Sequence[LiveSequence], seed: int,
-             batch_size: int = 16, progress: Optional[Callable[[int], None]] = None) -> LiveRun:
+             batch_size: int = 32, progress: Optional[Callable[[int], None]] = None) -> LiveRun:
     """Run ``policy`` live on ``sequences`` (one episode each) in the MoE ``moe`` with the env state of
     ``sim`` (a WDMoE :class:`~hlm_gym.environments.wdmoe.simulation.Simulation`); ``seed`` draws each
     episode's channel realisation and start time (episode ``j``: generator ``seed + j``)."""
