@@ -20,7 +20,7 @@ __all__ = ["register"]
 
 _SPLITS = ("train", "validation", "test")
 #: Prompts per split of the shipped WDMoE trace files (``moe traces`` without ``--prompts``).
-TRACE_PROMPTS = {"train": 64, "validation": 16, "test": 32}
+TRACE_PROMPTS = {"train": 48, "validation": 16, "test": 32}
 
 
 def register(subparsers: Any) -> None:

@@ -126,7 +126,9 @@ def run_moe_report(spec_dir=None, split: str = "test", n_prompts: int = 24, max_
                                         dynamic_ncols=True):
         results[name] = perplexity(moe, batches, k, rank_by, dense)
     ids, attn, _ = batches[0]
-    diff = float((moe.logits(ids, attn, top_k=e) - moe.model(input_ids=ids, attention_mask=attn).logits).abs().max())
+    with torch.no_grad():
+        dense_logits = moe.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+    diff = float((moe.logits(ids, attn, top_k=e) - dense_logits).abs().max())
     report = {
         "spec": {"fingerprint": spec.fingerprint, "n_experts": e, "expert_size": spec.expert_size,
                  "n_layers": spec.n_layers, "model_fingerprint": spec.model_fingerprint, "path": str(spec_dir or "shipped")},
