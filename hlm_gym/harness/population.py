@@ -819,11 +819,13 @@ def format_population_summary(result: PopulationResult) -> str:
     lines = [f"trained {len(result.agents)} PPO agents together on {s0.get('env_id')} ({scenarios}): "
              f"{s0.get('timesteps')} steps each in {s0.get('train_wall_s', 0):.1f} s "
              f"({s0.get('steps_per_s', 0):.0f} steps/s in all, {s0.get('device')})"]
+    risk = family_for(s0["env_id"]).risk_metric if s0.get("env_id") else "risk"
+    shown = [k for k in dict.fromkeys(("tokens_per_s", "skip_rate", risk, "experts_per_layer"))
+             if any(k in s["last"] for s in result.summaries)]
     for s in result.summaries:
         m = s["last"]
-        lines.append(f"  {s['agent']:<28} tokens/s {m.get('tokens_per_s', math.nan):.4g}  "
-                     f"skip rate {m.get('skip_rate', math.nan):.4g}  risk {m.get('risk', math.nan):.4g}  "
-                     f"reward/step {m.get('reward_per_step', math.nan):.4g}  "
+        cells = "  ".join(f"{k.replace('_per_s', '/s').replace('_', ' ')} {m.get(k, math.nan):.4g}" for k in shown)
+        lines.append(f"  {s['agent']:<28} {cells}  reward/step {m.get('reward_per_step', math.nan):.4g}  "
                      f"-> {Path(s['files']['model_last']).parent}")
     return "\n".join(lines)
 
