@@ -225,3 +225,41 @@ def test_latency_agrees_with_the_fleet_model_also_for_shared_devices(trace, tmp_
             _, _, _, _, info = env.step(a)
             want = layer_latency(sim.expert_s[crow], selection_bits(a, 8), sim.bs_layer_s, placement=placement)
             assert info["latency_s"] == pytest.approx(float(want), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- the shipped traces
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_shipped_traces_make_a_checker_clean_env_and_equal_batched_envs(scenario):
+    from gymnasium.utils.env_checker import check_env
+
+    env = WDMoEEnv(scenario=scenario, split="test", **BANK)
+    assert env.observation_space.shape == (18,) and env.action_space.n == 256
+    assert env.sim.tables.n_layers == 30 and env.sim.n_prompts >= 16
+    check_env(WDMoEEnv(scenario=scenario, split="test", **BANK), skip_render_check=True)
+    vec = WDMoETorchVectorEnv(num_envs=2, device="cpu", scenario=scenario, split="test", **BANK)
+    obs_t, _ = vec.reset(seed=11)
+    singles = [WDMoEEnv(scenario=scenario, split="test", **BANK) for _ in range(2)]
+    obs_s = np.stack([e.reset(seed=11 + i)[0] for i, e in enumerate(singles)])
+    assert np.array_equal(obs_t.numpy(), obs_s)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = rng.integers(0, 256, 2)
+        o, r, _, _, _ = vec.step(torch.as_tensor(a))
+        for i, e in enumerate(singles):
+            oi, ri, *_ = e.step(int(a[i]))
+            assert np.array_equal(oi, o[i].numpy()) and ri == pytest.approx(float(r[i]), abs=1e-12)
+
+
+def test_shipped_traces_dense_costs_nothing_and_topk_costs_more_as_k_falls():
+    env = WDMoEEnv(scenario="mixed-vehicular", split="test", **BANK)
+    losses = {}
+    for k in (8, 7, 4, 1):
+        env.reset(seed=0)
+        total = 0.0
+        for _ in range(300):
+            gates = env._obs[0, :8]
+            sel = np.argsort(-gates, kind="stable")[:k]
+            _, _, done, _, info = env.step(int(sum(1 << int(e) for e in sel)))
+            total += info["step_quality_loss"]
+        losses[k] = total / 300
+    assert losses[8] == 0.0 and 0 < losses[7] < losses[4] < losses[1] <= 1.0 + 1e-6
