@@ -139,6 +139,10 @@ class HybridLMKernel:
             j0, time, brow = g(self.j0, idx), g(self.time, idx), g(self.brow, idx)
         return brow * self.G + (j0 + self.xp.floor_int(time / self.dt)) % self.G
 
+    def last_rows(self, term: Any) -> Any:
+        """The trace rows to observe after a step: the last row of an ended episode, else the current one."""
+        return self.xp.where(term, self.row - 1, self.row)
+
     def observe(self, obs: Any, idx: Any = ALL, rows: Any = None, signals: Any = None) -> None:
         """Write the observation of environments ``idx`` into ``obs`` (signals of trace ``rows``,
         or the given ``signals`` in live mode)."""

@@ -16,19 +16,18 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
 from hlm_gym.environments.backends import TorchOps
 # NumpyView lives in environments.batched (shared by the families); importable from here too
-from hlm_gym.environments.batched import NumpyView
+from hlm_gym.environments.batched import NumpyView, TorchBatch
 from hlm_gym.environments.hybrid_lm.vector import HybridLMVectorEnv
 from hlm_gym.environments.registration import MAX_EPISODE_STEPS
 
 __all__ = ["HybridLMTorchVectorEnv", "NumpyView"]
 
 
-class HybridLMTorchVectorEnv(HybridLMVectorEnv):
+class HybridLMTorchVectorEnv(TorchBatch, HybridLMVectorEnv):
     """``num_envs`` HybridLM environments as torch tensors (trace mode): the numpy vector env's
     kernel on the torch backend (``compressed=True``: ``HybridLMCompressed-v0``)."""
 
@@ -37,25 +36,3 @@ class HybridLMTorchVectorEnv(HybridLMVectorEnv):
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.compressed = bool(compressed)
         self._setup(TorchOps(self.device), num_envs, max_episode_steps, None, kwargs)
-
-    def _check_actions(self, actions) -> torch.Tensor:
-        a = torch.as_tensor(actions, device=self.device)
-        if a.shape != (self.num_envs,) or a.dtype.is_floating_point or a.dtype == torch.bool:
-            raise ValueError(f"invalid actions: expected an integer tensor of shape ({self.num_envs},) with values in "
-                             f"0..{self._n_actions - 1}, got shape {tuple(a.shape)} dtype {a.dtype}")
-        a = a.to(torch.int64)
-        if bool(((a < 0) | (a >= self._n_actions)).any()):
-            raise ValueError(f"invalid actions: expected integers in 0..{self._n_actions - 1}")
-        return a
-
-    @staticmethod
-    def _indices(mask: torch.Tensor) -> torch.Tensor:
-        return torch.nonzero(mask).reshape(-1)
-
-    @staticmethod
-    def _host(idx: torch.Tensor) -> np.ndarray:
-        return idx.cpu().numpy()
-
-    @staticmethod
-    def _copy(x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
