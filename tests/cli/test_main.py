@@ -41,9 +41,9 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for name in ("generate", "traces", "slm", "evaluate", "train", "compare"):
+    for name in ("generate", "traces", "slm", "moe", "evaluate", "train", "compare"):
         assert f"    {name} " in out, name
-    assert [m.__name__.rsplit(".", 1)[1] for m in COMMAND_MODULES] == ["generate", "traces", "slm", "evaluate",
+    assert [m.__name__.rsplit(".", 1)[1] for m in COMMAND_MODULES] == ["generate", "traces", "slm", "moe", "evaluate",
                                                                         "train", "compare"]
 
 
