@@ -1,7 +1,6 @@
 """How well the WDMoE trace proxy of quality predicts the true loss change, measured in live mode.
 
-For each policy (the gate's top-k for k = 1..E and the weight-to-latency ratio rule over its
-thresholds), on the test split's sequences in one fleet scenario, live mode
+For each policy (the gate's top-k and the weight-to-latency ratio rule over its thresholds), on the test split's sequences in one fleet scenario, live mode
 (:mod:`hlm_gym.harness.wdmoe_live`) runs the policy's selections in the real MoE and records,
 per token, the proxy (the trace's quality loss of the chosen experts, averaged over the token's
 layers) and the true increase of the next-token NLL over the dense model. Printed: per policy
@@ -32,7 +31,8 @@ def main() -> None:
     ap.add_argument("--scenario", default="mixed-vehicular")
     ap.add_argument("--split", default="test")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--thresholds", default="0,0.2,0.4,0.6,0.8,1")
+    ap.add_argument("--topk", default="4,5,6,7,8", help="top-k rules (the MoE is unusable below k = 4)")
+    ap.add_argument("--thresholds", default="0.02,0.05,0.1,0.2,0.3", help="weight-to-latency ratio thresholds")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
 
@@ -47,7 +47,7 @@ def main() -> None:
     seqs = sequences_from_traces(sim.traces)
     t0 = time.perf_counter()
     moe = load_live_moe()
-    policies = [(f"topk:{k}", GateTopK(k, E)) for k in range(1, E + 1)]
+    policies = [(f"topk:{k}", GateTopK(int(k), E)) for k in args.topk.split(",")]
     policies += [(f"wlr:{t:g}", WeightLatencyRatio(float(t), E)) for t in map(float, args.thresholds.split(","))]
     rows, xs, ys = [], [], []
     for name, pol in policies:
