@@ -12,15 +12,18 @@ masks. :class:`TorchBatch` swaps in the torch versions of the few host-side help
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
 
 from hlm_gym.environments.backends import ALL
 from hlm_gym.environments.episodes import EpisodeDraw, sub_env_seeds
-from hlm_gym.environments.options import EnvConfigError
+from hlm_gym.environments.options import EnvConfigError, integer, per_env
 
 __all__ = ["KernelVectorEnv", "TorchBatch", "NumpyView"]
 
@@ -33,6 +36,32 @@ class KernelVectorEnv(VectorEnv):
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def _batch_options(self, num_envs: Any, max_episode_steps: Any, render_mode: Any) -> int:
+        """Check and set ``num_envs``, ``max_episode_steps`` and ``render_mode`` (batched envs do not
+        render); returns ``num_envs``."""
+        if render_mode is not None:
+            raise EnvConfigError(f"bad option render_mode={render_mode!r}: the vector environment does not render")
+        self.num_envs = n = integer("num_envs", num_envs, lo=1)
+        self.max_episode_steps = None if max_episode_steps is None else integer("max_episode_steps",
+                                                                                 max_episode_steps, lo=1)
+        self.render_mode = None
+        return n
+
+    @staticmethod
+    def _per_env_rewards(kernel: Any, extra: dict, config: Any, n: int) -> None:
+        """Give the kernel per-sub-env ``risk_weights``/``risk_targets`` when ``extra`` has them."""
+        if extra.get("risk_weights") is not None or extra.get("risk_targets") is not None:
+            kernel.set_reward_weights(
+                per_env("risk_weights", extra.get("risk_weights"), n, config.risk_weight, 0.0, math.inf),
+                per_env("risk_targets", extra.get("risk_targets"), n, config.risk_target, 0.0, 1.0))
+
+    def _spaces(self, observation_space: Any, n_actions: int) -> None:
+        """The single and batched observation and action spaces."""
+        self.single_observation_space = observation_space
+        self.single_action_space = spaces.Discrete(n_actions)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
 
     def _init_batch(self, xp: Any, kernel: Any, draw: EpisodeDraw, obs_dim: int, n_actions: int,
                     step_keys: Sequence[str], episode_keys: Sequence[str], int_keys: Sequence[str] = ()) -> None:

@@ -11,20 +11,17 @@ ignored, reward 0, ``terminated = truncated = False``). Episode metrics
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector.utils import batch_space
 
 from hlm_gym.environments.backends import NumpyOps
 from hlm_gym.environments.batched import KernelVectorEnv
-from hlm_gym.environments.hybrid_lm.config import EnvConfigError, integer, make_config
+from hlm_gym.environments.hybrid_lm.config import EnvConfigError, make_config
 from hlm_gym.environments.hybrid_lm.kernel import EPISODE_KEYS, STEP_KEYS, HybridLMKernel
 from hlm_gym.environments.hybrid_lm.observation import OBS_HIGH, OBS_LOW, OBS_NAMES
 from hlm_gym.environments.hybrid_lm.simulation import EpisodeDraw, build_simulation
-from hlm_gym.environments.options import per_env
 from hlm_gym.environments.registration import MAX_EPISODE_STEPS
 
 __all__ = ["HybridLMVectorEnv", "HybridLMCompressedVectorEnv", "STEP_KEYS", "EPISODE_KEYS"]
@@ -55,23 +52,12 @@ class HybridLMVectorEnv(KernelVectorEnv):
         if config.mode != "trace":
             raise EnvConfigError(f"bad option mode={config.mode!r}: the vector environments replay traces only; "
                                  "use the single environment for mode='live'")
-        if render_mode is not None:
-            raise EnvConfigError(f"bad option render_mode={render_mode!r}: the vector environment does not render")
+        n = self._batch_options(num_envs, max_episode_steps, render_mode)
         self.config = config
-        self.num_envs = n = integer("num_envs", num_envs, lo=1)
-        self.max_episode_steps = None if max_episode_steps is None else integer("max_episode_steps",
-                                                                                 max_episode_steps, lo=1)
-        self.render_mode = None
         self.sim = sim = build_simulation(config, self.compressed)
         kernel = HybridLMKernel(sim, xp, n, self.compressed)
-        if extra.get("risk_weights") is not None or extra.get("risk_targets") is not None:
-            kernel.set_reward_weights(
-                per_env("risk_weights", extra.get("risk_weights"), n, config.risk_weight, 0.0, math.inf),
-                per_env("risk_targets", extra.get("risk_targets"), n, config.risk_target, 0.0, 1.0))
-        self.single_observation_space = spaces.Box(OBS_LOW, OBS_HIGH, dtype=np.float32)
-        self.single_action_space = spaces.Discrete(kernel.n_actions)
-        self.observation_space = batch_space(self.single_observation_space, n)
-        self.action_space = batch_space(self.single_action_space, n)
+        self._per_env_rewards(kernel, extra, config, n)
+        self._spaces(spaces.Box(OBS_LOW, OBS_HIGH, dtype=np.float32), kernel.n_actions)
         self._init_batch(xp, kernel, EpisodeDraw.of(sim), len(OBS_NAMES), kernel.n_actions, STEP_KEYS, EPISODE_KEYS,
                          int_keys=("tokens",))
 

@@ -13,16 +13,13 @@ num_envs, vectorization_mode="vector_entry_point")`` gives the numpy one.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector.utils import batch_space
 
 from hlm_gym.environments.backends import NumpyOps, TorchOps
 from hlm_gym.environments.batched import KernelVectorEnv, TorchBatch
-from hlm_gym.environments.options import EnvConfigError, integer, per_env
 from hlm_gym.environments.wdmoe.config import make_config
 from hlm_gym.environments.wdmoe.kernel import EPISODE_KEYS, STEP_KEYS, WDMoEKernel
 from hlm_gym.environments.wdmoe.observation import obs_bounds
@@ -45,27 +42,13 @@ class WDMoEVectorEnv(KernelVectorEnv):
     def _setup(self, xp: Any, num_envs: int, max_episode_steps: Optional[int], render_mode: Optional[str],
                kwargs: dict) -> None:
         config, extra = make_config(kwargs, extra_allowed=("risk_weights", "risk_targets"))
-        if config.mode != "trace":
-            raise EnvConfigError(f"bad option mode={config.mode!r}: the vector environments replay traces only; "
-                                 "use the single environment for mode='live'")
-        if render_mode is not None:
-            raise EnvConfigError(f"bad option render_mode={render_mode!r}: the vector environment does not render")
+        n = self._batch_options(num_envs, max_episode_steps, render_mode)
         self.config = config
-        self.num_envs = n = integer("num_envs", num_envs, lo=1)
-        self.max_episode_steps = None if max_episode_steps is None else integer("max_episode_steps",
-                                                                                 max_episode_steps, lo=1)
-        self.render_mode = None
         self.sim = sim = build_simulation(config)
         kernel = WDMoEKernel(sim, xp, n)
-        if extra.get("risk_weights") is not None or extra.get("risk_targets") is not None:
-            kernel.set_reward_weights(
-                per_env("risk_weights", extra.get("risk_weights"), n, config.risk_weight, 0.0, math.inf),
-                per_env("risk_targets", extra.get("risk_targets"), n, config.risk_target, 0.0, 1.0))
+        self._per_env_rewards(kernel, extra, config, n)
         low, high = obs_bounds(sim.n_experts)
-        self.single_observation_space = spaces.Box(low, high, dtype=np.float32)
-        self.single_action_space = spaces.Discrete(kernel.n_actions)
-        self.observation_space = batch_space(self.single_observation_space, n)
-        self.action_space = batch_space(self.single_action_space, n)
+        self._spaces(spaces.Box(low, high, dtype=np.float32), kernel.n_actions)
         self._init_batch(xp, kernel, episode_draw(sim), len(low), kernel.n_actions, STEP_KEYS, EPISODE_KEYS,
                          int_keys=("tokens", "n_selected"))
 
