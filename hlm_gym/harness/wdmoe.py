@@ -256,18 +256,14 @@ def evaluate_live(policy: Any, *, env_id: str, settings: EnvSettings, split: str
     Episode ``j`` is sequence ``j mod n`` of the trace (each once before any repeats), with the
     channel drawn from generator ``seed + j``. ``moe``: a ready :class:`~hlm_gym.lm.moe.MoEModel`
     (default: :func:`load_live_moe`). ``reference`` is not used (the dense model is the reference)."""
-    from hlm_gym.environments.wdmoe.config import make_config
-    from hlm_gym.environments.wdmoe.simulation import build_simulation
     from hlm_gym.harness.errors import EvaluationError
     from hlm_gym.harness.results import EvaluationResult, summarize_episodes
     from hlm_gym.harness.wdmoe_live import run_live, sequences_from_traces
 
-    kwargs = env_kwargs(settings, split)
-    config, _ = make_config(kwargs)
-    sim = build_simulation(config)
-    env = make_vector_env(env_id, 1, kwargs)  # the spaces and context the policy is built for
+    env = make_vector_env(env_id, 1, env_kwargs(settings, split))  # the spaces, context and simulation
     try:
         pol, ctx = WDMOE.policy_for(policy, env, env_id, seed=seed, traces=settings.traces, overrides=policy_context)
+        sim = env.unwrapped.sim
     finally:
         env.close()
     seqs = sequences_from_traces(sim.traces)

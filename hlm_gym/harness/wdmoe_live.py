@@ -156,18 +156,12 @@ def run_live(moe: Any, sim: Any, policy: Any, sequences: Sequence[LiveSequence],
                 s = scores[:, 0].float().cpu().numpy()
                 kernel.row = np.minimum(kernel.row, len(kernel.denom) - 1)
                 kernel.observe(obs, np.arange(B), scores=s)
-                actions = np.asarray(policy.act(obs), dtype=np.int64)
-                sel = ((actions[:, None] >> np.arange(E)) & 1).astype(bool)
-                empty = ~sel.any(1)
-                sel[empty, s[empty].argmax(1)] = True
-                resolved = (sel.astype(np.int64) << np.arange(E)).sum(1)
-                _, _, info = kernel.step(resolved)
-                kernel.empty_sum += empty  # counted as the env counts them (the kernel saw a non-empty action)
+                _, _, info = kernel.step(np.asarray(policy.act(obs), dtype=np.int64), scores=s)
                 q_sum[:] += info["step_quality_loss"]
                 if layer == L - 1:
                     for i in np.flatnonzero(active & (t == lengths - 1)):
                         finals[i] = {k: float(v[0]) for k, v in kernel.episode_metrics(np.array([i])).items()}
-                return torch.as_tensor(sel[:, None, :])
+                return torch.as_tensor(info["selection"][:, None, :])
 
             mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype)], 1)
             with torch.no_grad():

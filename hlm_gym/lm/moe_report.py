@@ -25,7 +25,6 @@ from typing import Optional
 
 import torch
 
-from hlm_gym.lm.chat_examples import encode_example
 from hlm_gym.lm.moe import MoEError, MoEModel
 from hlm_gym.paths import atomic_write_text
 
@@ -39,20 +38,9 @@ def eval_batches(tokenizer, split: str, n_prompts: int, max_tokens: int,
     ``reply_mask[b, t]`` marks positions whose next token is a reply token. Conversations with
     fewer than 4 such positions are skipped. Batches are right-padded.
     """
-    from hlm_gym.lm.prompts import sharegpt_prompts
+    from hlm_gym.lm.slm_report import test_sequences
 
-    seqs = []
-    for prompt in sharegpt_prompts(split):
-        enc = encode_example(tokenizer, prompt, max_prompt_tokens=max_tokens // 2, max_reply_tokens=max_tokens)
-        if enc is None:
-            continue
-        ids, mask = enc[0][:max_tokens], enc[1][:max_tokens]
-        mask[-1] = 0
-        if sum(mask) < 4:
-            continue
-        seqs.append((ids, mask))
-        if len(seqs) == n_prompts:
-            break
+    seqs = [(ids[0].tolist(), mask[0].tolist()) for ids, mask in test_sequences(tokenizer, n_prompts, max_tokens, split)]
     out = []
     for k in range(0, len(seqs), batch_size):
         group = seqs[k:k + batch_size]

@@ -34,13 +34,15 @@ class ReportError(HLMGymError, ValueError):
     """Bad report settings."""
 
 
-def test_sequences(tokenizer, n_prompts: int, max_tokens: int):
-    """(ids, mask) pairs for the first ``n_prompts`` usable ShareGPT test turns."""
+def test_sequences(tokenizer, n_prompts: int, max_tokens: int, split: str = "test"):
+    """(ids, mask) pairs for the first ``n_prompts`` usable ShareGPT turns of ``split`` (default test):
+    prompt and reply cut to ``max_tokens``, the prompt to half of it; ``mask`` marks positions whose
+    next token is a reply token; turns with fewer than 4 of them are skipped."""
     from hlm_gym.lm.chat_examples import encode_example
     from hlm_gym.lm.prompts import sharegpt_prompts
 
     out = []
-    for prompt in sharegpt_prompts("test"):
+    for prompt in sharegpt_prompts(split):
         enc = encode_example(tokenizer, prompt, max_prompt_tokens=max_tokens // 2,
                               max_reply_tokens=max_tokens)
         if enc is None:

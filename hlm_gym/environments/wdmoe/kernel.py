@@ -100,12 +100,13 @@ class WDMoEKernel:
         g = (self.phase[idx] + self.xp.floor_int(self.t[idx] / self.dt)) % self.points
         return self.real[idx] * self.points + g
 
-    def selection(self, actions: Any, row: Any) -> tuple[Any, Any]:
+    def selection(self, actions: Any, row: Any, scores: Optional[Any] = None) -> tuple[Any, Any]:
         """The bool selection ``(n, E)`` of ``actions`` at trace rows ``row`` and which were empty
-        (an empty selection uses the gate's top-1 expert)."""
+        (an empty selection uses the gate's top-1 expert; ``scores``: the gate weights to use
+        instead of the trace's, live mode's)."""
         sel = ((actions[:, None] >> self.shifts) & 1) == 1
         empty = ~sel.any(1)
-        top1 = self.scores[row].argmax(1)
+        top1 = (self.scores[row] if scores is None else scores).argmax(1)
         sel = sel | (empty[:, None] & (self.shifts[None, :] == top1[:, None]))
         return sel, empty
 
@@ -116,15 +117,18 @@ class WDMoEKernel:
         num = lib.einsum("ni,nij,nj->n", drop, self.xp.f64(self.gram[row]), drop)
         return self.xp.maximum(num, 0.0) / self.denom[row]
 
-    def step(self, actions: Any, quality: Optional[Any] = None) -> tuple[Any, Any, dict[str, Any]]:
+    def step(self, actions: Any, quality: Optional[Any] = None,
+             scores: Optional[Any] = None) -> tuple[Any, Any, dict[str, Any]]:
         """Advance every environment by one decision (``actions``: integer array of ``n``).
 
-        Returns ``(rewards, terminated, info)`` with the :data:`STEP_KEYS` arrays. ``quality``:
-        the quality loss to charge instead of the trace's (live mode)."""
+        Returns ``(rewards, terminated, info)`` with the :data:`STEP_KEYS` arrays and the
+        ``selection`` used (bool ``(n, E)``). ``quality``: the quality loss to charge instead of
+        the trace's; ``scores``: the gate weights an empty selection falls back on instead of the
+        trace's (live mode)."""
         xp = self.xp
         lib = xp.lib
         row = self.row
-        sel, empty = self.selection(actions, row)
+        sel, empty = self.selection(actions, row, scores)
         crow = self.channel_rows()
         busy = lib.where(sel, self.expert_s[crow], 0.0)
         if self.per_device is not None:
@@ -143,7 +147,8 @@ class WDMoEKernel:
         self.steps += 1
         self.row = row + 1
         term = self.row >= self.stop
-        info = {"latency_s": latency, "step_quality_loss": q, "n_selected": n_sel, "empty": empty, "energy_j": energy}
+        info = {"latency_s": latency, "step_quality_loss": q, "n_selected": n_sel, "empty": empty, "energy_j": energy,
+                "selection": sel}
         return rewards, term, info
 
     # ------------------------------------------------------------------ observations and metrics
