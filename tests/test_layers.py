@@ -3,9 +3,9 @@
 Every ``import`` and ``from ... import`` of every module counts, at any depth (function-local
 and ``TYPE_CHECKING`` ones too). Layers, bottom to top::
 
-    paths, errors  <  wireless, lm  <  traces  <  environments  <  policies  <  harness  <  cli
+    paths, errors  <  parallel, wireless, lm  <  traces  <  environments  <  policies  <  harness  <  cli
 
-A module may import its own layer or a lower one; ``wireless`` (numpy) and ``lm`` (torch) do not
+A module may import its own layer or a lower one; ``parallel`` (jobs), ``wireless`` (numpy) and ``lm`` (torch) do not
 import each other.
 """
 
@@ -19,7 +19,7 @@ import pytest
 import hlm_gym
 
 PKG = Path(hlm_gym.__file__).resolve().parent
-RANK = {"paths": 0, "errors": 0, "wireless": 1, "lm": 1, "traces": 2, "environments": 3, "policies": 4,
+RANK = {"paths": 0, "errors": 0, "parallel": 1, "wireless": 1, "lm": 1, "traces": 2, "environments": 3, "policies": 4,
         "harness": 5, "cli": 6}
 
 

@@ -159,6 +159,16 @@ def add_threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (0: torch's default)")
 
 
+def add_backend_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """``--backend local|ray`` and ``--address``: where ``what`` runs (Ray: one task each)."""
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help=f"where the work runs: local (this machine, the default) or ray ({what} as a Ray task, "
+                        "retried if its worker dies; needs pip install \"hlm-gym[ray]\")")
+    p.add_argument("--address", default=None, metavar="ADDRESS",
+                   help="--backend ray: the Ray cluster (auto, HOST:PORT or ray://HOST:PORT; default: start a local "
+                        "Ray instance on this machine's CPUs for this command)")
+
+
 def apply_threads(n: int) -> None:
     """Set torch's CPU threads when ``n > 0`` (imports torch)."""
     if n and n > 0:

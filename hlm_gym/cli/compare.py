@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hlm_gym.cli.argtypes import (add_env_argument, add_threads_argument, apply_threads, device, float_list,
+from hlm_gym.cli.argtypes import (add_backend_arguments, add_env_argument, add_threads_argument, apply_threads, device, float_list,
                                   hyper_override, nonneg_float, nonneg_int, one_line_errors, positive_int, seed,
                                   str_list)
 
@@ -34,7 +34,8 @@ def _run(args: argparse.Namespace) -> int:
                         trainer=args.trainer, device=args.device,
                         env_backend=args.env_backend, n_envs=args.n_envs, traces=args.traces, out=args.out,
                         progress=True, overrides=dict(args.overrides), jobs=args.jobs, resume=args.resume,
-                        env_id=args.env_id, topk=opt(args.topk), live=args.live, live_episodes=args.live_episodes)
+                        env_id=args.env_id, topk=opt(args.topk), live=args.live, live_episodes=args.live_episodes,
+                        backend=args.backend, address=args.address)
     apply_threads(args.threads)
     compare(cfg)
     return 0
@@ -118,8 +119,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     add_threads_argument(p)
     p.add_argument("--jobs", type=nonneg_int, default=0,
-                   help="--trainer sb3: PPO runs trained at once, in worker processes of one torch thread each "
+                   help="--backend local, --trainer sb3: PPO runs trained at once, in worker processes of one torch thread each "
                         "(default 0: one per CPU core, at most 4)")
+    add_backend_arguments(p, "every training run (population trainer: every shard of the population, one per CPU, "
+                             "or per GPU with --device cuda) and every evaluation")
     p.add_argument("--resume", action="store_true",
                    help="reuse the training runs in --out that finished with the same settings and whose files "
                         "match the sha256 their summary.json records; train only the others (one line each says why)")

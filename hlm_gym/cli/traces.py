@@ -11,6 +11,8 @@ import json
 import sys
 from typing import Any
 
+from hlm_gym.cli.argtypes import add_backend_arguments
+
 __all__ = ["register"]
 
 
@@ -42,6 +44,13 @@ def _check_build_args(args: argparse.Namespace) -> None:
     bad = [k for k in args.k_choices if k < 1]
     if bad or not args.k_choices:
         raise TraceError(f"--k-choices must be positive integers, got {list(args.k_choices)}")
+    if args.backend == "ray":
+        from hlm_gym.parallel.ray_runner import check_address, require_ray
+
+        check_address(args.address)
+        require_ray()
+    elif args.address is not None:
+        raise TraceError("--address needs --backend ray")
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -54,7 +63,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     from hlm_gym.lm.decoding import DecoderConfig
     from hlm_gym.lm.models import load_pair
-    from hlm_gym.traces.builder import build_traces, sharegpt_trace_prompts
+    from hlm_gym.parallel import make_runner
+    from hlm_gym.traces.builder import PairLoader, build_traces, sharegpt_trace_prompts
     from hlm_gym.traces.store import TraceError
 
     torch.set_num_threads(args.threads)
@@ -71,13 +81,16 @@ def _cmd_build(args: argparse.Namespace) -> int:
     prompts = sorted(prompts, key=lambda p: len(p.ids))
     print(f"tracing {len(prompts)} {args.split} prompts with {pair.slm_name} / {pair.llm_name} -> {out}",
           flush=True)
-    build_traces(pair, prompts, config, out, k_choices=k_choices, batch_size=args.batch_size,
-                 extra_meta={"slm_spec": args.slm or "embedded-slm", "llm_spec": args.llm or "embedded",
-                             "seed": args.seed, "split": args.split, "prompt_offset": args.offset,
-                             "max_prompt_tokens": args.max_prompt_tokens,
-                             "build_command": "hlm-gym traces " + " ".join(sys.argv[sys.argv.index("build"):])
-                             if "build" in sys.argv else " ".join(sys.argv)},
-                 log=lambda msg: print(msg, flush=True), on_stop=_note_stop, overwrite=args.overwrite)
+    loader = PairLoader("hlm_gym.lm.models:load_pair", (("slm", args.slm), ("llm", args.llm), ("device", args.device)))
+    with make_runner(args.backend, args.address) as runner:
+        build_traces(pair, prompts, config, out, k_choices=k_choices, batch_size=args.batch_size,
+                     extra_meta={"slm_spec": args.slm or "embedded-slm", "llm_spec": args.llm or "embedded",
+                                 "seed": args.seed, "split": args.split, "prompt_offset": args.offset,
+                                 "max_prompt_tokens": args.max_prompt_tokens,
+                                 "build_command": "hlm-gym traces " + " ".join(sys.argv[sys.argv.index("build"):])
+                                 if "build" in sys.argv else " ".join(sys.argv)},
+                     log=lambda msg: print(msg, flush=True), on_stop=_note_stop, overwrite=args.overwrite,
+                     runner=runner if args.backend == "ray" else None, loader=loader, job_threads=args.threads)
     return 0
 
 
@@ -126,6 +139,8 @@ def register(subparsers: Any) -> None:
     b.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out file (an interrupted build of the same settings resumes "
                         "from OUT.parts/ either way)")
+    add_backend_arguments(b, "every chunk of --batch-size prompts (its worker loads the models once; --threads "
+                             "CPU threads, or one GPU with --device cuda, per task)")
     b.set_defaults(func=_cmd_build)
     i = sub.add_parser("info", help="summarise a trace file")
     i.add_argument("path")

@@ -96,7 +96,8 @@ ANALYTIC_FAMILY = SWEEP_FAMILY  # the default env family's reference sweep (the 
 LEGACY_KEYS = {"lambdas": "risk_weights", "target_lambda": "target_risk_weight"}
 #: Settings added for other env families, recorded in compare.json only when not at these defaults
 #: (so a comparison that does not use them writes the same file as before they existed).
-OPTIONAL_FIELDS: dict[str, Any] = {"topk": None, "live": False, "live_episodes": None}
+OPTIONAL_FIELDS: dict[str, Any] = {"topk": None, "live": False, "live_episodes": None, "backend": "local",
+                                   "address": None}
 
 
 def compare_defaults_for(env_id: str) -> dict[str, Any]:
@@ -137,6 +138,8 @@ class CompareConfig:
     topk: Optional[tuple[int, ...]] = None  # WDMoE: the gate's top-k rules (K experts each)
     live: bool = False  # also evaluate every policy in the family's live mode (its live metrics join the rows)
     live_episodes: Optional[int] = None  # live episodes per policy (None: the test episodes)
+    backend: str = "local"  # where training and evaluation jobs run: "local" (this machine) or "ray"
+    address: Optional[str] = None  # backend "ray": the cluster's address (None: a local Ray instance)
 
     def __post_init__(self) -> None:
         if self.scenarios is None:  # the family's; an unknown env id is refused by check_config
@@ -333,6 +336,7 @@ def check_config(config: CompareConfig) -> dict[str, Any]:
     if config.live_episodes is not None:
         check_int(config.live_episodes, "--live-episodes", 1, error=CompareError)
     check_int(config.jobs, "--jobs", 0, error=CompareError)
+    _check_backend(config)
     check_seed(config.seed, "--seed", CompareError)
     check_int(config.seeds, "--seeds", 1, error=CompareError)
     check_seed(config.seed + config.seeds - 1, "--seed + --seeds - 1", CompareError)
@@ -352,6 +356,23 @@ def check_config(config: CompareConfig) -> dict[str, Any]:
         for sc, weight, target, seed in sweep_runs(rc):
             prepare(_train_config(config, rc, out, sc, weight, target, seed), create_out=False)
     return rc
+
+
+def _check_backend(config: CompareConfig) -> None:
+    """``backend`` is local or ray; ``address`` and ``jobs`` only where they apply; Ray installed."""
+    from hlm_gym.parallel import BACKENDS
+
+    check_choice(config.backend, "--backend", BACKENDS, CompareError)
+    if config.backend == "ray":
+        from hlm_gym.parallel.ray_runner import check_address, require_ray
+
+        if config.jobs:
+            raise CompareError("--jobs is for --backend local; with --backend ray every run is a Ray task "
+                               "scheduled on the cluster's CPUs")
+        check_address(config.address)
+        require_ray()
+    elif config.address is not None:
+        raise CompareError("--address needs --backend ray")
 
 
 def _check_applicable(config: CompareConfig, family: Any) -> None:
@@ -606,14 +627,20 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     comparison, the runs trained (or, with ``resume``, reused), every policy evaluated, and the
     outputs written only once all of it has completed."""
     t0 = time.perf_counter()
+    from hlm_gym.parallel import make_runner
+
     rc = check_config(config)
     out = check_out_dir(config.out, "--out")
-    with FolderLock(out, "comparison folder"):
-        return _compare(config, rc, out, t0)
+    with FolderLock(out, "comparison folder"), make_runner(config.backend, config.address) as runner:
+        return _compare(config, rc, out, t0, runner)
 
 
-def _compare(config: CompareConfig, rc: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
-    """The comparison proper, on checked settings, in a locked ``out``."""
+def _compare(config: CompareConfig, rc: dict[str, Any], out: Path, t0: float, runner: Any = None) -> dict[str, Any]:
+    """The comparison proper, on checked settings, in a locked ``out``; training and evaluation jobs
+    run on ``runner`` (:mod:`hlm_gym.parallel`; ``None``: in this process)."""
+    from hlm_gym.parallel import SerialRunner
+
+    runner = runner or SerialRunner()
     family = family_for(config.env_id)
     analytic = family.analytic_policies(rc)
     todo = sweep_runs(rc)
@@ -621,11 +648,11 @@ def _compare(config: CompareConfig, rc: dict[str, Any], out: Path, t0: float) ->
     bar = _progress(config.progress, len(todo) + evaluations * (2 if config.live else 1), "compare")
     try:
         # 1. PPO over the reward sweep x seeds (trained on train)
-        infos = _train_runs(config, rc, out, todo, bar)
+        infos = _train_runs(config, rc, out, todo, bar, runner)
         runs = [{"scenario": sc, "risk_weight": w, "risk_target": t, "seed": s} | info
                 for (sc, w, t, s), info in zip(todo, infos)]
         # 2. every PPO model and analytic rule on the same test episodes; PPO: the mean over seeds
-        rows = _evaluate_all(config, rc, runs, analytic, family, bar)
+        rows = _evaluate_all(config, rc, runs, analytic, family, bar, runner)
     finally:
         if bar is not None:
             bar.close()
@@ -638,8 +665,10 @@ def _compare(config: CompareConfig, rc: dict[str, Any], out: Path, t0: float) ->
 
 
 def _train_runs(config: CompareConfig, rc: dict[str, Any], out: Path, todo: list[tuple[str, float, float, int]],
-                bar: Any) -> list[dict[str, Any]]:
-    """Train (or, with ``resume``, reuse) every PPO run of the sweep with ``config.trainer``."""
+                bar: Any, runner: Any = None) -> list[dict[str, Any]]:
+    """Train (or, with ``resume``, reuse) every PPO run of the sweep with ``config.trainer``; with the
+    ray backend every run (population trainer: every shard of the population) is a job of ``runner``."""
+    distributed = config.backend != "local" and runner is not None
     if config.trainer == "population":
         from hlm_gym.harness.compare_population import train_sweep
 
@@ -647,12 +676,36 @@ def _train_runs(config: CompareConfig, rc: dict[str, Any], out: Path, todo: list
             if bar is not None:
                 bar.set_description(f"train {len(todo)} PPO agents as one population: iteration {i}/{n}")
 
-        infos = train_sweep(config, rc, out, todo, config.resume, lambda text: _say(bar, text), on_iteration)
+        infos = train_sweep(config, rc, out, todo, config.resume, lambda text: _say(bar, text), on_iteration,
+                            runner=runner if distributed else None)
         if bar is not None:
             bar.update(len(todo))
         return infos
     configs = [_train_config(config, rc, out, sc, w, t, s) for sc, w, t, s in todo]
+    if distributed:
+        return _train_jobs(configs, runner, bar, config.resume, gpus=_gpus(config.device))
     return _train_all(configs, config.jobs or auto_jobs(len(configs)), bar, config.resume)
+
+
+def _gpus(device: str) -> float:
+    """The GPUs a job on ``device`` asks the cluster for (one for ``cuda``/``cuda:N``/``auto``, else none)."""
+    return 1.0 if device.startswith("cuda") or device == "auto" else 0.0
+
+
+def _train_jobs(configs: list[Any], runner: Any, bar: Any, resume: bool, gpus: float = 0.0) -> list[dict[str, Any]]:
+    """Train the runs ``configs`` (SB3 trainer) as jobs of ``runner``, one CPU thread each (the runs
+    reusable with ``resume`` are not trained again)."""
+    from hlm_gym.parallel import Job
+
+    infos = _resume(configs, bar) if resume else [None] * len(configs)
+    todo = [i for i, info in enumerate(infos) if info is None]
+    if bar is not None:
+        bar.update(len(configs) - len(todo))
+    jobs = [Job(_train_job, (configs[i],), label=f"train {configs[i].scenario} {Path(configs[i].out).name}",
+                gpus=gpus) for i in todo]
+    for i, info in zip(todo, runner.run(jobs, bar)):
+        infos[i] = info
+    return infos  # type: ignore[return-value]
 
 
 def dominance_checks(rows: list[dict[str, Any]], scenarios: Sequence[str], env_id: str = DEFAULT_ENV_ID
@@ -666,41 +719,32 @@ def dominance_checks(rows: list[dict[str, Any]], scenarios: Sequence[str], env_i
     return main, second
 
 
-def _live(config: CompareConfig, rc: dict[str, Any], family: Any, policy: str, scenario: str,
-          risk_weight: Optional[float], policy_context: Any, bar: Any) -> Any:
-    """``policy`` in ``family``'s live mode on the test split (``rc["live_episodes"]`` episodes at the
-    test seed, the same settings as its trace evaluation)."""
+def _live_summary(config: CompareConfig, rc: dict[str, Any], policy: str, scenario: str,
+                  risk_weight: Optional[float], policy_context: Any) -> Any:
+    """A job: ``policy`` in ``config.env_id``'s family's live mode on the test split
+    (``rc["live_episodes"]`` episodes at the test seed, the same settings as its trace evaluation)."""
     from hlm_gym.harness.family import EnvSettings
 
-    if bar is not None:
-        bar.set_description(f"live {scenario} {policy}")
-    res = family.evaluate_live(policy, env_id=config.env_id,
-                               settings=EnvSettings(scenario=scenario, risk_weight=risk_weight, traces=config.traces),
-                               split="test", episodes=rc["live_episodes"], seed=config.seed + 20_000,
-                               policy_context=policy_context)
-    if bar is not None:
-        bar.update(1)
-    return res
+    return family_for(config.env_id).evaluate_live(
+        policy, env_id=config.env_id,
+        settings=EnvSettings(scenario=scenario, risk_weight=risk_weight, traces=config.traces),
+        split="test", episodes=rc["live_episodes"], seed=config.seed + 20_000, policy_context=policy_context)
 
 
-def _evaluate_ppo(config: CompareConfig, rc: dict[str, Any], sc: str, runs: list[dict[str, Any]], ev: dict[str, Any],
-                  bar: Any, family: Any = None) -> list[dict[str, Any]]:
-    """Each PPO model of scenario ``sc`` on the test episodes (all of them in one batch where they
-    stack, :func:`~hlm_gym.harness.population_eval.evaluate_models`; else one by one), one per-seed row
-    each (with ``config.live``, each model's live metrics merged in), then one row per reward
-    setting: the mean over seeds of the env family's metrics (:mod:`hlm_gym.harness.seeds`)."""
+def _ppo_seed_rows(env_id: str, sc: str, runs: list[dict[str, Any]], ev: dict[str, Any]) -> list[dict[str, Any]]:
+    """A job: each PPO model of scenario ``sc`` on the test episodes (all of them in one batch where
+    they stack, :func:`~hlm_gym.harness.population_eval.evaluate_models`; else one by one), one
+    per-seed row each."""
     from hlm_gym.harness.evaluation import evaluate
     from hlm_gym.harness.family import EnvSettings
     from hlm_gym.harness.population_eval import evaluate_models
     from hlm_gym.harness.results import EvaluationResult
 
-    family = family or family_for(config.env_id)
+    family = family_for(env_id)
     metrics = {"metrics": family.row_metrics, "ci": family.ci_metrics}
-    if bar is not None:
-        bar.set_description(f"test {sc}: {len(runs)} PPO models")
-    settings = EnvSettings(scenario=sc, traces=config.traces)
+    settings = EnvSettings(scenario=sc, traces=ev["traces"])
     # as evaluate(ppo:..., risk_weight=...) below: the run's risk weight, the env's default target
-    summaries = evaluate_models([r["model"] for r in runs], config.env_id, settings, "test", ev["seed"],
+    summaries = evaluate_models([r["model"] for r in runs], env_id, settings, "test", ev["seed"],
                                 [r["risk_weight"] for r in runs], None, ev["episodes"])
     rows = []
     for i, run in enumerate(runs):
@@ -711,46 +755,72 @@ def _evaluate_ppo(config: CompareConfig, rc: dict[str, Any], sc: str, runs: list
         label = reward_label(run["risk_weight"], run["risk_target"])
         rows.append(seed_row(result_row(sc, "ppo", f"ppo:{label}", res, run["risk_weight"], run["risk_target"],
                                         **metrics), run["seed"]))
-        if bar is not None:
-            bar.update(1)
-    if config.live:
-        for row, run in zip(rows, runs):
-            merge_live(row, _live(config, rc, family, f"ppo:{run['model']}", sc, run["risk_weight"], None, bar),
-                       family.live_metrics)
-    return aggregate_seeds(rows, metrics=family.row_metrics, with_ci=family.ci_metrics) + rows
+    return rows
+
+
+def _rule_row(env_id: str, sc: str, rule: Any, shared: Any, ev: dict[str, Any]) -> dict[str, Any]:
+    """A job: the analytic ``rule`` (an entry of the family's ``analytic_policies``) on scenario
+    ``sc``'s test episodes; a row of NaN metrics and the reason where it cannot be built here."""
+    from hlm_gym.harness.evaluation import evaluate
+
+    family = family_for(env_id)
+    metrics = {"metrics": family.row_metrics, "ci": family.ci_metrics}
+    try:
+        r = evaluate(rule.spec, scenario=sc, risk_weight=rule.risk_weight, policy_context=shared, **ev)
+        return result_row(sc, rule.family, rule.spec, r, rule.risk_weight, rule.param, **metrics)
+    except PolicyError as exc:  # e.g. U-HLM thresholds undefined when beta does not grow with u
+        return _undefined_row(sc, rule.family, rule.spec, rule.risk_weight, rule.param, exc, **metrics)
 
 
 def _evaluate_all(config: CompareConfig, rc: dict[str, Any], runs: list[dict[str, Any]], analytic: list[Any],
-                  family: Any, bar: Any) -> list[dict[str, Any]]:
-    """The results rows: each PPO model (per seed, and the mean over seeds) and each analytic rule
-    on each scenario's test episodes."""
-    from hlm_gym.harness.evaluation import evaluate
+                  family: Any, bar: Any, runner: Any = None) -> list[dict[str, Any]]:
+    """The results rows: per scenario, the mean over seeds of each PPO reward setting (the env
+    family's metrics, :mod:`hlm_gym.harness.seeds`), each PPO model per seed, and each analytic
+    rule, on the scenario's test episodes; with ``config.live`` each row also gets its policy's
+    live metrics. Every evaluation is a job of ``runner`` (default: in this process, in order)."""
+    from hlm_gym.parallel import Job, SerialRunner
 
+    runner = runner or SerialRunner()
     ev = {"env_id": config.env_id, "split": "test", "episodes": rc["episodes"], "seed": config.seed + 20_000,
           "traces": config.traces}
     shared = family.shared_policy_context(config.traces)  # computed once (HybridLM: the U-HLM fit)
-    metrics = {"metrics": family.row_metrics, "ci": family.ci_metrics}
-    rows: list[dict[str, Any]] = []
+    jobs, scenario_runs = [], {}
     for sc in rc["scenarios"]:
-        rows += _evaluate_ppo(config, rc, sc, [r for r in runs if r["scenario"] == sc], ev, bar, family)
-        for a in analytic:
-            if bar is not None:
-                bar.set_description(f"test {sc} {a.spec}")
-            try:
-                r = evaluate(a.spec, scenario=sc, risk_weight=a.risk_weight, policy_context=shared, **ev)
-                row = result_row(sc, a.family, a.spec, r, a.risk_weight, a.param, **metrics)
-            except PolicyError as exc:  # e.g. U-HLM thresholds undefined when beta does not grow with u
-                row = _undefined_row(sc, a.family, a.spec, a.risk_weight, a.param, exc, **metrics)
-            if bar is not None:
-                bar.update(1)
-            if config.live:
-                if not row.get("note"):
-                    merge_live(row, _live(config, rc, family, a.spec, sc, a.risk_weight, shared, bar),
-                               family.live_metrics)
-                elif bar is not None:
-                    bar.update(1)
-            rows.append(row)
+        scenario_runs[sc] = [r for r in runs if r["scenario"] == sc]
+        jobs.append(Job(_ppo_seed_rows, (config.env_id, sc, scenario_runs[sc], ev),
+                        label=f"test {sc}: {len(scenario_runs[sc])} PPO models", weight=len(scenario_runs[sc])))
+        jobs += [Job(_rule_row, (config.env_id, sc, a, shared, ev), label=f"test {sc} {a.spec}") for a in analytic]
+    results = iter(runner.run(jobs, bar))
+    per_scenario = {sc: (next(results), [next(results) for _ in analytic]) for sc in rc["scenarios"]}
+    if config.live:
+        _add_live(config, rc, per_scenario, scenario_runs, analytic, shared, runner, bar, family.live_metrics)
+    rows: list[dict[str, Any]] = []
+    for sc, (ppo_rows, rule_rows) in per_scenario.items():
+        rows += aggregate_seeds(ppo_rows, metrics=family.row_metrics, with_ci=family.ci_metrics) + ppo_rows + rule_rows
     return rows
+
+
+def _add_live(config: CompareConfig, rc: dict[str, Any], per_scenario: dict[str, tuple[list, list]],
+              scenario_runs: dict[str, list[dict[str, Any]]], analytic: list[Any], shared: Any, runner: Any,
+              bar: Any, live_metrics: Sequence[str]) -> None:
+    """Merge each row's live metrics in (a job per PPO model and per rule that could be built)."""
+    from hlm_gym.parallel import Job
+
+    targets, jobs = [], []
+    for sc, (ppo_rows, rule_rows) in per_scenario.items():
+        for row, run in zip(ppo_rows, scenario_runs[sc]):
+            targets.append(row)
+            jobs.append(Job(_live_summary, (config, rc, f"ppo:{run['model']}", sc, run["risk_weight"], None),
+                            label=f"live {sc} ppo:{row['policy'].removeprefix('ppo:')} seed {run['seed']}"))
+        for row, a in zip(rule_rows, analytic):
+            if row.get("note"):
+                if bar is not None:
+                    bar.update(1)
+                continue
+            targets.append(row)
+            jobs.append(Job(_live_summary, (config, rc, a.spec, sc, a.risk_weight, shared), label=f"live {sc} {a.spec}"))
+    for row, res in zip(targets, runner.run(jobs, bar)):
+        merge_live(row, res, live_metrics)
 
 
 def _report(rows: list[dict[str, Any]], dom: list[dict[str, Any]], dom_err: list[dict[str, Any]],

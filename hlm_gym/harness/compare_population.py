@@ -9,6 +9,7 @@ together as one (smaller) population.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -63,11 +64,18 @@ def finished_agent(pop: PopulationConfig, agent: AgentSpec) -> tuple[Optional[di
 
 
 def train_sweep(config: Any, rc: dict[str, Any], out: Path, runs: Sequence[SweepRun], resume: bool,
-                say: Callable[[str], None], on_iteration: Optional[Callable[[int, int], None]] = None
-                ) -> list[dict[str, Any]]:
+                say: Callable[[str], None], on_iteration: Optional[Callable[[int, int], None]] = None,
+                runner: Any = None) -> list[dict[str, Any]]:
     """Train ``runs`` as one population (those not reusable when ``resume``); each run's info
-    (``model``, ``wall_s``, ``steps_per_s``, ``tensorboard``, ``reused``), in the order of ``runs``."""
+    (``model``, ``wall_s``, ``steps_per_s``, ``tensorboard``, ``reused``), in the order of ``runs``.
+
+    With a ``runner`` (``--backend ray``) the agents to train are dealt into one population per
+    slot of the cluster (its GPUs with a CUDA device, else its CPUs; at least two agents each,
+    as a population of one agent rounds differently), each a job of one CPU thread (or one GPU).
+    An agent's training does not depend on the other agents of its population (tested), so the
+    models equal those of one population."""
     from hlm_gym.harness.population import train_population
+    from hlm_gym.parallel import Job, shards
 
     pop = population_config(config, rc, out, runs)
     infos: list[Optional[dict[str, Any]]] = [None] * len(runs)
@@ -76,10 +84,21 @@ def train_sweep(config: Any, rc: dict[str, Any], out: Path, runs: Sequence[Sweep
             infos[i], why = finished_agent(pop, agent)
             say(f"resume: {'reuse' if infos[i] else 'retrain'} {Path(pop.out) / agent.folder}: {why}")
     todo = [i for i, info in enumerate(infos) if info is None]
-    if todo:
-        pop.agents = [pop.agents[i] for i in todo]
+    if not todo:
+        return infos  # type: ignore[return-value]
+    if runner is None:
+        groups = [todo]
         pop.on_iteration = on_iteration
-        result = train_population(pop)
-        for i, agent, summary in zip(todo, result.agents, result.summaries):
+        results = [train_population(replace(pop, agents=[pop.agents[i] for i in todo]))]
+    else:
+        gpu = str(pop.device).startswith("cuda")
+        groups = shards(todo, runner.slots(gpu=gpu), min_size=2)
+        jobs = [Job(train_population, (replace(pop, agents=[pop.agents[i] for i in group]),),
+                    label=f"train population shard {k + 1}/{len(groups)} ({len(group)} agents)",
+                    gpus=1.0 if gpu else 0.0, weight=0) for k, group in enumerate(groups)]
+        results = runner.run(jobs)
+    for group, result in zip(groups, results):
+        for i, agent, summary in zip(group, result.agents, result.summaries):
             infos[i] = _info(Path(pop.out) / agent.folder, summary, False)
     return infos  # type: ignore[return-value]
+

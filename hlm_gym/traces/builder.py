@@ -11,6 +11,7 @@ and the loader are in :mod:`hlm_gym.traces.store`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -249,33 +250,89 @@ def _write_parquet(table, path: Path, **kwargs) -> None:
         pq.write_table(table, tmp, **kwargs)
 
 
+@dataclass(frozen=True)
+class PairLoader:
+    """How a worker process loads the model pair: ``factory`` (``"module:function"``) called with
+    ``kwargs``; hashable, so each worker loads it once (:func:`worker_pair`)."""
+
+    factory: str = "hlm_gym.lm.models:load_pair"
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def __call__(self) -> Any:
+        import importlib
+
+        module, _, name = self.factory.partition(":")
+        return getattr(importlib.import_module(module), name)(**dict(self.kwargs))
+
+
+@functools.lru_cache(maxsize=2)
+def worker_pair(loader: PairLoader) -> Any:
+    """The pair ``loader`` loads, once per process."""
+    return loader()
+
+
+def trace_chunk(pair, chunk: Sequence[TracePrompt], config, k_choices: tuple[int, ...], prompt_offset: int):
+    """The trace table of one chunk of prompts (rows numbered from ``prompt_offset``)."""
+    eos = getattr(pair.tokenizer, "eos_token_id", None)
+    cols = trace_batch(pair, chunk, config, k_choices, eos_token_id=eos)
+    cols.pop("vocab_size", None)
+    return _columns_to_table(cols, k_choices, prompt_offset, chunk)
+
+
+def _trace_chunk_job(loader: PairLoader, chunk: Sequence[TracePrompt], config, k_choices: tuple[int, ...],
+                     prompt_offset: int):
+    """A worker's job: load the pair (once per worker) and trace one chunk; its table and seconds."""
+    t0 = time.perf_counter()
+    table = trace_chunk(worker_pair(loader), chunk, config, k_choices, prompt_offset)
+    return table, time.perf_counter() - t0
+
+
 def _trace_chunks(pair, prompts: Sequence[TracePrompt], config, k_choices: tuple[int, ...], batch_size: int,
-                  parts_dir: Path, settings: dict, resume: bool, log) -> list:
-    """Trace ``prompts`` chunk by chunk, writing (or reusing) one part file per chunk; returns the tables."""
+                  parts_dir: Path, settings: dict, resume: bool, log, runner=None, loader: PairLoader | None = None,
+                  threads: int = 1) -> list:
+    """Trace ``prompts`` chunk by chunk, writing (or reusing) one part file per chunk; returns the tables.
+
+    With a ``runner`` (``--backend ray``) the chunks to trace are its jobs (the pair loaded in each
+    worker by ``loader``, ``threads`` CPU threads each, one GPU each when the pair is on a GPU); their
+    tables come back here and are written as part files as they arrive, so the parts, and the merged
+    file, are those of a build in this process."""
     import pyarrow.parquet as pq
 
-    eos = getattr(pair.tokenizer, "eos_token_id", None)
     n_chunks = math.ceil(len(prompts) / batch_size)
-    tables = []
+    plan = []
     for c0 in range(0, len(prompts), batch_size):
         chunk = list(prompts[c0:c0 + batch_size])
-        part = parts_dir / f"part-{c0 // batch_size:05d}-{_chunk_fingerprint(settings, chunk)}.parquet"
+        plan.append((c0, chunk, parts_dir / f"part-{c0 // batch_size:05d}-{_chunk_fingerprint(settings, chunk)}.parquet"))
+    tables: list = [None] * len(plan)
+    for j, (_c0, _chunk, part) in enumerate(plan):
         if resume and part.is_file():
             try:
-                tables.append(pq.read_table(part))
-                log(f"chunk {c0 // batch_size}: reused {part.name}")
-                continue
+                tables[j] = pq.read_table(part)
+                log(f"chunk {j}: reused {part.name}")
             except Exception:  # a damaged part: trace the chunk again
                 part.unlink(missing_ok=True)
-        t0 = time.perf_counter()
-        cols = trace_batch(pair, chunk, config, k_choices, eos_token_id=eos)
-        cols.pop("vocab_size", None)
-        table = _columns_to_table(cols, k_choices, c0, chunk)
-        _write_parquet(table, part, compression="zstd")
-        tables.append(table)
-        dt = time.perf_counter() - t0
-        log(f"chunk {c0 // batch_size + 1}/{n_chunks}: {table.num_rows} tokens "
+    todo = [j for j, t in enumerate(tables) if t is None]
+
+    def done(j: int, table, dt: float) -> None:
+        _write_parquet(table, plan[j][2], compression="zstd")
+        tables[j] = table
+        log(f"chunk {j + 1}/{n_chunks}: {table.num_rows} tokens "
             f"in {dt:.1f} s ({table.num_rows / max(dt, 1e-9):.1f} tok/s)")
+
+    if runner is None:
+        for j in todo:
+            t0 = time.perf_counter()
+            c0, chunk, _part = plan[j]
+            done(j, trace_chunk(pair, chunk, config, k_choices, c0), time.perf_counter() - t0)
+        return tables
+    from hlm_gym.parallel import Job
+
+    if loader is None:
+        raise TraceError("a distributed trace build needs a PairLoader (how its workers load the models)")
+    gpus = 1.0 if str(getattr(pair, "device", "cpu")).startswith("cuda") else 0.0
+    jobs = [Job(_trace_chunk_job, (loader, plan[j][1], config, k_choices, plan[j][0]), label=f"chunk {j + 1}",
+                cpus=threads, gpus=gpus) for j in todo]
+    runner.run(jobs, on_result=lambda k, res: done(todo[k], *res))
     return tables
 
 
@@ -309,7 +366,7 @@ def _remove_parts(parts_dir: Path) -> None:
 def build_traces(pair, prompts: Sequence[TracePrompt], config, out: str | os.PathLike,
                  k_choices: Sequence[int] = DEFAULT_K_CHOICES, batch_size: int = 8, extra_meta: dict | None = None,
                  measure: bool = True, log=None, resume: bool = True, overwrite: bool = True,
-                 on_stop=None) -> Path:
+                 on_stop=None, runner=None, loader: PairLoader | None = None, job_threads: int = 1) -> Path:
     """Trace ``prompts`` with always-send and write the Parquet file ``out`` (resumable by chunk).
 
     ``out`` is checked first (:func:`check_output`; an existing file is replaced only with
@@ -319,6 +376,10 @@ def build_traces(pair, prompts: Sequence[TracePrompt], config, out: str | os.Pat
     the part folder is removed. Every file goes through a unique temporary name, so a failure
     or Ctrl-C leaves no temporary file, only the finished parts; ``on_stop`` (default ``log``)
     receives the line saying so before the exception propagates.
+
+    With a ``runner`` (:mod:`hlm_gym.parallel`, e.g. ``--backend ray``) the chunks are traced by
+    its workers, each loading the pair with ``loader`` and using ``job_threads`` CPU threads; the
+    chunks, their seeds and the merge are the same, so the file equals a build in this process.
     """
     import pyarrow as pa
 
@@ -339,7 +400,7 @@ def build_traces(pair, prompts: Sequence[TracePrompt], config, out: str | os.Pat
     try:
         parts_dir.mkdir(parents=True, exist_ok=True)
         table = pa.concat_tables(_trace_chunks(pair, prompts, config, k_choices, batch_size, parts_dir,
-                                               settings, resume, log))
+                                               settings, resume, log, runner, loader, job_threads))
         meta = _build_meta(pair, prompts, config, k_choices, table, t_start)
         if measure:
             meta.update(measure_step_times(pair, prompts[0].ids, config))
