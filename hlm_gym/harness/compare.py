@@ -926,7 +926,8 @@ def command_line(config: CompareConfig) -> str:
                                  ("trainer", config.trainer, d.trainer), ("device", config.device, d.device),
                                  ("env-backend", config.env_backend, d.env_backend),
                                  ("n-envs", config.n_envs, None), ("traces", config.traces, None),
-                                 ("jobs", config.jobs, d.jobs), ("live-episodes", config.live_episodes, None)):
+                                 ("jobs", config.jobs, d.jobs), ("live-episodes", config.live_episodes, None),
+                                 ("backend", config.backend, d.backend), ("address", config.address, None)):
         if value != default:
             flags.append(f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}")
     flags += [f"--hp {k}={v}" for k, v in (config.overrides or {}).items()]
