@@ -66,7 +66,8 @@ def register(subparsers: Any) -> None:
     """Add ``slm build`` and ``slm report`` to the ``hlm-gym`` sub-parsers."""
     d = argparse.Namespace(**{f: _BuildDefault(f) for f in (
         "layers", "rank", "mlp_width", "vocab", "steps", "batch_size", "seq_len", "lr", "warmup", "tv_weight",
-        "seed", "ckpt_every", "eval_every", "eval_sequences")})
+        "seed", "ckpt_every", "eval_every", "eval_sequences", "on_policy_fraction", "on_policy_prompts",
+        "on_policy_tokens", "on_policy_max_prompt", "on_policy_batch", "on_policy_eval_prompts")})
     slm = subparsers.add_parser("slm", help="build or evaluate the distilled on-device SLM")
     sub = slm.add_subparsers(dest="slm_command", required=True)
 
@@ -106,6 +107,23 @@ def register(subparsers: Any) -> None:
     b.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="stop after this much training time, with the LR schedule stretched "
                         "over it (whichever of --steps and --time-budget comes first)")
+    b.add_argument("--init-from", type=Path, default=None, metavar="ARTIFACT_DIR",
+                   help="start the student from an exported artifact (its layers, kept neurons and tokens, "
+                        "adapters and norms; e.g. hlm_gym/data/slm) instead of pruning afresh")
+    b.add_argument("--on-policy-fraction", type=float, default=d.on_policy_fraction, metavar="F",
+                   help="share of training rows taken from the LLM's own temperature-1 continuations of "
+                        "train prompts, the rest reference replies (default %(default)s)")
+    b.add_argument("--on-policy-prompts", type=int, default=d.on_policy_prompts,
+                   help="train prompts the LLM continues for on-policy rows (default %(default)s)")
+    b.add_argument("--on-policy-tokens", type=int, default=d.on_policy_tokens,
+                   help="tokens per LLM continuation, at most (default %(default)s)")
+    b.add_argument("--on-policy-max-prompt", type=int, default=d.on_policy_max_prompt,
+                   help="longest chat-templated prompt continued, in tokens (default %(default)s)")
+    b.add_argument("--on-policy-batch", type=int, default=d.on_policy_batch,
+                   help="prompts the LLM continues together (default %(default)s)")
+    b.add_argument("--on-policy-eval-prompts", type=int, default=d.on_policy_eval_prompts,
+                   help="validation prompts continued by the LLM to monitor the run and fit the draft "
+                        "temperature, never trained on; 0: none (default %(default)s)")
     b.add_argument("--resume", action="store_true", help="continue the run in --out")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_build)
@@ -114,9 +132,11 @@ def register(subparsers: Any) -> None:
     r.add_argument("--slm", default=None, help="artifact folder (default: the shipped one)")
     r.add_argument("--prompts", type=int, default=100, help="held-out test turns (default %(default)s)")
     r.add_argument("--max-tokens", type=int, default=256, help="tokens per turn, prompt + reply")
-    r.add_argument("--generated", type=int, default=0,
-                   help="also measure on this many test prompts continued by the LLM (sampling, T=1)")
-    r.add_argument("--gen-tokens", type=int, default=128, help="tokens the LLM generates per prompt")
+    r.add_argument("--generated", type=int, default=60,
+                   help="also measure on this many test prompts continued by the LLM (sampling, T=1; "
+                        "0: skip; default %(default)s)")
+    r.add_argument("--gen-tokens", type=int, default=96,
+                   help="tokens the LLM generates per prompt (default %(default)s)")
     r.add_argument("--context", type=int, default=256, help="context length for the FLOP count")
     r.add_argument("--latency-steps", type=int, default=50)
     r.add_argument("--seed", type=int, default=0)
@@ -137,9 +157,21 @@ def _device(name: str) -> str:
 def _build(args: argparse.Namespace) -> int:
     from hlm_gym.lm.chat_examples import eval_prompts
     from hlm_gym.lm.distill import (BuildConfig, build, calibrate_temperature, check_output_folder,
-                                    check_run_folder, export_artifact, load_checkpoint_student, packed_sequences)
+                                    check_run_folder, export_artifact, load_checkpoint_student,
+                                    onpolicy_validation_rows, packed_sequences)
     from hlm_gym.lm.models import EMBEDDED_LLM, load_model
 
+    from hlm_gym.lm.distill import DistillError, check_init_from, check_onpolicy_settings
+
+    if args.init_from is not None:
+        shaped = [flag for flag, name in (("--layers", "layers"), ("--rank", "rank"), ("--mlp-width", "mlp_width"),
+                                          ("--vocab", "vocab")) if not isinstance(getattr(args, name), _BuildDefault)]
+        shaped += ["--alpha"] if args.alpha is not None else []
+        if shaped:
+            raise DistillError(f"--init-from takes the student's shape from the artifact; drop {', '.join(shaped)}")
+        if args.resume or args.export_only:
+            raise DistillError("--init-from starts a new run; a resumed run keeps the start it was given")
+        check_init_from(args.init_from)
     _resolve_defaults(args)
     # bad folders are found before the LLM is loaded and hours of training are spent
     check_run_folder(args.out, resume=args.resume or args.export_only)
@@ -152,7 +184,12 @@ def _build(args: argparse.Namespace) -> int:
                       ckpt_every=args.ckpt_every, eval_every=args.eval_every,
                       eval_sequences=args.eval_sequences, device=_device(args.device),
                       threads=args.threads, vocab=args.vocab, mlp_width=args.mlp_width,
-                      time_budget_s=args.time_budget * 60 if args.time_budget else None)
+                      time_budget_s=args.time_budget * 60 if args.time_budget else None,
+                      init_from=None if args.init_from is None else str(args.init_from),
+                      on_policy_fraction=args.on_policy_fraction, on_policy_prompts=args.on_policy_prompts,
+                      on_policy_tokens=args.on_policy_tokens, on_policy_max_prompt=args.on_policy_max_prompt,
+                      on_policy_batch=args.on_policy_batch, on_policy_eval_prompts=args.on_policy_eval_prompts)
+    check_onpolicy_settings(cfg)
     llm = load_model(EMBEDDED_LLM, device=cfg.device)
     if args.export_only:
         student, cfg, state = load_checkpoint_student(args.out, llm)
@@ -164,11 +201,20 @@ def _build(args: argparse.Namespace) -> int:
         c_ids, c_mask = packed_sequences(llm.tokenizer, eval_prompts(), cfg.seq_len, cfg.eval_sequences, cfg.seed + 2)
         teacher = llm.model
         student = student.to(next(teacher.parameters()).device).eval()
-        cal = calibrate_temperature(teacher, student, c_ids.to(cfg.device), c_mask.to(cfg.device))
+        on_val = None
+        if cfg.on_policy_fraction > 0:
+            on_val = onpolicy_validation_rows(cfg, teacher, llm.tokenizer, args.out, llm.fingerprint,
+                                              progress=not args.no_progress)
+            on_val = None if on_val is None else (on_val[0].to(cfg.device), on_val[1].to(cfg.device))
+        cal = calibrate_temperature(teacher, student, c_ids.to(cfg.device), c_mask.to(cfg.device), onpolicy=on_val)
         summary = {**summary, "calibration": cal}
-        print(f"draft temperature {cal['temperature']} (validation acceptance "
-              f"{cal['acceptance_by_temperature'][1.0]:.4f} at T=1 -> "
-              f"{cal['acceptance_by_temperature'][cal['temperature']]:.4f})")
+        t = cal["temperature"]
+        line = (f"draft temperature {t} (validation acceptance {cal['acceptance_by_temperature'][1.0]:.4f} at T=1 -> "
+                f"{cal['acceptance_by_temperature'][t]:.4f}")
+        if on_val is not None:
+            on = cal["onpolicy_acceptance_by_temperature"]
+            line += f"; on LLM continuations of validation prompts {on[1.0]:.4f} -> {on[t]:.4f}"
+        print(line + ")")
     meta = export_artifact(student.cpu(), cfg, llm if cfg.device == "cpu" else load_model(EMBEDDED_LLM),
                            export_dir, summary)
     chk = meta["check"]

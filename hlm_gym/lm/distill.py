@@ -24,6 +24,14 @@ Recipe
   mixed with the total-variation distance ``1 - sum min(p, q)`` (exactly one minus the
   speculative acceptance), on the *response* positions of chat-templated ShareGPT **train**
   turns (prompt + reference reply, packed into fixed-length sequences).
+* **On-policy data** (``on_policy_fraction`` F > 0, as in DistillSpec): the share F of the
+  training rows are the LLM's own temperature-1 continuations of ShareGPT **train** prompts
+  (:mod:`hlm_gym.lm.onpolicy`, generated once with the KV cache and cached in the run folder),
+  the rest reference replies; the LLM's continuations of a few *validation* prompts are
+  generated too, for monitoring and for fitting the draft temperature, never for training.
+* **Warm start** (``init_from``): the student (layers, kept neurons and tokens, adapters and
+  norms) is taken from an exported artifact instead of being pruned and initialised afresh;
+  the draft temperature folded into its final norm at export is unfolded first.
 * **Shipping**: the adapters and norms in float16 safetensors, with the kept neuron and token
   indices, plus a JSON config (``hlm_gym/data/slm/``); see :mod:`hlm_gym.lm.slm` for loading.
 
@@ -43,15 +51,17 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from hlm_gym.lm.acceptance import acceptance_on, final_hidden
 from hlm_gym.lm.chat_examples import encode_example, eval_prompts, train_prompts
+from hlm_gym.lm.model_types import ModelLoadError
+from hlm_gym.lm.onpolicy import TRAIN_FILE, VAL_FILE, continuation_data, mixed_row, pack_examples
 from hlm_gym.lm.slm import (ARTIFACT_FORMAT, ARTIFACT_JSON, ARTIFACT_WEIGHTS, MLP_KEY, VOCAB_KEY, check_acceptance,
-                            slm_from_delta)
+                            read_artifact_config, read_delta, slm_from_delta, student_from_delta)
 from hlm_gym.lm.student import (LORA_TARGETS, DistillError, LoRALinear, TrimmedLMHead, build_student, delta_state,
                                 merge_student, validate_layers, validate_rank, validate_vocab)
 from hlm_gym.paths import atomic_write_bytes, atomic_write_text, folder_problem
@@ -150,24 +160,19 @@ def packed_sequences(tokenizer, prompts, seq_len: int, n_sequences: int, seed: i
     """
     order = list(range(len(prompts)))
     random.Random(seed).shuffle(order)
-    ids_stream: list[int] = []
-    mask_stream: list[int] = []
-    need = seq_len * n_sequences
+    examples = []
+    need, have = seq_len * n_sequences, 0
     for i in order:
         enc = encode_example(tokenizer, prompts[i], max_prompt_tokens, max_reply_tokens)
         if enc is None:
             continue
-        ids_stream += enc[0]
-        mask_stream += enc[1]
-        if len(ids_stream) >= need:
+        examples.append(enc)
+        have += len(enc[0])
+        if have >= need:
             break
-    n_rows = len(ids_stream) // seq_len
-    if n_rows == 0:
+    if have < seq_len:
         raise DistillError("not enough training text for one sequence")
-    ids = torch.tensor(ids_stream[: n_rows * seq_len]).view(n_rows, seq_len)
-    mask = torch.tensor(mask_stream[: n_rows * seq_len], dtype=torch.bool).view(n_rows, seq_len)
-    mask[:, -1] = False  # the last position's target lies in the next row
-    return ids, mask
+    return pack_examples(examples, seq_len, n_sequences)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -222,6 +227,45 @@ class BuildConfig:
     vocab: int | None = 8192
     mlp_width: int | None = 576
     calib_sequences: int = 8
+    init_from: str | None = None  # artifact folder to start the student from
+    on_policy_fraction: float = 0.0  # share of training rows from the LLM's continuations of train prompts
+    on_policy_prompts: int = 800  # train prompts the LLM continues
+    on_policy_tokens: int = 128  # tokens per continuation (at most)
+    on_policy_max_prompt: int = 128  # longest templated prompt continued
+    on_policy_batch: int = 16  # prompts decoded together
+    on_policy_eval_prompts: int = 24  # validation prompts continued for monitoring and the temperature fit
+
+
+def check_onpolicy_settings(cfg: "BuildConfig") -> None:
+    """One-line :class:`DistillError` for out-of-range on-policy settings (before any model loads)."""
+    f = cfg.on_policy_fraction
+    if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0.0 <= f <= 1.0 or f != f:
+        raise DistillError(f"--on-policy-fraction must lie in [0, 1], got {f!r}")
+    for flag, value, low in (("--on-policy-prompts", cfg.on_policy_prompts, 1),
+                             ("--on-policy-tokens", cfg.on_policy_tokens, 1),
+                             ("--on-policy-max-prompt", cfg.on_policy_max_prompt, 2),
+                             ("--on-policy-batch", cfg.on_policy_batch, 1),
+                             ("--on-policy-eval-prompts", cfg.on_policy_eval_prompts, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise DistillError(f"{flag} must be an integer >= {low}, got {value!r}")
+
+
+def check_init_from(folder: str | Path) -> dict:
+    """The ``slm.json`` of the ``--init-from`` artifact folder, or a one-line :class:`DistillError`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DistillError(f"--init-from {folder}: not a folder")
+    try:
+        return read_artifact_config(folder)
+    except ModelLoadError as exc:
+        raise DistillError(f"--init-from {folder}: {exc}") from None
+
+
+def init_artifact_temperature(art: dict) -> float:
+    """The draft temperature an artifact folded into its final norm at export (1.0 when none)."""
+    cal = (art.get("training") or {}).get("calibration") or {}
+    temp = cal.get("temperature", 1.0)
+    return float(temp) if isinstance(temp, (int, float)) and temp > 0 else 1.0
 
 
 def progress_fraction(step: int, seconds: float, cfg: "BuildConfig") -> float:
@@ -308,6 +352,9 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
 
     run_dir = Path(run_dir)
     validate_rank(cfg.rank)
+    check_onpolicy_settings(cfg)
+    if cfg.init_from and not resume:
+        check_init_from(cfg.init_from)
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 8:
         raise DistillError("steps and batch size must be >= 1 and seq_len >= 8")
     ckpt_path = check_run_folder(run_dir, resume) / "checkpoint.pt"
@@ -333,6 +380,17 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
     teacher, tokenizer = llm.model.to(device).eval(), llm.tokenizer
     for p in teacher.parameters():
         p.requires_grad_(False)
+    init = None
+    if cfg.init_from and state is None:
+        try:
+            art, init_delta, init_vocab, init_mlp, _ = read_delta(llm, cfg.init_from)
+        except ModelLoadError as exc:
+            raise DistillError(f"--init-from {cfg.init_from}: {exc}") from None
+        init = (art, init_delta)
+        cfg = replace(cfg, layers=[int(i) for i in art["layers"]], rank=int(art["rank"]), alpha=float(art["alpha"]),
+                      vocab=None if init_vocab is None else (art.get("recipe") or {}).get("vocab") or art["vocab"],
+                      mlp_width=art.get("mlp_width"))
+        state = {"vocab_ids": init_vocab, "mlp_keep": init_mlp}  # the artifact's pruning, reused below
     validate_layers(cfg.layers, teacher.config.num_hidden_layers)
     vocab_ids = None
     if cfg.vocab is not None:
@@ -348,6 +406,21 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
             mlp_keep = top_neurons(mlp_importance(teacher, cal_ids.to(device))[cfg.layers], cfg.mlp_width)
     student = build_student(teacher, cfg.layers, cfg.rank, cfg.alpha, seed=cfg.seed,
                             vocab_ids=vocab_ids, mlp_keep=mlp_keep).to(device)
+    if init is not None:
+        art, init_delta = init
+        state = None
+        try:
+            loaded = student_from_delta(teacher, Path(cfg.init_from), art, init_delta, vocab_ids, mlp_keep)
+        except ModelLoadError as exc:
+            raise DistillError(f"--init-from {cfg.init_from}: {exc}") from None
+        with torch.no_grad():
+            own = dict(student.named_parameters())
+            for name, p in loaded.named_parameters():
+                if p.requires_grad:
+                    own[name].copy_(p.to(own[name].device))
+            student.model.norm.weight.mul_(init_artifact_temperature(art))  # back to temperature 1
+        del loaded
+        log(f"initialised from {cfg.init_from} (draft temperature {init_artifact_temperature(art)} unfolded)")
     kept = None if vocab_ids is None else student.lm_head.ids
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
@@ -364,6 +437,23 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
                                        cfg.eval_sequences, cfg.seed + 1)
     n_rows = ids.shape[0]
     run_dir.mkdir(parents=True, exist_ok=True)
+    on_ids = on_mask = on_val = None
+    if cfg.on_policy_fraction > 0:
+        on_ids, on_mask = onpolicy_rows(cfg, teacher, tokenizer, run_dir, llm.fingerprint, progress)
+        on_val = onpolicy_validation_rows(cfg, teacher, tokenizer, run_dir, llm.fingerprint, progress)
+        log(f"on-policy data: {on_ids.shape[0]} rows of {cfg.seq_len} tokens from the LLM's continuations of "
+            f"{cfg.on_policy_prompts} train prompts ({int(on_mask.sum())} training positions), "
+            f"{cfg.on_policy_fraction:.0%} of the batches' rows")
+    n_on = 0 if on_ids is None else on_ids.shape[0]
+
+    def batch_at(k0: int):
+        xs, ms = [], []
+        for k in range(k0, k0 + cfg.batch_size):
+            on, i = mixed_row(k, cfg.on_policy_fraction, n_rows, n_on)
+            xs.append(on_ids[i] if on else ids[i])
+            ms.append(on_mask[i] if on else mask[i])
+        return torch.stack(xs), torch.stack(ms)
+
     atomic_write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2))
     log_path = run_dir / "log.jsonl"
     if state is not None and log_path.is_file():
@@ -386,8 +476,8 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
     ema_acc = None
     t_last = time.time()
     while step < cfg.steps and progress_fraction(step, train_seconds, cfg) < 1.0:
-        rows = [(step * cfg.batch_size + j) % n_rows for j in range(cfg.batch_size)]
-        x, m = ids[rows].to(device), mask[rows].to(device)
+        x, m = batch_at(step * cfg.batch_size)
+        x, m = x.to(device), m.to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg, train_seconds)
         student.train()
@@ -417,7 +507,12 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
             student.eval()
             ev_acc, ev_agree, _ = acceptance_on(teacher, student, ev_ids.to(device), ev_mask.to(device))
             rec.update(val_acc=round(ev_acc, 5), val_agree=round(ev_agree, 5))
-            log(f"step {step}: validation acceptance {ev_acc:.4f}, greedy agreement {ev_agree:.4f}")
+            line = f"step {step}: validation acceptance {ev_acc:.4f}, greedy agreement {ev_agree:.4f}"
+            if on_val is not None:
+                on_acc, on_agree, _ = acceptance_on(teacher, student, on_val[0].to(device), on_val[1].to(device))
+                rec.update(val_onpolicy_acc=round(on_acc, 5), val_onpolicy_agree=round(on_agree, 5))
+                line += f"; on LLM continuations {on_acc:.4f}, {on_agree:.4f}"
+            log(line)
             t_last = time.time()
         log_fh.write(json.dumps(rec) + "\n")
         log_fh.flush()
@@ -428,6 +523,28 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
     log_fh.close()
     student.eval()
     return student, cfg, {"tokens_seen": tokens_seen, "train_seconds": train_seconds, "steps": step}
+
+
+def onpolicy_rows(cfg: BuildConfig, teacher, tokenizer, run_dir: str | Path, fingerprint: str,
+                  progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed ``(ids, mask)`` rows of the LLM's continuations of train prompts (cached in ``run_dir``)."""
+    examples = continuation_data(teacher, tokenizer, train_prompts(), Path(run_dir) / TRAIN_FILE,
+                                 cfg.on_policy_prompts, cfg.on_policy_tokens, cfg.on_policy_max_prompt,
+                                 cfg.seed + 11, fingerprint, cfg.on_policy_batch, progress,
+                                 desc="LLM continuations (train)")
+    return pack_examples(examples, cfg.seq_len, seed=cfg.seed + 5)
+
+
+def onpolicy_validation_rows(cfg: BuildConfig, teacher, tokenizer, run_dir: str | Path, fingerprint: str,
+                             progress: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Packed rows of the LLM's continuations of validation prompts (monitoring and temperature fit only)."""
+    if cfg.on_policy_eval_prompts < 1:
+        return None
+    examples = continuation_data(teacher, tokenizer, eval_prompts(), Path(run_dir) / VAL_FILE,
+                                 cfg.on_policy_eval_prompts, cfg.on_policy_tokens, cfg.on_policy_max_prompt,
+                                 cfg.seed + 12, fingerprint, cfg.on_policy_batch, progress,
+                                 desc="LLM continuations (validation)")
+    return pack_examples(examples, cfg.seq_len)
 
 
 def load_checkpoint_student(run_dir: str | Path, llm):
@@ -505,12 +622,32 @@ def _write_artifact(student, cfg: BuildConfig, llm, folder: Path, summary: dict 
 
 @torch.no_grad()
 def calibrate_temperature(teacher, student, ids: torch.Tensor, mask: torch.Tensor,
-                          grid=(0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.1, 1.2)) -> dict:
+                          grid=(0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.1, 1.2),
+                          onpolicy: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """Pick the draft temperature T maximising acceptance on (ids, mask) and fold it into the student.
 
     ``logits = W_lm (g * rmsnorm(h))`` is linear in the student's own final-norm weight ``g``, so
     ``g / T`` gives exactly ``softmax(z / T)`` at no inference cost (the LM head stays shared).
+    With ``onpolicy`` (rows of the LLM's continuations of validation prompts) the temperature
+    is chosen by the acceptance there (the text the SLM drafts on in the loop); both score
+    tables are returned.
     """
+    scores, n = temperature_scores(teacher, student, ids, mask, grid)
+    res = {"acceptance_by_temperature": scores, "positions": n}
+    chosen = scores
+    if onpolicy is not None:
+        on_scores, on_n = temperature_scores(teacher, student, onpolicy[0], onpolicy[1], grid)
+        res.update(onpolicy_acceptance_by_temperature=on_scores, onpolicy_positions=on_n,
+                   chosen_by="LLM continuations of validation prompts")
+        chosen = on_scores
+    best = max(chosen, key=chosen.get)
+    student.model.norm.weight.div_(best)
+    return {"temperature": best, **res}
+
+
+@torch.no_grad()
+def temperature_scores(teacher, student, ids: torch.Tensor, mask: torch.Tensor, grid) -> tuple[dict, int]:
+    """Mean acceptance of the student at each draft temperature of ``grid`` on (ids, mask), and the positions."""
     t_parts, s_parts = [], []
     for i in range(ids.shape[0]):
         x, m = ids[i:i + 1], mask[i:i + 1]
@@ -523,6 +660,4 @@ def calibrate_temperature(teacher, student, ids: torch.Tensor, mask: torch.Tenso
     scores = {}
     for temp in grid:
         scores[float(temp)] = torch.minimum(p, torch.softmax(zs / temp, -1)).sum(-1).mean().item()
-    best = max(scores, key=scores.get)
-    student.model.norm.weight.div_(best)
-    return {"temperature": best, "acceptance_by_temperature": scores, "positions": int(p.shape[0])}
+    return scores, int(p.shape[0])

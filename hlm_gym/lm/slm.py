@@ -78,8 +78,13 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def slm_from_delta(llm: LoadedModel, folder: str | Path | None = None, check_base: bool = True) -> LoadedModel:
-    """Build the SLM of the artifact in ``folder`` (default: shipped) on top of ``llm``."""
+def read_delta(llm: LoadedModel, folder: str | Path | None = None, check_base: bool = True):
+    """The checked contents of the artifact in ``folder`` (default: shipped), for the LLM ``llm``.
+
+    Returns ``(config, delta, vocab_ids, mlp_keep, weights_sha256)``: the parsed ``slm.json``,
+    the trainable tensors (adapters and norms) by parameter name, the kept-vocabulary ids and
+    kept MLP neurons (None when not pruned) and the SHA-256 of the weights file.
+    """
     from safetensors.torch import load_file
 
     folder = Path(folder) if folder is not None else artifact_dir()
@@ -115,8 +120,13 @@ def slm_from_delta(llm: LoadedModel, folder: str | Path | None = None, check_bas
         raise ModelLoadError(f"SLM artifact {folder}: config 'mlp_width' is {width!r} but "
                              f"{w_path.name} holds kept MLP neurons of shape "
                              f"{None if mlp_keep is None else tuple(mlp_keep.shape)} ({MLP_KEY!r})")
+    return cfg, delta, vocab_ids, mlp_keep, w_sha
+
+
+def student_from_delta(llm_model, folder: Path, cfg: dict, delta: dict, vocab_ids, mlp_keep):
+    """The (unmerged) student of an artifact's contents (see :func:`read_delta`), adapters loaded, float32."""
     try:
-        student = build_student(llm.model, [int(i) for i in cfg["layers"]], int(cfg["rank"]),
+        student = build_student(llm_model, [int(i) for i in cfg["layers"]], int(cfg["rank"]),
                                 float(cfg["alpha"]), seed=0, vocab_ids=vocab_ids, mlp_keep=mlp_keep)
     except DistillError as exc:
         raise ModelLoadError(f"bad SLM artifact {folder}: {exc}") from None
@@ -124,16 +134,24 @@ def slm_from_delta(llm: LoadedModel, folder: str | Path | None = None, check_bas
     trainable = {n for n, p in own.items() if p.requires_grad}
     if set(delta) != trainable:
         missing, extra = sorted(trainable - set(delta)), sorted(set(delta) - trainable)
-        raise ModelLoadError(f"SLM weights {w_path} do not match its config "
+        raise ModelLoadError(f"SLM weights {Path(folder) / ARTIFACT_WEIGHTS} do not match its config "
                              f"(missing {missing[:3]}, unexpected {extra[:3]})")
-    device = next(llm.model.parameters()).device
-    dtype = next(llm.model.parameters()).dtype
     with torch.no_grad():
         for name, tensor in delta.items():
             if tuple(tensor.shape) != tuple(own[name].shape):
                 raise ModelLoadError(f"SLM weight {name} has shape {tuple(tensor.shape)}, "
                                      f"expected {tuple(own[name].shape)}")
-            own[name].copy_(tensor.to(device=device, dtype=torch.float32))
+            own[name].copy_(tensor.to(device=own[name].device, dtype=torch.float32))
+    return student
+
+
+def slm_from_delta(llm: LoadedModel, folder: str | Path | None = None, check_base: bool = True) -> LoadedModel:
+    """Build the SLM of the artifact in ``folder`` (default: shipped) on top of ``llm``."""
+    folder = Path(folder) if folder is not None else artifact_dir()
+    cfg, delta, vocab_ids, mlp_keep, w_sha = read_delta(llm, folder, check_base)
+    student = student_from_delta(llm.model, folder, cfg, delta, vocab_ids, mlp_keep)
+    device = next(llm.model.parameters()).device
+    dtype = next(llm.model.parameters()).dtype
     merge_student(student)
     student = student.to(device=device, dtype=dtype).eval()
     # share embeddings/LM head again after the dtype move (to() keeps shared modules shared)
