@@ -8,8 +8,9 @@ policies, see :mod:`hlm_gym.harness.hybrid_lm`):
    ``risk_target`` 0 (the return prices the *error rate*, expected rejections per token), and
    each risk target R at ``target_risk_weight`` (the return is the Lagrangian of "mean rejection
    probability of the skipped tokens <= R", the *risk* that the matched-risk check compares),
-   each with ``seeds`` training seeds: with ``trainer="population"`` (default) every run of the
-   sweep as one batched run (:mod:`hlm_gym.harness.compare_population`, final models), with
+   each with ``seeds`` training seeds: with ``trainer="population"`` (default) the runs of the
+   sweep as batched populations, one per training process (``jobs``) or cluster slot, each on
+   one CPU thread (:mod:`hlm_gym.harness.compare_population`, final models), with
    ``"sb3"`` one :func:`hlm_gym.harness.training.train` run per point (best checkpoint by
    validation reward);
 2. evaluate, on the **test** split through the evaluation harness
@@ -62,11 +63,10 @@ import dataclasses
 import io
 import json
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -122,7 +122,7 @@ class CompareConfig:
     episodes: Optional[int] = None
     seed: int = 0
     seeds: int = DEFAULTS["seeds"]  # training seeds per reward setting: seed, seed + 1, ...
-    trainer: str = DEFAULTS["trainer"]  # "population" (all PPO runs as one batched run) or "sb3"
+    trainer: str = DEFAULTS["trainer"]  # "population" (the PPO runs as batched populations) or "sb3"
     device: str = "cpu"
     env_backend: str = "numpy"  # PPO training environments: "numpy" (CPU) or "torch" (on `device`)
     n_envs: Optional[int] = None
@@ -418,28 +418,13 @@ def _check_sweeps(config: CompareConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------ training
-def _train_job(cfg: Any, threads: int = 0, worker: bool = False) -> dict[str, Any]:
-    """Train one run (in this process or, ``worker``, a pool worker: Ctrl-C reaches it only while
-    it trains, see :func:`_ignore_sigint`); what the comparison keeps of it."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+def _train_job(cfg: Any) -> dict[str, Any]:
+    """A job: train one run (SB3 trainer); what the comparison keeps of it."""
     from hlm_gym.harness.training import train
 
-    old = signal.signal(signal.SIGINT, signal.default_int_handler) if worker else None
-    try:
-        res = train(cfg)
-    finally:
-        if worker:
-            signal.signal(signal.SIGINT, old)
+    res = train(cfg)
     return {"model": str(res.files.get("model_best", res.files["model_last"])), "wall_s": res.summary["wall_s"],
             "steps_per_s": res.summary["steps_per_s"], "tensorboard": str(res.files["tensorboard"]), "reused": False}
-
-
-def _ignore_sigint() -> None:
-    """Pool workers' initializer: SIGINT is ignored between runs (the parent stops idle workers)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _settings_diff(recorded: Any, current: dict[str, Any]) -> str:
@@ -496,62 +481,19 @@ def _resume(configs: list[Any], bar: Any) -> list[Optional[dict[str, Any]]]:
 def _train_all(configs: list[Any], jobs: int, bar: Any, resume: bool = False) -> list[dict[str, Any]]:
     """Train every run, ``jobs`` at a time in worker processes (one torch thread each) when ``jobs > 1``;
     with ``resume``, runs already finished with the same settings (and intact files) are reused."""
+    from hlm_gym.parallel import ProcessRunner
+
+    if jobs > 1:
+        return _train_jobs(configs, ProcessRunner(jobs), bar, resume)
     infos = _resume(configs, bar) if resume else [None] * len(configs)
-    todo = [i for i, info in enumerate(infos) if info is None]
-    if bar is not None:
-        bar.update(len(configs) - len(todo))
-    if jobs <= 1 or len(todo) <= 1:
-        for i in todo:
+    for i, info in enumerate(infos):
+        if info is None:
             if bar is not None:
                 bar.set_description(f"train {configs[i].scenario} {Path(configs[i].out).name}")
             infos[i] = _train_job(configs[i])
-            if bar is not None:
-                bar.update(1)
-        return infos  # type: ignore[return-value]
-    if bar is not None:
-        bar.set_description(f"train {len(todo)} runs, {jobs} at a time")
-    for i, info in _train_parallel([configs[i] for i in todo], jobs, bar):
-        infos[todo[i]] = info
+        if bar is not None:
+            bar.update(1)
     return infos  # type: ignore[return-value]
-
-
-def _train_parallel(configs: list[Any], jobs: int, bar: Any) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(index, info)`` of each run as it finishes, trained by ``jobs`` spawned workers. On an
-    error or Ctrl-C the queued runs are cancelled and the running ones interrupted (their run
-    folders stay as they were), then the error is raised."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_ignore_sigint)
-    futures = {pool.submit(_train_job, cfg, 1, True): i for i, cfg in enumerate(configs)}
-    try:
-        for fut in as_completed(futures):
-            yield futures[fut], fut.result()
-            if bar is not None:
-                bar.update(1)
-    except BaseException:
-        _stop_workers(pool, list(futures))
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _stop_workers(pool: Any, futures: list[Any], grace_s: float = 30.0) -> None:
-    """Cancel queued runs, interrupt running ones (SIGINT: they clean up), terminate any left after ``grace_s``."""
-    import multiprocessing
-    import os
-    from concurrent.futures import wait
-
-    pool.shutdown(wait=False, cancel_futures=True)
-    workers = multiprocessing.active_children()
-    for p in workers:
-        with contextlib.suppress(OSError):
-            os.kill(p.pid, signal.SIGINT)
-    wait(futures, timeout=grace_s)
-    for p in workers:
-        if p.is_alive():
-            p.terminate()
 
 
 def _metrics_of(metrics: Optional[Sequence[str]], ci: Optional[Sequence[str]]
@@ -668,7 +610,10 @@ def _train_runs(config: CompareConfig, rc: dict[str, Any], out: Path, todo: list
                 bar: Any, runner: Any = None) -> list[dict[str, Any]]:
     """Train (or, with ``resume``, reuse) every PPO run of the sweep with ``config.trainer``; with the
     ray backend every run (population trainer: every shard of the population) is a job of ``runner``."""
+    from hlm_gym.parallel import ProcessRunner
+
     distributed = config.backend != "local" and runner is not None
+    jobs = config.jobs or auto_jobs(len(todo))
     if config.trainer == "population":
         from hlm_gym.harness.compare_population import train_sweep
 
@@ -676,20 +621,43 @@ def _train_runs(config: CompareConfig, rc: dict[str, Any], out: Path, todo: list
             if bar is not None:
                 bar.set_description(f"train {len(todo)} PPO agents as one population: iteration {i}/{n}")
 
+        if bar is not None and (distributed or jobs > 1):
+            bar.set_description(f"train {len(todo)} PPO agents in populations of one CPU thread each")
+        # local on the CPU: the agents in `jobs` populations in worker processes; on a GPU: one population here
+        local = ProcessRunner(jobs) if jobs > 1 and not _gpus(config.device) else None
         infos = train_sweep(config, rc, out, todo, config.resume, lambda text: _say(bar, text), on_iteration,
-                            runner=runner if distributed else None)
+                            runner=runner if distributed else local)
         if bar is not None:
             bar.update(len(todo))
-        return infos
-    configs = [_train_config(config, rc, out, sc, w, t, s) for sc, w, t, s in todo]
+    else:
+        configs = [_train_config(config, rc, out, sc, w, t, s) for sc, w, t, s in todo]
+        if not distributed:
+            return _train_all(configs, jobs, bar, config.resume)
+        infos = _train_jobs(configs, runner, bar, config.resume, gpus=_gpus(config.device))
     if distributed:
-        return _train_jobs(configs, runner, bar, config.resume, gpus=_gpus(config.device))
-    return _train_all(configs, config.jobs or auto_jobs(len(configs)), bar, config.resume)
+        _check_visible(infos, out)
+    return infos
+
+
+def _check_visible(infos: list[dict[str, Any]], out: Path) -> None:
+    """Every model the cluster's workers wrote is visible here (``out`` on storage all nodes share)."""
+    from hlm_gym.parallel.ray_runner import ClusterError
+
+    missing = [info["model"] for info in infos if not Path(info["model"]).is_file()]
+    if missing:
+        raise ClusterError(f"--backend ray: {len(missing)} model(s) the Ray workers wrote are not visible on this "
+                           f"machine (first: {missing[0]}); --out {out} must be on storage every node shares "
+                           "(docs/cluster.md)")
 
 
 def _gpus(device: str) -> float:
-    """The GPUs a job on ``device`` asks the cluster for (one for ``cuda``/``cuda:N``/``auto``, else none)."""
-    return 1.0 if device.startswith("cuda") or device == "auto" else 0.0
+    """The GPUs a training job on ``device`` needs: one for ``cuda``/``cuda:N`` (and ``auto`` where
+    this machine has one), else none."""
+    if device == "auto":
+        import torch
+
+        return 1.0 if torch.cuda.is_available() else 0.0
+    return 1.0 if device.startswith("cuda") else 0.0
 
 
 def _train_jobs(configs: list[Any], runner: Any, bar: Any, resume: bool, gpus: float = 0.0) -> list[dict[str, Any]]:
@@ -1052,8 +1020,8 @@ def _csv(rows: list[dict[str, Any]], fields: Sequence[str]) -> str:
 def _trainer_text(config: CompareConfig, rc: dict[str, Any]) -> str:
     """How the PPO runs were trained, for the results' header."""
     seeds = tuple(rc.get("seeds") or (config.seed,))
-    which = "the population trainer, all runs as one batched run" if config.trainer == "population" else \
-        "Stable-Baselines3, one run per point"
+    which = ("the population trainer, the runs as populations of one CPU thread each"
+             if config.trainer == "population" else "Stable-Baselines3, one run per point")
     return f"{which}; training seeds {', '.join(map(str, seeds))}"
 
 

@@ -66,15 +66,16 @@ def finished_agent(pop: PopulationConfig, agent: AgentSpec) -> tuple[Optional[di
 def train_sweep(config: Any, rc: dict[str, Any], out: Path, runs: Sequence[SweepRun], resume: bool,
                 say: Callable[[str], None], on_iteration: Optional[Callable[[int, int], None]] = None,
                 runner: Any = None) -> list[dict[str, Any]]:
-    """Train ``runs`` as one population (those not reusable when ``resume``); each run's info
-    (``model``, ``wall_s``, ``steps_per_s``, ``tensorboard``, ``reused``), in the order of ``runs``.
+    """Train ``runs`` (those not reusable when ``resume``); each run's info (``model``, ``wall_s``,
+    ``steps_per_s``, ``tensorboard``, ``reused``), in the order of ``runs``.
 
-    With a ``runner`` (``--backend ray``) the agents to train are dealt into one population per
-    slot of the cluster (its GPUs with a CUDA device, else its CPUs; at least two agents each,
-    as a population of one agent rounds differently), each a job of one CPU thread (or one GPU).
-    An agent's training does not depend on the other agents of its population (tested), so the
-    models equal those of one population."""
-    from hlm_gym.harness.population import train_population
+    Without a ``runner`` the agents train as one population in this process. With one (worker
+    processes of this machine, or ``--backend ray``) they are dealt into one population per slot
+    of the runner (GPUs with a CUDA device, else CPUs; at least two agents each, as a population
+    of one agent rounds differently), each a job of one CPU thread (or one GPU). Every population
+    trains on one CPU thread (:func:`train_shard`), and an agent's training does not depend on
+    the other agents of its population, so the models do not depend on how the agents are dealt
+    (tested)."""
     from hlm_gym.parallel import Job, shards
 
     pop = population_config(config, rc, out, runs)
@@ -86,14 +87,13 @@ def train_sweep(config: Any, rc: dict[str, Any], out: Path, runs: Sequence[Sweep
     todo = [i for i, info in enumerate(infos) if info is None]
     if not todo:
         return infos  # type: ignore[return-value]
+    gpu = str(pop.device).startswith("cuda")
     if runner is None:
         groups = [todo]
-        pop.on_iteration = on_iteration
-        results = [train_population(replace(pop, agents=[pop.agents[i] for i in todo]))]
+        results = [train_shard(replace(pop, agents=[pop.agents[i] for i in todo], on_iteration=on_iteration))]
     else:
-        gpu = str(pop.device).startswith("cuda")
         groups = shards(todo, runner.slots(gpu=gpu), min_size=2)
-        jobs = [Job(train_population, (replace(pop, agents=[pop.agents[i] for i in group]),),
+        jobs = [Job(train_shard, (replace(pop, agents=[pop.agents[i] for i in group]),),
                     label=f"train population shard {k + 1}/{len(groups)} ({len(group)} agents)",
                     gpus=1.0 if gpu else 0.0, weight=0) for k, group in enumerate(groups)]
         results = runner.run(jobs)
@@ -102,3 +102,19 @@ def train_sweep(config: Any, rc: dict[str, Any], out: Path, runs: Sequence[Sweep
             infos[i] = _info(Path(pop.out) / agent.folder, summary, False)
     return infos  # type: ignore[return-value]
 
+
+def train_shard(pop: PopulationConfig) -> Any:
+    """A job: train the population ``pop`` (a shard of a sweep's agents) on one CPU thread; its
+    result. On the CPU, float results depend on torch's thread count (its parallel reductions
+    split differently), so every population of a comparison uses one thread: the models then do
+    not depend on the machine's cores, on ``--jobs`` or on the backend."""
+    import torch
+
+    from hlm_gym.harness.population import train_population
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_population(pop)
+    finally:
+        torch.set_num_threads(threads)

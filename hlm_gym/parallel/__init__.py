@@ -5,9 +5,9 @@ A bottom layer beside ``wireless`` and ``lm`` (it imports only ``errors``): it k
 environments or models whose work it runs.
 """
 
-from hlm_gym.parallel.jobs import BACKENDS, Job, Runner, SerialRunner, run_job, shards
+from hlm_gym.parallel.jobs import BACKENDS, Job, ProcessRunner, Runner, SerialRunner, run_job, shards
 
-__all__ = ["BACKENDS", "Job", "Runner", "SerialRunner", "run_job", "shards", "make_runner"]
+__all__ = ["BACKENDS", "Job", "ProcessRunner", "Runner", "SerialRunner", "run_job", "shards", "make_runner"]
 
 
 def make_runner(backend: str, address: str | None = None, num_cpus: int | None = None):

@@ -2,18 +2,21 @@
 
 A :class:`Job` is a call of a module-level function (importable by a worker process on any
 node) with its arguments, the resources it needs and a label for the progress bar. A runner
-executes a list of jobs and returns their results in the order of the list; this module's
-:class:`SerialRunner` runs them one after another here, :class:`~hlm_gym.parallel.ray_runner.RayRunner`
-as Ray tasks on a cluster. Callers build the same jobs for both, so results do not depend on
+executes a list of jobs and returns their results in the order of the list: :class:`SerialRunner`
+one after another in this process, :class:`ProcessRunner` in worker processes of this machine,
+:class:`~hlm_gym.parallel.ray_runner.RayRunner` as Ray tasks on a cluster. Callers build the same jobs for both, so results do not depend on
 the backend.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Sequence
 
-__all__ = ["Job", "Runner", "SerialRunner", "BACKENDS", "run_job", "shards", "optional_label"]
+__all__ = ["Job", "Runner", "SerialRunner", "ProcessRunner", "BACKENDS", "run_job", "shards", "optional_label"]
 
 #: The ``--backend`` choices of the commands that run sweeps.
 BACKENDS = ("local", "ray")
@@ -91,3 +94,90 @@ def optional_label(job: Job, index: int) -> str:
     """A job's label, or ``job <index>``."""
     return job.label or f"job {index}"
 
+
+
+def _ignore_sigint() -> None:
+    """Pool workers' initializer: SIGINT is ignored between jobs (the parent stops idle workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _process_job(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], threads: int) -> Any:
+    """A pool worker's job: Ctrl-C (SIGINT) reaches it only while the job runs."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return run_job(fn, args, kwargs, threads)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+class ProcessRunner:
+    """Jobs in ``jobs`` spawned worker processes of this machine, each job with its ``cpus`` torch
+    threads. On an error or Ctrl-C the queued jobs are cancelled and the running ones interrupted
+    (SIGINT: they clean up; terminated after ``grace_s``), then the error is raised."""
+
+    def __init__(self, jobs: int, grace_s: float = 30.0) -> None:
+        self.jobs = max(1, int(jobs))
+        self.grace_s = grace_s
+
+    def slots(self, gpu: bool = False) -> int:
+        """The worker processes (one job each at a time)."""
+        return self.jobs
+
+    def run(self, jobs: Sequence[Job], bar: Any = None,
+            on_result: Optional[Callable[[int, Any], None]] = None) -> list[Any]:
+        """Run ``jobs`` in the pool (a single job: in this process, with its thread count);
+        results in the order of ``jobs``."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        if len(jobs) <= 1:
+            return [self._run_here(job, i, bar, on_result) for i, job in enumerate(jobs)]
+        results: list[Any] = [None] * len(jobs)
+        pool = ProcessPoolExecutor(max_workers=min(self.jobs, max(1, len(jobs))),
+                                   mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
+        futures = {pool.submit(_process_job, job.fn, job.args, job.kwargs, job.cpus): i for i, job in enumerate(jobs)}
+        try:
+            for fut in as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()
+                if on_result is not None:
+                    on_result(i, results[i])
+                if bar is not None:
+                    bar.update(jobs[i].weight)
+        except BaseException:
+            self._stop(pool, list(futures))
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return results
+
+    @staticmethod
+    def _run_here(job: Job, i: int, bar: Any, on_result: Optional[Callable[[int, Any], None]]) -> Any:
+        """``job`` in this process with torch at its ``cpus`` threads (restored afterwards)."""
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            result = run_job(job.fn, job.args, job.kwargs, job.cpus)
+        finally:
+            torch.set_num_threads(threads)
+        if on_result is not None:
+            on_result(i, result)
+        if bar is not None:
+            bar.update(job.weight)
+        return result
+
+    def _stop(self, pool: Any, futures: list[Any]) -> None:
+        """Cancel queued jobs, interrupt running ones, terminate any left after ``grace_s``."""
+        import multiprocessing
+        from concurrent.futures import wait
+
+        pool.shutdown(wait=False, cancel_futures=True)
+        workers = multiprocessing.active_children()
+        for p in workers:
+            with contextlib.suppress(OSError):
+                os.kill(p.pid, signal.SIGINT)
+        wait(futures, timeout=self.grace_s)
+        for p in workers:
+            if p.is_alive():
+                p.terminate()

@@ -120,7 +120,8 @@ def test_a_worker_killed_mid_training_is_retried_and_the_sweep_finishes(traces, 
                                                                         tmp_path, capsys):
     """SIGKILL to the worker training the first population shard, once it has trained for a while:
     Ray retries the task, the retry trains the shard from its start (the killed attempt committed
-    nothing), and the results equal the local backend's."""
+    nothing), and the results equal the local backend's. Then, with one agent's run made unfinished,
+    ``--resume`` on Ray reuses the three finished agents and trains only that one."""
     from hlm_gym.cli.main import main
 
     killed: list[int] = []
@@ -144,6 +145,15 @@ def test_a_worker_killed_mid_training_is_retried_and_the_sweep_finishes(traces, 
     assert killed, "no worker of the first shard was found to kill"
     assert _results(tmp_path) == local_population
     assert not list(tmp_path.rglob(".partial-*"))  # the killed attempt's staging folder is gone
+
+    # an interrupted sweep (here: one agent left unfinished) resumes on Ray from the finished agents
+    (tmp_path / "runs" / "vehicular" / "lambda10-seed1" / "summary.json").unlink()
+    assert main([*_compare_argv(traces, tmp_path, "population"), "--backend", "ray", "--address", address,
+                 "--resume"]) == 0
+    text = capsys.readouterr()
+    said = text.out + text.err
+    assert said.count("resume: reuse") == 3 and "resume: retrain" in said and "lambda10-seed1" in said
+    assert _results(tmp_path) == local_population
 
 
 def die() -> None:
@@ -236,3 +246,26 @@ def test_shards_deal_items_in_order_with_at_least_min_size():
     assert shards(list(range(5)), 8, min_size=2) == [[0, 2, 4], [1, 3]]
     assert shards([0], 4, min_size=2) == [[0]]
     assert shards(list(range(3)), 1) == [[0, 1, 2]]
+
+
+def test_wdmoe_sweep_on_ray_gives_the_local_results(address, tmp_path, capsys):
+    """The other env family's comparison (WDMoE-v0 on its shipped traces) through the same backend."""
+    from hlm_gym.cli.main import main
+
+    argv = ["compare", "--env", "hlm_gym/WDMoE-v0", "--scenarios", "mixed-vehicular", "--risk-weights", "2,5",
+            "--timesteps", "128", "--thresholds", "0,0.2,1", "--topk", "2,8", "--episodes", "2", "--n-envs", "2",
+            "--seeds", "1", *[f"--hp={k}={v}" for k, v in TINY.items()]]
+    assert main([*argv, "--out", str(tmp_path / "local")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "ray"), "--backend", "ray", "--address", address]) == 0
+    capsys.readouterr()
+    assert _results(tmp_path / "ray") == _results(tmp_path / "local")
+
+
+def test_local_population_sweep_does_not_depend_on_jobs(traces, local_population, tmp_path, capsys):
+    """``--jobs 1`` (one population in this process) and the default (the agents dealt into one
+    population per core, in worker processes): the same results files."""
+    from hlm_gym.cli.main import main
+
+    assert main([*_compare_argv(traces, tmp_path, "population"), "--jobs", "1"]) == 0
+    capsys.readouterr()
+    assert _results(tmp_path) == local_population
