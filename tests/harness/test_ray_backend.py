@@ -269,3 +269,27 @@ def test_local_population_sweep_does_not_depend_on_jobs(traces, local_population
     assert main([*_compare_argv(traces, tmp_path, "population"), "--jobs", "1"]) == 0
     capsys.readouterr()
     assert _results(tmp_path) == local_population
+
+
+@pytest.mark.slow
+def test_trace_build_command_on_ray_equals_the_local_command(address, tmp_path, capsys):
+    """``hlm-gym traces build --backend ray`` with the embedded pair (loaded by each worker from
+    the command's --slm/--llm/--device): the same trace file as the command without Ray."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from hlm_gym.cli.main import main
+    from hlm_gym.traces.store import META_KEY
+
+    argv = ["traces", "build", "--split", "test", "--prompts", "3", "--max-new-tokens", "6", "--batch-size", "2",
+            "--k-choices", "4"]
+    assert main([*argv, "--out", str(tmp_path / "local.parquet")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "ray.parquet"), "--backend", "ray", "--address", address]) == 0
+    capsys.readouterr()
+    a, b = pq.read_table(tmp_path / "local.parquet"), pq.read_table(tmp_path / "ray.parquet")
+    assert a.num_rows == 18 and a.equals(b)
+    timings = {k for k in json.loads(a.schema.metadata[META_KEY]) if k.endswith("_s")}  # measured step times
+    volatile = {"build_seconds", "created_unix", "build_command"} | timings
+    meta_a, meta_b = (json.loads(t.schema.metadata[META_KEY]) for t in (a, b))
+    assert {k: v for k, v in meta_a.items() if k not in volatile} == {k: v for k, v in meta_b.items() if k not in volatile}
