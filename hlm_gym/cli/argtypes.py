@@ -20,7 +20,7 @@ from hlm_gym.errors import HLMGymError
 
 __all__ = ["CommandLineError", "one_line_errors", "SEED_MAX", "positive_int", "nonneg_int", "seed", "device",
            "nonneg_float", "unit_float", "float_list", "str_list", "hyper_override", "add_env_argument",
-           "add_risk_weight_argument", "add_threads_argument", "apply_threads"]
+           "add_risk_weight_argument", "add_threads_argument", "apply_threads", "add_backend_arguments"]
 
 #: The largest ``--seed`` (numpy's legacy seeding takes 32 bits; the harness adds offsets to it).
 SEED_MAX = 2**31 - 1
@@ -161,7 +161,9 @@ def add_threads_argument(p: argparse.ArgumentParser) -> None:
 
 def add_backend_arguments(p: argparse.ArgumentParser, what: str) -> None:
     """``--backend local|ray`` and ``--address``: where ``what`` runs (Ray: one task each)."""
-    p.add_argument("--backend", choices=("local", "ray"), default="local",
+    from hlm_gym.parallel.jobs import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default="local",
                    help=f"where the work runs: local (this machine, the default) or ray ({what} as a Ray task, "
                         "retried if its worker dies; needs pip install \"hlm-gym[ray]\")")
     p.add_argument("--address", default=None, metavar="ADDRESS",

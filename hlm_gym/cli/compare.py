@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hlm_gym.cli.argtypes import (add_backend_arguments, add_env_argument, add_threads_argument, apply_threads, device, float_list,
-                                  hyper_override, nonneg_float, nonneg_int, one_line_errors, positive_int, seed,
-                                  str_list)
+from hlm_gym.cli.argtypes import (add_backend_arguments, add_env_argument, add_threads_argument, apply_threads, device,
+                                  float_list, hyper_override, nonneg_float, nonneg_int, one_line_errors, positive_int,
+                                  seed, str_list)
 
 __all__ = ["register"]
 

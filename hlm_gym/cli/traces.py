@@ -44,13 +44,9 @@ def _check_build_args(args: argparse.Namespace) -> None:
     bad = [k for k in args.k_choices if k < 1]
     if bad or not args.k_choices:
         raise TraceError(f"--k-choices must be positive integers, got {list(args.k_choices)}")
-    if args.backend == "ray":
-        from hlm_gym.parallel.ray_runner import check_address, require_ray
+    from hlm_gym.parallel.ray_runner import check_backend
 
-        check_address(args.address)
-        require_ray()
-    elif args.address is not None:
-        raise TraceError("--address needs --backend ray")
+    check_backend(args.backend, args.address, args.device)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -70,19 +66,20 @@ def _cmd_build(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     config = DecoderConfig(mode=args.mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            k=args.k, theta_max=args.theta_max)
-    pair = load_pair(slm=args.slm, llm=args.llm, device=args.device)
-    vocab = pair.vocab_size
-    k_choices = tuple(k for k in args.k_choices if k < vocab)
-    prompts = sharegpt_trace_prompts(pair.tokenizer, args.split, args.prompts, args.seed, offset=args.offset,
-                                     max_prompt_tokens=args.max_prompt_tokens)
-    if not prompts:
-        raise TraceError(f"no prompts in split {args.split!r} after offset {args.offset}")
-    # decode prompts of similar length together (less padding); seeds stay tied to the prompt
-    prompts = sorted(prompts, key=lambda p: len(p.ids))
-    print(f"tracing {len(prompts)} {args.split} prompts with {pair.slm_name} / {pair.llm_name} -> {out}",
-          flush=True)
-    loader = PairLoader("hlm_gym.lm.models:load_pair", (("slm", args.slm), ("llm", args.llm), ("device", args.device)))
-    with make_runner(args.backend, args.address) as runner:
+    with make_runner(args.backend, args.address) as runner:  # a Ray cluster is reached before models load
+        pair = load_pair(slm=args.slm, llm=args.llm, device=args.device)
+        vocab = pair.vocab_size
+        k_choices = tuple(k for k in args.k_choices if k < vocab)
+        prompts = sharegpt_trace_prompts(pair.tokenizer, args.split, args.prompts, args.seed, offset=args.offset,
+                                         max_prompt_tokens=args.max_prompt_tokens)
+        if not prompts:
+            raise TraceError(f"no prompts in split {args.split!r} after offset {args.offset}")
+        # decode prompts of similar length together (less padding); seeds stay tied to the prompt
+        prompts = sorted(prompts, key=lambda p: len(p.ids))
+        print(f"tracing {len(prompts)} {args.split} prompts with {pair.slm_name} / {pair.llm_name} -> {out}",
+              flush=True)
+        # the workers load the same pair; local model folders by their absolute path
+        specs = (("slm", _absolute(args.slm)), ("llm", _absolute(args.llm)), ("device", args.device))
         build_traces(pair, prompts, config, out, k_choices=k_choices, batch_size=args.batch_size,
                      extra_meta={"slm_spec": args.slm or "embedded-slm", "llm_spec": args.llm or "embedded",
                                  "seed": args.seed, "split": args.split, "prompt_offset": args.offset,
@@ -90,8 +87,16 @@ def _cmd_build(args: argparse.Namespace) -> int:
                                  "build_command": "hlm-gym traces " + " ".join(sys.argv[sys.argv.index("build"):])
                                  if "build" in sys.argv else " ".join(sys.argv)},
                      log=lambda msg: print(msg, flush=True), on_stop=_note_stop, overwrite=args.overwrite,
-                     runner=runner if args.backend == "ray" else None, loader=loader, job_threads=args.threads)
+                     runner=runner if args.backend == "ray" else None,
+                     loader=PairLoader("hlm_gym.lm.models:load_pair", specs), job_threads=args.threads)
     return 0
+
+
+def _absolute(spec: str | None) -> str | None:
+    """A model spec, with an existing local path made absolute (Ray workers start in other folders)."""
+    import os
+
+    return os.path.abspath(spec) if spec is not None and os.path.exists(spec) else spec
 
 
 def _note_stop(msg: str) -> None:

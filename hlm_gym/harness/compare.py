@@ -359,20 +359,14 @@ def check_config(config: CompareConfig) -> dict[str, Any]:
 
 
 def _check_backend(config: CompareConfig) -> None:
-    """``backend`` is local or ray; ``address`` and ``jobs`` only where they apply; Ray installed."""
-    from hlm_gym.parallel import BACKENDS
+    """``backend``, ``address`` and ``device`` (:func:`~hlm_gym.parallel.ray_runner.check_backend`);
+    ``jobs`` only for the local backend."""
+    from hlm_gym.parallel.ray_runner import check_backend
 
-    check_choice(config.backend, "--backend", BACKENDS, CompareError)
-    if config.backend == "ray":
-        from hlm_gym.parallel.ray_runner import check_address, require_ray
-
-        if config.jobs:
-            raise CompareError("--jobs is for --backend local; with --backend ray every run is a Ray task "
-                               "scheduled on the cluster's CPUs")
-        check_address(config.address)
-        require_ray()
-    elif config.address is not None:
-        raise CompareError("--address needs --backend ray")
+    if config.backend == "ray" and config.jobs:
+        raise CompareError("--jobs is for --backend local; with --backend ray every run is a Ray task "
+                           "scheduled on the cluster's CPUs")
+    check_backend(config.backend, config.address, config.device)
 
 
 def _check_applicable(config: CompareConfig, family: Any) -> None:
@@ -479,21 +473,12 @@ def _resume(configs: list[Any], bar: Any) -> list[Optional[dict[str, Any]]]:
 
 
 def _train_all(configs: list[Any], jobs: int, bar: Any, resume: bool = False) -> list[dict[str, Any]]:
-    """Train every run, ``jobs`` at a time in worker processes (one torch thread each) when ``jobs > 1``;
-    with ``resume``, runs already finished with the same settings (and intact files) are reused."""
+    """Train every run (SB3 trainer), ``jobs`` at a time in worker processes (``jobs`` 1: here), one
+    torch thread each; with ``resume``, runs already finished with the same settings (and intact
+    files) are reused."""
     from hlm_gym.parallel import ProcessRunner
 
-    if jobs > 1:
-        return _train_jobs(configs, ProcessRunner(jobs), bar, resume)
-    infos = _resume(configs, bar) if resume else [None] * len(configs)
-    for i, info in enumerate(infos):
-        if info is None:
-            if bar is not None:
-                bar.set_description(f"train {configs[i].scenario} {Path(configs[i].out).name}")
-            infos[i] = _train_job(configs[i])
-        if bar is not None:
-            bar.update(1)
-    return infos  # type: ignore[return-value]
+    return _train_jobs(configs, ProcessRunner(jobs), bar, resume)
 
 
 def _metrics_of(metrics: Optional[Sequence[str]], ci: Optional[Sequence[str]]
@@ -571,9 +556,15 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     from hlm_gym.parallel import make_runner
 
+    if config.backend == "ray":  # workers start elsewhere: they get absolute paths
+        config = dataclasses.replace(config, out=str(Path(config.out).expanduser().resolve()),
+                                     traces=None if config.traces is None else
+                                     str(Path(config.traces).expanduser().resolve()))
     rc = check_config(config)
     out = check_out_dir(config.out, "--out")
     with FolderLock(out, "comparison folder"), make_runner(config.backend, config.address) as runner:
+        if config.backend == "ray":
+            runner.check_shared([out] + ([] if config.traces is None else [config.traces]))
         return _compare(config, rc, out, t0, runner)
 
 
@@ -786,7 +777,8 @@ def _add_live(config: CompareConfig, rc: dict[str, Any], per_scenario: dict[str,
                     bar.update(1)
                 continue
             targets.append(row)
-            jobs.append(Job(_live_summary, (config, rc, a.spec, sc, a.risk_weight, shared), label=f"live {sc} {a.spec}"))
+            jobs.append(Job(_live_summary, (config, rc, a.spec, sc, a.risk_weight, shared),
+                            label=f"live {sc} {a.spec}"))
     for row, res in zip(targets, runner.run(jobs, bar)):
         merge_live(row, res, live_metrics)
 

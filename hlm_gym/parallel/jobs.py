@@ -1,11 +1,11 @@
-"""Units of work and the runner that executes them in this process.
+"""Units of work and the runners that execute them.
 
 A :class:`Job` is a call of a module-level function (importable by a worker process on any
 node) with its arguments, the resources it needs and a label for the progress bar. A runner
 executes a list of jobs and returns their results in the order of the list: :class:`SerialRunner`
 one after another in this process, :class:`ProcessRunner` in worker processes of this machine,
-:class:`~hlm_gym.parallel.ray_runner.RayRunner` as Ray tasks on a cluster. Callers build the same jobs for both, so results do not depend on
-the backend.
+:class:`~hlm_gym.parallel.ray_runner.RayRunner` as Ray tasks on a cluster. Callers build the same
+jobs for every runner, so results do not depend on where they run.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class Job:
 
 
 def run_job(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], threads: int) -> Any:
-    """Call ``fn`` with torch limited to ``threads`` CPU threads (when torch is already imported or
-    ``threads`` is set); what a worker runs for each job."""
+    """Call ``fn`` with torch set to ``threads`` CPU threads (``threads`` > 0; 0: as they are); what
+    a worker runs for each job."""
     if threads > 0:
         import torch
 
@@ -95,7 +95,6 @@ def optional_label(job: Job, index: int) -> str:
     return job.label or f"job {index}"
 
 
-
 def _ignore_sigint() -> None:
     """Pool workers' initializer: SIGINT is ignored between jobs (the parent stops idle workers)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -111,16 +110,17 @@ def _process_job(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], th
 
 
 class ProcessRunner:
-    """Jobs in ``jobs`` spawned worker processes of this machine, each job with its ``cpus`` torch
-    threads. On an error or Ctrl-C the queued jobs are cancelled and the running ones interrupted
-    (SIGINT: they clean up; terminated after ``grace_s``), then the error is raised."""
+    """Jobs in ``jobs`` spawned worker processes of this machine (``jobs`` 1, or a single job: in
+    this process), each job with its ``cpus`` torch threads. On an error or Ctrl-C the queued jobs
+    are cancelled and the running ones interrupted (SIGINT: they clean up; terminated after
+    ``grace_s``), then the error is raised."""
 
     def __init__(self, jobs: int, grace_s: float = 30.0) -> None:
         self.jobs = max(1, int(jobs))
         self.grace_s = grace_s
 
     def slots(self, gpu: bool = False) -> int:
-        """The worker processes (one job each at a time)."""
+        """The worker processes (one job each at a time; GPUs are not counted)."""
         return self.jobs
 
     def run(self, jobs: Sequence[Job], bar: Any = None,
@@ -130,7 +130,7 @@ class ProcessRunner:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        if len(jobs) <= 1:
+        if len(jobs) <= 1 or self.jobs == 1:
             return [self._run_here(job, i, bar, on_result) for i, job in enumerate(jobs)]
         results: list[Any] = [None] * len(jobs)
         pool = ProcessPoolExecutor(max_workers=min(self.jobs, max(1, len(jobs))),
@@ -156,6 +156,8 @@ class ProcessRunner:
         """``job`` in this process with torch at its ``cpus`` threads (restored afterwards)."""
         import torch
 
+        if bar is not None and job.label:
+            bar.set_description(job.label)
         threads = torch.get_num_threads()
         try:
             result = run_job(job.fn, job.args, job.kwargs, job.cpus)

@@ -15,16 +15,17 @@ runner starts, and :func:`require_ray` says how to install it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any, Callable, Optional, Sequence
 
 from hlm_gym.errors import HLMGymError
 from hlm_gym.parallel.jobs import Job, optional_label, run_job
 
-__all__ = ["ClusterError", "RayRunner", "require_ray", "check_address", "INSTALL_HINT"]
+__all__ = ["ClusterError", "RayRunner", "require_ray", "check_address", "check_backend", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install \"hlm-gym[ray]\" (or pip install \"ray>=2.40\")"
-_ADDRESS = re.compile(r"(auto|local|(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5})")
+_ADDRESS = re.compile(r"(auto|(ray://)?[A-Za-z0-9_.\-\[\]:]+:(\d{1,5}))")
 
 
 class ClusterError(HLMGymError):
@@ -42,13 +43,33 @@ def require_ray(flag: str = "--backend ray") -> Any:
 
 
 def check_address(address: Optional[str], flag: str = "--address") -> Optional[str]:
-    """``address`` when it is ``None``, ``auto``, ``local``, ``HOST:PORT`` or ``ray://HOST:PORT``."""
+    """``address`` when it is ``None``, ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` (port <= 65535)."""
     if address is None:
         return None
-    if not isinstance(address, str) or not _ADDRESS.fullmatch(address.strip()):
+    m = _ADDRESS.fullmatch(address.strip()) if isinstance(address, str) else None
+    if m is None or (m.group(3) is not None and not 0 < int(m.group(3)) <= 65535):
         raise ClusterError(f"{flag} {address!r} is not a Ray address: use auto, HOST:PORT (e.g. 10.0.0.1:6379) "
                            "or ray://HOST:PORT")
     return address.strip()
+
+
+def check_backend(backend: str, address: Optional[str], device: str = "cpu") -> None:
+    """The ``--backend``/``--address``/``--device`` combination of a command, before any work:
+    ``--address`` only with ``ray``; with ``ray``, a valid address, Ray installed, and a device of
+    ``cpu`` or ``cuda`` (Ray gives each GPU task its own GPU as ``cuda``)."""
+    from hlm_gym.parallel.jobs import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ClusterError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend != "ray":
+        if address is not None:
+            raise ClusterError("--address needs --backend ray")
+        return
+    check_address(address)
+    if device not in ("cpu", "cuda"):
+        raise ClusterError(f"--device {device} with --backend ray: use cpu or cuda (Ray gives each GPU task its "
+                           "own GPU, seen as cuda)")
+    require_ray()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -89,6 +110,37 @@ class RayRunner:
             self._ray.shutdown()
             self._started = False
 
+    def check_shared(self, folders: Sequence[Any]) -> None:
+        """Every alive node of the cluster sees ``folders`` (paths as this machine names them): a
+        probe file written into the first one here, and each of the others, must be visible to one
+        task pinned to each node; else a one-line :class:`ClusterError` before any work."""
+        import os
+        import uuid
+        from pathlib import Path
+
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ray = self._ray
+        first = Path(folders[0])
+        probe = first / f".hlm-gym-probe-{uuid.uuid4().hex}"
+        probe.write_text("hlm-gym")
+        try:
+            paths = [str(probe), *(str(Path(f)) for f in folders[1:])]
+            remote = ray.remote(_missing_paths)
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            refs = [remote.options(num_cpus=0,
+                                   scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                    .remote(paths) for n in nodes]
+            for node, missing in zip(nodes, ray.get(refs)):
+                if missing:
+                    shown = str(first) if missing[0] == str(probe) else missing[0]
+                    raise ClusterError(f"--backend ray: {shown} is not visible on the Ray node "
+                                       f"{node.get('NodeManagerAddress', '?')}: the output and data folders must be "
+                                       "on storage every node mounts at the same path (docs/cluster.md)")
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+
     def slots(self, gpu: bool = False) -> int:
         """The cluster's CPUs (``gpu``: GPUs), at least 1."""
         resources = self._ray.cluster_resources()
@@ -106,11 +158,13 @@ class RayRunner:
         from ray.exceptions import RayTaskError, RayError
 
         if any(job.gpus for job in jobs) and not self._ray.cluster_resources().get("GPU"):
-            raise ClusterError("--device cuda with --backend ray: the Ray cluster has no GPUs (ray status lists "
-                               "its resources); use --device cpu or add GPU nodes")
-        remote = ray.remote(run_job)
-        refs = [remote.options(num_cpus=job.cpus, num_gpus=job.gpus, max_retries=self.max_retries,
-                               retry_exceptions=False, name=optional_label(job, i)[:100])
+            raise ClusterError("GPU jobs on a Ray cluster without GPUs (ray status lists its resources): use the "
+                               "CPU or add GPU nodes")
+        # a GPU job gets a fresh worker (a reused one would keep its first CUDA device and cached models)
+        remote, remote_gpu = ray.remote(run_job), ray.remote(max_calls=1)(run_job)
+        refs = [(remote_gpu if job.gpus else remote)
+                .options(num_cpus=job.cpus, num_gpus=job.gpus, max_retries=self.max_retries, retry_exceptions=False,
+                         name=optional_label(job, i)[:100])
                 .remote(job.fn, job.args, job.kwargs, job.cpus)
                 for i, job in enumerate(jobs)]
         index = {ref: i for i, ref in enumerate(refs)}
@@ -129,8 +183,8 @@ class RayRunner:
                     raise
                 except RayError as exc:  # the worker or its node died more often than retried
                     raise ClusterError(f"{optional_label(jobs[i], i)}: the Ray task failed "
-                                       f"{self.max_retries + 1} times ({_first_line(exc)}); finished work is kept, "
-                                       "rerun with --resume to continue") from None
+                                       f"{self.max_retries + 1} times ({_first_line(exc)}); finished work is kept: "
+                                       "rerun the command (compare: with --resume) to continue") from None
                 if on_result is not None:
                     on_result(i, results[i])
                 if bar is not None:
@@ -142,3 +196,10 @@ class RayRunner:
                 ray.cancel(ref, force=True)
             raise
         return results
+
+
+def _missing_paths(paths: Sequence[str]) -> list[str]:
+    """A probe task: the ``paths`` that do not exist on this node."""
+    import os
+
+    return [p for p in paths if not os.path.exists(p)]

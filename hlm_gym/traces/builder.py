@@ -302,7 +302,8 @@ def _trace_chunks(pair, prompts: Sequence[TracePrompt], config, k_choices: tuple
     plan = []
     for c0 in range(0, len(prompts), batch_size):
         chunk = list(prompts[c0:c0 + batch_size])
-        plan.append((c0, chunk, parts_dir / f"part-{c0 // batch_size:05d}-{_chunk_fingerprint(settings, chunk)}.parquet"))
+        name = f"part-{c0 // batch_size:05d}-{_chunk_fingerprint(settings, chunk)}.parquet"
+        plan.append((c0, chunk, parts_dir / name))
     tables: list = [None] * len(plan)
     for j, (_c0, _chunk, part) in enumerate(plan):
         if resume and part.is_file():

@@ -10,6 +10,7 @@ Ray, and for bad flags, the commands say so in one line before any work.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -81,14 +82,17 @@ def local_population(traces, tmp_path_factory):
     return _results(out)
 
 
-def test_population_sweep_on_ray_gives_the_local_results(traces, address, local_population, tmp_path, capsys):
-    """4 agents in 2 population shards (one per CPU of the cluster), the rules as separate tasks."""
+def test_population_sweep_on_ray_gives_the_local_results(traces, address, local_population, tmp_path, capsys,
+                                                          monkeypatch):
+    """4 agents in 2 population shards (one per CPU of the cluster), the rules as separate tasks;
+    a relative --out from another folder than the workers' (they get its absolute path)."""
     from hlm_gym.cli.main import main
 
-    assert main([*_compare_argv(traces, tmp_path, "population"), "--backend", "ray", "--address", address]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main([*_compare_argv(traces, Path("rel"), "population"), "--backend", "ray", "--address", address]) == 0
     capsys.readouterr()
-    assert _results(tmp_path) == local_population
-    assert "--backend ray" in (tmp_path / "results.md").read_text()
+    assert _results(tmp_path / "rel") == local_population
+    assert "--backend ray" in (tmp_path / "rel" / "results.md").read_text()
 
 
 def test_sb3_sweep_on_ray_gives_the_local_results(traces, address, tmp_path, capsys):
@@ -129,13 +133,12 @@ def test_a_worker_killed_mid_training_is_retried_and_the_sweep_finishes(traces, 
     def killer() -> None:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
-            pids = _ray_workers("shard 1/2")
-            if pids:
-                time.sleep(1.5)  # well into the shard's training (it runs for several seconds)
-                for pid in _ray_workers("shard 1/2"):
+            for pid in _ray_workers("shard 1/2"):  # the task has started (Ray titles its worker with it)
+                time.sleep(0.3)
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
@@ -176,10 +179,13 @@ def test_runner_keeps_job_order_and_gives_up_on_a_worker_that_keeps_dying(addres
         assert runner.run([Job(double, (i,)) for i in range(5)], on_result=lambda i, r: seen.append((i, r))) == \
             [0, 2, 4, 6, 8]
         assert sorted(seen) == [(i, 2 * i) for i in range(5)]
-        with pytest.raises(ClusterError, match=r"^doomed: the Ray task failed 2 times .*rerun with --resume"):
+        with pytest.raises(ClusterError, match=r"^doomed: the Ray task failed 2 times .*rerun the command"):
             runner.run([Job(die, label="doomed")])
-        with pytest.raises(ClusterError, match="the Ray cluster has no GPUs"):
+        with pytest.raises(ClusterError, match="GPU jobs on a Ray cluster without GPUs"):
             runner.run([Job(double, (1,), gpus=1.0)])
+        runner.check_shared([REPO])  # this machine's folders: the one node sees them
+        with pytest.raises(ClusterError, match=r"/nowhere/at/all is not visible on the Ray node .* every node mounts"):
+            runner.check_shared([REPO, "/nowhere/at/all"])
 
 
 def test_trace_build_on_ray_equals_the_build_in_this_process(address, tmp_path):
@@ -216,6 +222,8 @@ def test_trace_build_on_ray_equals_the_build_in_this_process(address, tmp_path):
     (["--address", "10.0.0.1:6379"], "--address needs --backend ray"),
     (["--backend", "ray", "--address", "not an address"], "is not a Ray address: use auto, HOST:PORT"),
     (["--backend", "ray", "--jobs", "2"], "--jobs is for --backend local"),
+    (["--backend", "ray", "--address", "10.0.0.1:99999"], "is not a Ray address"),
+    (["--backend", "ray", "--device", "cuda:1"], "--device cuda:1 with --backend ray: use cpu or cuda"),
 ])
 def test_bad_backend_flags_are_one_line_errors(traces, tmp_path, capsys, extra, message):
     from hlm_gym.cli.main import main
@@ -292,4 +300,5 @@ def test_trace_build_command_on_ray_equals_the_local_command(address, tmp_path, 
     timings = {k for k in json.loads(a.schema.metadata[META_KEY]) if k.endswith("_s")}  # measured step times
     volatile = {"build_seconds", "created_unix", "build_command"} | timings
     meta_a, meta_b = (json.loads(t.schema.metadata[META_KEY]) for t in (a, b))
-    assert {k: v for k, v in meta_a.items() if k not in volatile} == {k: v for k, v in meta_b.items() if k not in volatile}
+    same = {k: v for k, v in meta_a.items() if k not in volatile}
+    assert same == {k: v for k, v in meta_b.items() if k not in volatile}
