@@ -11,7 +11,14 @@ import argparse
 import sys
 from typing import Any, Sequence
 
-__all__ = ["register", "render_tokens"]
+from hlm_gym.cli.argtypes import nonneg_float
+
+__all__ = ["register", "render_tokens", "RECOMMENDED_TEMPERATURE", "RECOMMENDED_TOP_P"]
+
+#: The embedded LLM's recommended decoding: the usage example of the SmolLM2 Instruct model cards
+#: (``model.generate(..., temperature=0.2, top_p=0.9, do_sample=True)``).
+RECOMMENDED_TEMPERATURE = 0.2
+RECOMMENDED_TOP_P = 0.9
 
 _STYLE = {  # outcome -> (ANSI colour, plain-text opening and closing marker)
     "accepted": ("\033[32m", "", ""),
@@ -46,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
         raise PromptError("empty prompt: pass some text with --prompt")
     validate_spec(args.policy)
     config = DecoderConfig(mode="greedy" if args.greedy else "sample", max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature)
+                           temperature=args.temperature, top_p=args.top_p)
     if args.threads:
         torch.set_num_threads(args.threads)
     pair = load_pair(slm=args.slm, llm=args.llm, device=args.device)
@@ -72,6 +79,22 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = nonneg_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _top_p(text: str) -> float:
+    """A number in (0, 1]."""
+    value = nonneg_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
 def register(subparsers: Any) -> None:
     """Add ``generate`` to the ``hlm-gym`` sub-parsers."""
     p = subparsers.add_parser("generate", help="generate one response with the live hybrid SLM/LLM loop",
@@ -84,8 +107,15 @@ def register(subparsers: Any) -> None:
                    help="policy spec: always, never, threshold:U (send iff u > U), uhlm, bild:A, calm:L, "
                         "ltt:..., channel-aware:..., ppo:PATH.zip (see docs/policies.md)")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--greedy", action="store_true", help="greedy mode: accept iff the draft is the LLM's argmax")
+    p.add_argument("--temperature", type=_positive_float, default=RECOMMENDED_TEMPERATURE,
+                   help="temperature of both models' distributions (default %(default)s with --top-p "
+                        f"{RECOMMENDED_TOP_P}: the usage example of the SmolLM2 model cards; 1 with --top-p 1 samples "
+                        "the models as they are)")
+    p.add_argument("--top-p", dest="top_p", type=_top_p, default=RECOMMENDED_TOP_P,
+                   help="nucleus of both models' tempered distributions (default %(default)s); speculative sampling "
+                        "then returns exactly the LLM's tempered nucleus distribution")
+    p.add_argument("--greedy", action="store_true", help="greedy mode: accept iff the draft is the LLM's argmax "
+                   "(--temperature and --top-p do not change the output)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

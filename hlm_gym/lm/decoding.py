@@ -33,7 +33,7 @@ import torch
 from hlm_gym.errors import HLMGymError
 from hlm_gym.lm.draft_verify import MODES, prompt_generators, sample_draft, verify_draft
 from hlm_gym.lm.model_types import ModelPair
-from hlm_gym.lm.speculative import truncated_draft
+from hlm_gym.lm.speculative import nucleus, truncated_draft
 from hlm_gym.lm.uncertainty import SIGNAL_NAMES
 
 
@@ -48,6 +48,7 @@ class DecoderConfig:
     mode: str = "sample"
     max_new_tokens: int = 128
     temperature: float = 1.0
+    top_p: float = 1.0  # nucleus of both models' tempered distributions (1: all of it)
     k: int = 20
     theta_max: float = 2.0
     topk_upload: int | None = None
@@ -60,6 +61,8 @@ class DecoderConfig:
             raise DecodingError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if not self.temperature > 0:
             raise DecodingError(f"temperature must be positive, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise DecodingError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.k < 1 or not self.theta_max > 0:
             raise DecodingError(f"need k >= 1 and theta_max > 0, got k={self.k}, theta_max={self.theta_max}")
         if self.topk_upload is not None and self.topk_upload < 1:
@@ -175,7 +178,7 @@ class HybridSession:
                 self._slm_out = self._slm_forward(torch.tensor([self.output[-1]]))
             logits, h_prev, h_last, slm_s = self._slm_out
             s = sample_draft(logits, h_prev, h_last, self.config.mode, self._gens,
-                             k=self.config.k, theta_max=self.config.theta_max)
+                             k=self.config.k, theta_max=self.config.theta_max, top_p=self.config.top_p)
         self._draft = Draft(len(self.output), s.token, s.q_probs, s.q_draft, s.signals, self.pending, slm_s)
         return self._draft
 
@@ -189,7 +192,8 @@ class HybridSession:
                 fed = torch.tensor([self._llm_unfed], device=self.device)
                 out = self.pair.llm(fed, cache=self._llm_cache, use_cache=True)
                 self._llm_cache = out.cache
-                p = torch.softmax(out.logits[0, -1].float() / self.config.temperature, dim=-1)
+                p = nucleus(torch.softmax(out.logits[0, -1].float() / self.config.temperature, dim=-1),
+                            self.config.top_p)
                 llm_s = time.perf_counter() - t0
                 q_seen = draft.q_probs
                 if self.config.topk_upload is not None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hlm_gym.lm.speculative import verify_detailed, verify_greedy
+from hlm_gym.lm.speculative import nucleus, verify_detailed, verify_greedy
 from hlm_gym.lm.uncertainty import compute_signals
 
 MODES = ("sample", "greedy")
@@ -73,16 +73,18 @@ def _check_mode(mode: str) -> None:
 
 
 def sample_draft(logits: torch.Tensor, h_prev: torch.Tensor, h_last: torch.Tensor, mode: str,
-                 generators: PromptGenerators, k: int = 20, theta_max: float = 2.0) -> DraftSample:
+                 generators: PromptGenerators, k: int = 20, theta_max: float = 2.0,
+                 top_p: float = 1.0) -> DraftSample:
     """Draft the next token from the SLM's (temperature-scaled) ``logits`` and compute its signals.
 
-    ``sample`` mode draws from ``q = softmax(logits)`` with ``generators.draft``; ``greedy``
+    ``sample`` mode draws from ``q = nucleus(softmax(logits), top_p)`` (the SLM's nucleus,
+    :func:`~hlm_gym.lm.speculative.nucleus`; ``top_p`` 1: all of it) with ``generators.draft``; ``greedy``
     takes the argmax. The signals (:func:`hlm_gym.lm.uncertainty.compute_signals`, ``k``
     temperature samples up to ``theta_max``) use ``generators.signal`` and the last two hidden
     states ``h_prev``, ``h_last``. ``q_probs`` stays on the device of ``logits``.
     """
     _check_mode(mode)
-    q = torch.softmax(logits, dim=-1)
+    q = nucleus(torch.softmax(logits, dim=-1), top_p)
     if mode == "greedy":
         d = int(torch.argmax(q))
     else:

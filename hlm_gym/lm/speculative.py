@@ -34,6 +34,23 @@ class Verification:
     beta: float
 
 
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` (last axis) restricted to its nucleus and renormalised: the most probable tokens
+    whose cumulative probability before them is below ``top_p`` (at least the top token; ties at
+    the boundary kept in sort order); ``top_p >= 1`` returns ``probs`` unchanged. Applied to both
+    the draft and the target distribution, speculative sampling still returns exactly the
+    target's nucleus distribution."""
+    if top_p >= 1.0:
+        return probs
+    sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+    before = torch.cumsum(sorted_p, dim=-1) - sorted_p
+    keep_sorted = before < top_p
+    keep_sorted[..., 0] = True
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    kept = torch.where(keep, probs, torch.zeros_like(probs))
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
 def rejection_probability(draft_probs: torch.Tensor, target_probs: torch.Tensor,
                           draft_token: torch.Tensor | int) -> torch.Tensor:
     """``beta = max(0, 1 - p_d / q_d)``: the probability that the draft ``d`` is rejected.
