@@ -1,7 +1,8 @@
 """``--backend ray``: sweeps and trace builds as Ray tasks on a local Ray cluster.
 
 A Ray head is started by the module fixture on the loopback address with 2 CPUs (``ray start
---head``), and the commands connect to it with ``--address``: a tiny comparison gives the same
+--head`` with its own temp folder; stopped at the end without touching other Ray clusters of the
+machine), and the commands connect to it with ``--address``: a tiny comparison gives the same
 results files as the local backend (population and SB3 trainers); a worker killed in the middle
 of a training task is retried and the sweep still gives those files; a task whose worker keeps
 dying ends in one line; a tiny ``traces build`` on Ray equals the build in this process. Without
@@ -36,21 +37,58 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _processes() -> dict[int, tuple[str, int]]:
+    """Every process: pid -> (command line, parent pid)."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            out[int(d.name)] = (cmd, ppid)
+    return out
+
+
+def _stop_cluster(temp_dir: str, port: int) -> None:
+    """Stop this test's Ray cluster only (``ray stop`` would stop every Ray cluster of the machine):
+    the processes whose command line names its temp folder or port, and their descendants."""
+    procs = _processes()
+    mine = {p for p, (cmd, _) in procs.items() if temp_dir in cmd or f":{port} " in cmd or cmd.endswith(f":{port}")}
+    grown = True
+    while grown:
+        more = {p for p, (_, parent) in procs.items() if parent in mine} - mine
+        grown, mine = bool(more), mine | more
+    mine.discard(os.getpid())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in mine:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and mine & set(_processes()):
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def address():
-    """A 2-CPU Ray head on 127.0.0.1 whose workers can import this repository's ``tests``."""
+    """A 2-CPU Ray head on 127.0.0.1 (its own temp folder) whose workers can import this
+    repository's ``tests``; stopped at the end without touching other Ray clusters."""
+    import tempfile
+
     exe = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="hlmray-", dir="/tmp")  # short: Ray's socket paths live there
     saved = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"  # a throw-away cluster on the loopback: no token to share
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
     subprocess.run([exe, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
+                    "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
     yield f"127.0.0.1:{port}"
-    subprocess.run([exe, "stop", "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=120)
+    _stop_cluster(temp_dir, port)
+    shutil.rmtree(temp_dir, ignore_errors=True)
     if saved is None:
         os.environ.pop("RAY_AUTH_MODE", None)
     else:
