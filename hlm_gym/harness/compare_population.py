@@ -108,13 +108,8 @@ def train_shard(pop: PopulationConfig) -> Any:
     result. On the CPU, float results depend on torch's thread count (its parallel reductions
     split differently), so every population of a comparison uses one thread: the models then do
     not depend on the machine's cores, on ``--jobs`` or on the backend."""
-    import torch
-
     from hlm_gym.harness.population import train_population
+    from hlm_gym.parallel.jobs import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return train_population(pop)
-    finally:
-        torch.set_num_threads(threads)

@@ -14,9 +14,10 @@ import contextlib
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
-__all__ = ["Job", "Runner", "SerialRunner", "ProcessRunner", "BACKENDS", "run_job", "shards", "optional_label"]
+__all__ = ["Job", "Runner", "SerialRunner", "ProcessRunner", "BACKENDS", "run_job", "torch_threads", "shards",
+           "optional_label"]
 
 #: The ``--backend`` choices of the commands that run sweeps.
 BACKENDS = ("local", "ray")
@@ -36,14 +37,27 @@ class Job:
     weight: int = 1
 
 
-def run_job(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], threads: int) -> Any:
-    """Call ``fn`` with torch set to ``threads`` CPU threads (``threads`` > 0; 0: as they are); what
-    a worker runs for each job."""
-    if threads > 0:
-        import torch
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch at ``threads`` CPU threads inside the block (``threads`` <= 0: as they are), restored after."""
+    if threads <= 0:
+        yield
+        return
+    import torch
 
-        torch.set_num_threads(threads)
-    return fn(*args, **kwargs)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_job(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], threads: int) -> Any:
+    """Call ``fn`` with torch at ``threads`` CPU threads (:func:`torch_threads`); what a worker (or
+    this process) runs for each job."""
+    with torch_threads(threads):
+        return fn(*args, **kwargs)
 
 
 class Runner(Protocol):
@@ -154,15 +168,9 @@ class ProcessRunner:
     @staticmethod
     def _run_here(job: Job, i: int, bar: Any, on_result: Optional[Callable[[int, Any], None]]) -> Any:
         """``job`` in this process with torch at its ``cpus`` threads (restored afterwards)."""
-        import torch
-
         if bar is not None and job.label:
             bar.set_description(job.label)
-        threads = torch.get_num_threads()
-        try:
-            result = run_job(job.fn, job.args, job.kwargs, job.cpus)
-        finally:
-            torch.set_num_threads(threads)
+        result = run_job(job.fn, job.args, job.kwargs, job.cpus)
         if on_result is not None:
             on_result(i, result)
         if bar is not None:
