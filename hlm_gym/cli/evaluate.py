@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hlm_gym.cli.argtypes import (add_env_argument, add_risk_weight_argument, one_line_errors, positive_int, seed,
-                                  unit_float)
+from hlm_gym.cli.argtypes import (add_env_argument, add_risk_weight_argument, device, one_line_errors, positive_int,
+                                  seed, unit_float)
 
 __all__ = ["register"]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hlm_gym.harness.checks import check_out_dir
+    from hlm_gym.harness.checks import check_device, check_out_dir
+    from hlm_gym.harness.errors import EvaluationError
     from hlm_gym.harness.evaluation import check_evaluation, evaluate, format_table, write_outputs
     from hlm_gym.harness.families import default_scenario
 
@@ -21,16 +22,38 @@ def _run(args: argparse.Namespace) -> int:
 
     check_evaluation(args.policy, env_id=args.env_id, scenario=args.scenario, split=args.split, episodes=args.episodes,
                      seed=args.seed, mode=args.mode, num_envs=args.num_envs, reference=args.reference)
+    env_kwargs, live_options = {}, None
+    if args.mode == "live":
+        if args.env_id.startswith("hlm_gym/WDMoE"):
+            if args.device != "cpu" or args.batch_size is not None:
+                raise EvaluationError(f"--device and --batch-size are live options of the HybridLM envs, not of "
+                                      f"{args.env_id}")
+        else:
+            env_kwargs["device"] = check_device(args.device) if args.device != "auto" else _auto_device()
+            live_options = {"batch_size": args.batch_size or 64, "progress": True}
+    elif args.device != "cpu" or args.batch_size is not None:
+        raise EvaluationError("--device and --batch-size are live-mode options: add --mode live, or drop them")
     if args.out is not None:  # before the evaluation: a bad --out must not cost the work
         check_out_dir(args.out, "--out")
     res = evaluate(args.policy, env_id=args.env_id, scenario=args.scenario, split=args.split, episodes=args.episodes,
                    seed=args.seed, mode=args.mode, risk_weight=args.risk_weight, risk_target=args.risk_target,
-                   num_envs=args.num_envs, traces=args.traces, reference=args.reference)
+                   num_envs=args.num_envs, traces=args.traces, reference=args.reference, env_kwargs=env_kwargs,
+                   live_options=live_options)
     print(format_table(res))
+    if args.mode == "live":
+        c = res.config
+        print(f"live: {c['episodes']} episodes in {c['wall_s']:.1f} s wall time"
+              + (f" (batches of {c['batch_size']} responses on {c['device']})" if "batch_size" in c else ""))
     if args.out is not None:
         paths = write_outputs(res, args.out)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def _auto_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def register(subparsers: Any) -> None:
@@ -53,7 +76,12 @@ def register(subparsers: Any) -> None:
                    help="the env's risk_target R (default: the environment's, 0)")
     p.add_argument("--traces", default=None, help="trace folder/file (default: the shipped traces)")
     p.add_argument("--num-envs", type=positive_int, default=16, help="parallel environments (trace mode)")
-    p.add_argument("--reference", choices=("live", "trace"), default="live",
-                   help="live mode: the LLM-alone response for fidelity, decoded live (default) or the trace's")
+    p.add_argument("--reference", choices=("auto", "live", "trace"), default="auto",
+                   help="live mode: the LLM-alone response for fidelity: the trace's recorded always-send response, "
+                        "or decoded live (auto, the default: the trace's when it was recorded with the live pair)")
+    p.add_argument("--device", type=device, default="cpu",
+                   help="live mode: where the model pair runs (cpu, cuda, cuda:N or auto; default cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="live mode: responses decoded together (default 64)")
     p.add_argument("--out", default=None, help="folder for summary.csv, episodes.csv and result.json")
     p.set_defaults(func=_run)

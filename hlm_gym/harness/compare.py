@@ -66,7 +66,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -512,14 +512,19 @@ def result_row(scenario: str, family: str, policy: str, res: Any, risk_weight: O
     return row
 
 
-def merge_live(row: dict[str, Any], res: Any, live_metrics: Sequence[str]) -> dict[str, Any]:
-    """``row`` with the ``live_metrics`` of a live evaluation ``res`` (mean as ``m``, 95% half-width
-    as ``m_ci``; NaN where ``res`` has none) and its episode count as ``live_episodes``."""
+def merge_live(row: dict[str, Any], res: Any, live_metrics: Sequence[str],
+               sources: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+    """``row`` with the ``live_metrics`` columns from a live evaluation ``res`` (column ``m`` gets the
+    mean of ``res``'s metric ``sources.get(m, m)``, ``m_ci`` its 95% half-width; NaN where ``res`` has
+    none) and its episode count as ``live_episodes``."""
     s = res.summary
+    sources = sources or {}
     for m in live_metrics:
-        row[m] = float(s[m]["mean"]) if m in s else math.nan
-        row[m + "_ci"] = _half_width(s[m]) if m in s else math.nan
-    row["live_episodes"] = int(s[live_metrics[0]]["n"]) if live_metrics and live_metrics[0] in s else 0
+        src = sources.get(m, m)
+        row[m] = float(s[src]["mean"]) if src in s else math.nan
+        row[m + "_ci"] = _half_width(s[src]) if src in s else math.nan
+    first = sources.get(live_metrics[0], live_metrics[0]) if live_metrics else None
+    row["live_episodes"] = int(s[first]["n"]) if first in s else 0
     return row
 
 
@@ -684,8 +689,9 @@ def _live_summary(config: CompareConfig, rc: dict[str, Any], policy: str, scenar
     (``rc["live_episodes"]`` episodes at the test seed, the same settings as its trace evaluation)."""
     from hlm_gym.harness.family import EnvSettings
 
-    return family_for(config.env_id).evaluate_live(
-        policy, env_id=config.env_id,
+    family = family_for(config.env_id)
+    return family.evaluate_live(
+        policy, family=family, env_id=config.env_id,
         settings=EnvSettings(scenario=scenario, risk_weight=risk_weight, traces=config.traces),
         split="test", episodes=rc["live_episodes"], seed=config.seed + 20_000, policy_context=policy_context)
 
@@ -752,7 +758,7 @@ def _evaluate_all(config: CompareConfig, rc: dict[str, Any], runs: list[dict[str
     results = iter(runner.run(jobs, bar))
     per_scenario = {sc: (next(results), [next(results) for _ in analytic]) for sc in rc["scenarios"]}
     if config.live:
-        _add_live(config, rc, per_scenario, scenario_runs, analytic, shared, runner, bar, family.live_metrics)
+        _add_live(config, rc, per_scenario, scenario_runs, analytic, shared, runner, bar, family)
     rows: list[dict[str, Any]] = []
     for sc, (ppo_rows, rule_rows) in per_scenario.items():
         rows += aggregate_seeds(ppo_rows, metrics=family.row_metrics, with_ci=family.ci_metrics) + ppo_rows + rule_rows
@@ -761,7 +767,7 @@ def _evaluate_all(config: CompareConfig, rc: dict[str, Any], runs: list[dict[str
 
 def _add_live(config: CompareConfig, rc: dict[str, Any], per_scenario: dict[str, tuple[list, list]],
               scenario_runs: dict[str, list[dict[str, Any]]], analytic: list[Any], shared: Any, runner: Any,
-              bar: Any, live_metrics: Sequence[str]) -> None:
+              bar: Any, family: Any) -> None:
     """Merge each row's live metrics in (a job per PPO model and per rule that could be built)."""
     from hlm_gym.parallel import Job
 
@@ -780,7 +786,7 @@ def _add_live(config: CompareConfig, rc: dict[str, Any], per_scenario: dict[str,
             jobs.append(Job(_live_summary, (config, rc, a.spec, sc, a.risk_weight, shared),
                             label=f"live {sc} {a.spec}"))
     for row, res in zip(targets, runner.run(jobs, bar)):
-        merge_live(row, res, live_metrics)
+        merge_live(row, res, family.live_metrics, family.live_sources)
 
 
 def _report(rows: list[dict[str, Any]], dom: list[dict[str, Any]], dom_err: list[dict[str, Any]],
@@ -817,8 +823,10 @@ def config_from_saved(saved: dict[str, Any]) -> tuple[CompareConfig, dict[str, A
 # ------------------------------------------------------------------------------------ outputs
 #: results.csv's columns for the HybridLM family (:func:`columns_for` gives any family's).
 COLUMNS = ("scenario", "family", "policy", "lambda", "param", "tokens_per_s", "tokens_per_s_ci", "risk", "risk_ci",
-           "error_rate", "error_rate_ci", "skip_rate", "transmission_rate", "energy_j_per_token", "episodes", "note",
-           "seeds", "seed_list", "seed")
+           "error_rate", "error_rate_ci", "skip_rate", "transmission_rate", "energy_j_per_token", "live_tokens_per_s",
+           "live_tokens_per_s_ci", "live_transmission_rate", "live_risk", "live_risk_ci", "live_error_rate",
+           "live_error_rate_ci", "fidelity", "fidelity_ci", "episodes", "note", "seeds", "seed_list", "seed",
+           "live_episodes")
 DOM_COLUMNS = ("metric", "scenario", "policy", "lambda", "risk", "tokens_per_s", "analytic_tokens_per_s",
                "front_tokens_per_s", "gain",
                "best_matched_policy", "best_matched_tokens_per_s", "gain_vs_best_matched", "matched_points",

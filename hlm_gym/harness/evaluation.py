@@ -41,6 +41,10 @@ __all__ = ["EvaluationResult", "EvaluationError", "CI_METHOD", "summarize_episod
            "make_eval_env", "check_evaluation", "evaluate", "format_table", "write_outputs"]
 
 
+#: live mode's fidelity reference: the trace's always-send response when the trace was recorded with
+#: the live pair, else decoded live (``auto``); always decoded live; always the trace's.
+REFERENCES = ("auto", "live", "trace")
+
 def run_episodes(env: Any, policy: Policy, n_episodes: int, seed: int | Sequence[int], tracker: EpisodeTracker,
                  max_steps: int = 10_000_000, progress: Callable[[int], None] | None = None,
                  quota: Optional[Sequence[int]] = None) -> list[dict[str, float]]:
@@ -104,14 +108,14 @@ EVAL_SEED_MAX = 2**32 - 1
 
 def check_evaluation(policy: "str | Policy", *, env_id: str = DEFAULT_ENV_ID, scenario: Any = None,
                      split: str = "test", episodes: int = 100, seed: int = 0, mode: str = "trace",
-                     num_envs: int = 16, reference: str = "live") -> None:
+                     num_envs: int = 16, reference: str = "auto") -> None:
     """Check an evaluation's settings before any work (:class:`EvaluationError` naming the flag, the
     value and what is allowed; a policy spec's own error): env id, mode, split, episodes, seed,
     parallel envs, the fidelity reference, the policy spec and the scenario (loaded; ``None``: not checked)."""
     family_for(env_id)
     check_choice(mode, "--mode", ("trace", "live"), EvaluationError)
     check_choice(split, "--split", ("train", "validation", "test"), EvaluationError)
-    check_choice(reference, "--reference", ("live", "trace"), EvaluationError)
+    check_choice(reference, "--reference", REFERENCES, EvaluationError)
     check_int(episodes, "--episodes", 1, error=EvaluationError)
     check_int(num_envs, "--num-envs", 1, error=EvaluationError)
     check_int(seed, "--seed", 0, EVAL_SEED_MAX, EvaluationError)
@@ -127,13 +131,16 @@ def evaluate(policy: str | Policy, *, env_id: str = DEFAULT_ENV_ID, scenario: An
              split: str = "test", episodes: int = 100, seed: int = 0, mode: str = "trace",
              risk_weight: Optional[float] = None, risk_target: Optional[float] = None, num_envs: int = 16,
              traces: Any = None, env_kwargs: Optional[Mapping[str, Any]] = None, env: Any = None,
-             policy_context: Optional[Mapping[str, Any]] = None, reference: str = "live") -> EvaluationResult:
+             policy_context: Optional[Mapping[str, Any]] = None, reference: str = "auto",
+             live_options: Optional[Mapping[str, Any]] = None) -> EvaluationResult:
     """Evaluate ``policy`` (a spec string or a :class:`Policy`) on ``env_id`` for ``episodes`` episodes.
 
     ``risk_weight``/``risk_target``/``traces``/``env_kwargs``: environment options (``None``:
     its defaults); ``env``: an already made vector env of ``env_id`` to use instead (its options
     win); ``policy_context``: :class:`~hlm_gym.policies.context.PolicyContext` fields to set on top
-    of the env's (e.g. a ready U-HLM ``fit``); ``reference``: live mode's fidelity reference."""
+    of the env's (e.g. a ready U-HLM ``fit``); ``reference``: live mode's fidelity reference;
+    ``live_options``: more keywords of the family's ``evaluate_live`` (HybridLM: ``batch_size``,
+    ``progress``)."""
     family = family_for(env_id)
     check_evaluation(policy, env_id=env_id, scenario=scenario if env is None else None, split=split,
                      episodes=episodes, seed=seed, mode=mode, num_envs=num_envs, reference=reference)
@@ -142,8 +149,9 @@ def evaluate(policy: str | Policy, *, env_id: str = DEFAULT_ENV_ID, scenario: An
     if mode == "live":
         if family.evaluate_live is None:
             raise EvaluationError(f"{env_id} has no live mode")
-        return family.evaluate_live(policy, env_id=env_id, settings=settings, split=split, episodes=episodes,
-                                    seed=seed, policy_context=policy_context, reference=reference)
+        return family.evaluate_live(policy, family=family, env_id=env_id, settings=settings, split=split,
+                                    episodes=episodes, seed=seed, policy_context=policy_context, reference=reference,
+                                    **dict(live_options or {}))
     own_env = env is None
     if own_env:
         env = make_eval_env(settings, split, min(num_envs, episodes), env_id)

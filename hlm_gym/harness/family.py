@@ -80,9 +80,10 @@ class EnvFamily:
       ``shared_policy_context(traces)``: PolicyContext fields ``compare`` computes once for all
       of them (HybridLM: the U-HLM fit);
     * ``check_data(traces, splits)``: raise when the data of ``splits`` (default all) is missing;
-    * ``evaluate_live(policy, *, env_id, settings, split, episodes, seed, policy_context, reference)``:
-      the family's live evaluation (an :class:`~hlm_gym.harness.results.EvaluationResult`;
-      ``None``: no live mode);
+    * ``evaluate_live(policy, *, family, env_id, settings, split, episodes, seed, policy_context,
+      reference, **options)``: the family's live evaluation (an
+      :class:`~hlm_gym.harness.results.EvaluationResult`; ``family`` is this object; ``None``: no
+      live mode);
     * ``load_scenario(name)``: the scenario of a name or YAML path (a one-line error otherwise);
       ``make_torch_env(env_id, num_envs, device, env_kwargs, risk_weights, risk_targets)``: the
       torch batched env with per-env reward settings (the population trainer's);
@@ -100,8 +101,9 @@ class EnvFamily:
       it), ``plot_styles`` (one ``(analytic family,
       colour, marker, legend label)`` per analytic family, in drawing order), ``table_columns``
       (``(metric, heading, significant digits, with interval)`` per column of the results table);
-      ``live_metrics``: what ``compare --live`` merges into the rows from ``evaluate_live``
-      (empty: compare has no live mode for this family).
+      ``live_metrics``: the row columns ``compare --live`` fills from ``evaluate_live``
+      (empty: compare has no live mode for this family), ``live_sources``: the live result's
+      metric of each (default: the same name).
     """
 
     name: str
@@ -134,6 +136,7 @@ class EnvFamily:
     plot_styles: tuple[tuple[str, str, str, str], ...] = ()
     table_columns: tuple[tuple[str, str, int, bool], ...] = ()
     live_metrics: tuple[str, ...] = ()
+    live_sources: Mapping[str, str] = field(default_factory=dict)
 
     def context_for(self, env: Any, env_id: str, **changes: Any) -> PolicyContext:
         """The :class:`PolicyContext` of ``env`` (a single or vector env of ``env_id``): the family's

@@ -26,15 +26,14 @@ Metrics per episode (mean and a Student-t interval over episodes in the evaluati
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import numpy as np
 
-from hlm_gym.harness.errors import EvaluationError, TrainingError
+from hlm_gym.harness.errors import TrainingError
 from hlm_gym.harness.family import AnalyticPolicy, EnvFamily, EnvSettings
-from hlm_gym.harness.results import EvaluationResult, summarize_episodes
+from hlm_gym.harness.hybrid_lm_live import evaluate_live
 from hlm_gym.policies.context import PolicyContext
 from hlm_gym.policies.hybrid_lm_kinds import HYBRID_LM_ENV_IDS
 
@@ -258,9 +257,14 @@ COMPARE_LABELS: dict[str, str] = {
                  "linearly interpolated at the PPO point's {risk}.",
     "axis:risk": "risk (mean rejection probability of skipped tokens)",
     "axis:error_rate": "error rate (skipped tokens that would be rejected / tokens)",
-    "no_live": "its live mode runs the real SLM-LLM pair token by token, too slow for a sweep; evaluate single "
-               "policies live with hlm-gym evaluate --mode live",
+    "name:live_tokens_per_s": "live tokens/s",
+    "name:live_transmission_rate": "live transmission rate",
+    "name:live_risk": "live risk",
+    "name:live_error_rate": "live error rate",
 }
+#: compare --live: the row's live columns and the live evaluation's metric each comes from.
+LIVE_SOURCES: dict[str, str] = {"live_tokens_per_s": "tokens_per_s", "live_transmission_rate": "transmission_rate",
+                                "live_risk": "risk", "live_error_rate": "error_rate", "fidelity": "fidelity"}
 #: compare's Pareto plot: (analytic family, colour, marker, legend label), in drawing order.
 PLOT_STYLES: tuple[tuple[str, str, str, str], ...] = (
     (SWEEP_FAMILY, "tab:blue", "o", "U-HLM threshold sweep (u_th; always = -inf)"),
@@ -272,7 +276,10 @@ PLOT_STYLES: tuple[tuple[str, str, str, str], ...] = (
 #: compare's results table: (metric, heading, significant digits, with interval).
 TABLE_COLUMNS: tuple[tuple[str, str, int, bool], ...] = (
     ("tokens_per_s", "tokens/s", 4, True), ("risk", "risk", 3, True), ("error_rate", "error rate", 3, False),
-    ("skip_rate", "skip rate", 3, False), ("energy_j_per_token", "energy J/tok", 3, False))
+    ("skip_rate", "skip rate", 3, False), ("energy_j_per_token", "energy J/tok", 3, False),
+    ("live_tokens_per_s", "live tokens/s", 4, True), ("live_transmission_rate", "live TR", 3, False),
+    ("live_risk", "live risk", 3, True), ("live_error_rate", "live error rate", 3, False),
+    ("fidelity", "fidelity", 3, True))
 
 
 def shared_policy_context(traces: Any) -> dict[str, Any]:
@@ -295,89 +302,6 @@ def check_data(traces: Any, splits: tuple[str, ...] = ("train", "validation", "t
         if not Path(p).is_file():
             raise TrainingError(f"{flag}no {split} traces at {p}: build the default trace set "
                                 f"(hlm-gym traces build ...) or pass --traces FOLDER")
-
-
-# ------------------------------------------------------------------------------------ live evaluation
-def evaluate_live(policy: Any, *, env_id: str, settings: EnvSettings, split: str, episodes: int, seed: int,
-                  policy_context: Optional[Mapping[str, Any]] = None, reference: str = "live",
-                  fidelity: bool = True) -> EvaluationResult:
-    """Live mode: the real pair in the loop (one env, ``mode="live"``), one episode after another.
-
-    Episode ``j`` decodes prompt ``order[j mod n]`` of a seeded permutation of the split's prompts.
-    Fidelity: cosine similarity of the response's sentence embedding to the LLM-alone response
-    for the same prompt. ``reference="live"`` (default) decodes that response in the same env
-    with always-send (same prompt, same per-prompt seed; speculative sampling makes it an exact
-    LLM sample), once per prompt; ``reference="trace"`` uses the trace's recorded always-send
-    response instead (cheaper, but only the same sample if the SLM artifact is the one the
-    trace was built with).
-    """
-    if reference not in ("live", "trace"):
-        raise EvaluationError(f"reference must be live or trace, got {reference!r}")
-    env = make_env(env_id, env_kwargs(settings, split) | {"mode": "live"})
-    base = env.unwrapped
-    try:
-        pol, ctx = HYBRID_LM.policy_for(policy, env, env_id, seed=seed, traces=settings.traces,
-                                        overrides=policy_context)
-        tok = base._live.pair.tokenizer
-        sim = base.sim
-        eps, responses, references = [], [], []
-        ref_cache: dict[int, str] = {}
-        t0 = time.perf_counter()
-        order = np.random.default_rng(seed).permutation(sim.traces.n_prompts)
-        for j in range(episodes):
-            # each prompt once (in a seeded order) before any repeats: live episodes are expensive
-            obs, info0 = env.reset(seed=seed if j == 0 else None, options={"prompt": int(order[j % order.size])})
-            pol.reset(1)
-            acc = {k: 0.0 for k in _STEP_SUMS} | {"tokens": 0.0}
-            while True:
-                a = int(pol.act(obs)[0])
-                obs, rew, term, trunc, info = env.step(a)
-                acc["tokens"] += 1
-                acc["reward"] += float(rew) if np.isfinite(rew) else math.nan
-                acc["sent"] += float(info["sent"])
-                for key in ("latency_s", "uplink_bits", "energy_j"):
-                    acc[key] += float(info[key])
-                if term or trunc:
-                    break
-            final = {k: float(info[k]) for k in METRICS + ("tokens",) if k in info}
-            ep = {"env": 0, "episode": j, "prompt": int(info0["prompt"])} | episode_metrics(acc, final)
-            # skipped tokens are not verified live: their risk is unknown
-            for key in ("risk", "error_rate"):
-                if key in final and not np.isfinite(final[key]):
-                    ep[key] = math.nan
-            eos = getattr(tok, "eos_token_id", None)
-            out = [t for t in base.output_tokens if t != eos]
-            p = int(info0["prompt"])
-            responses.append(tok.decode(out))
-            if fidelity:
-                if p not in ref_cache:
-                    if reference == "trace":
-                        ref = [int(t) for t in sim.tables.token[sim.tables.starts[p]:sim.tables.stops[p]] if t != eos]
-                    else:
-                        env.reset(options={"prompt": p})
-                        while True:
-                            _, _, rt, rtr, _ = env.step(ctx.send_action)
-                            if rt or rtr:
-                                break
-                        ref = [t for t in base.output_tokens if t != eos]
-                    ref_cache[p] = tok.decode(ref)
-                references.append(ref_cache[p])
-            eps.append(ep)
-        if fidelity:
-            from hlm_gym.lm.fidelity import response_fidelity
-
-            for ep, f in zip(eps, response_fidelity(responses, references)):
-                ep["fidelity"] = float(f)
-        wall = time.perf_counter() - t0
-    finally:
-        env.close()
-    config = {"policy": policy if isinstance(policy, str) else repr(policy), "env_id": env_id,
-              "scenario": settings.scenario, "split": split, "episodes": episodes, "seed": seed, "mode": "live",
-              "risk_weight": ctx.risk_weight, "risk_target": ctx.risk_target,
-              "traces": None if settings.traces is None else str(settings.traces), "latency_ref_s": ctx.latency_ref,
-              "max_tokens": ctx.max_tokens, "wall_s": round(wall, 3), "fidelity_reference": reference}
-    return EvaluationResult(config=config, episodes=eps, summary=summarize_episodes(eps, METRICS),
-                            policy=pol.describe(), responses=responses)
 
 
 HYBRID_LM = EnvFamily(
@@ -404,8 +328,11 @@ HYBRID_LM = EnvFamily(
     per_token_sums={"energy_j_per_token": "energy_j", "uplink_bits_per_token": "uplink_bits"},
     risk_metric="risk",
     error_metric="error_rate",
-    row_metrics=("tokens_per_s", "risk", "error_rate", "skip_rate", "transmission_rate", "energy_j_per_token"),
-    ci_metrics=("tokens_per_s", "risk", "error_rate"),
+    row_metrics=("tokens_per_s", "risk", "error_rate", "skip_rate", "transmission_rate", "energy_j_per_token")
+    + tuple(LIVE_SOURCES),
+    ci_metrics=("tokens_per_s", "risk", "error_rate", "live_tokens_per_s", "live_risk", "live_error_rate", "fidelity"),
+    live_metrics=tuple(LIVE_SOURCES),
+    live_sources=LIVE_SOURCES,
     labels=COMPARE_LABELS,
     plot_styles=PLOT_STYLES,
     table_columns=TABLE_COLUMNS,

@@ -249,13 +249,14 @@ def load_live_moe(device: str = "cpu") -> Any:
 
 def evaluate_live(policy: Any, *, env_id: str, settings: EnvSettings, split: str, episodes: int, seed: int,
                   policy_context: Optional[Mapping[str, Any]] = None, reference: str = "live",
-                  moe: Any = None, batch_size: int = 32) -> Any:
+                  moe: Any = None, batch_size: int = 32, family: Any = None, progress: bool = False) -> Any:
     """Live mode (:mod:`hlm_gym.harness.wdmoe_live`): the policy's selections in the real MoE on the
     split's sequences, teacher-forced; the episode metrics of trace mode plus ``perplexity``.
 
     Episode ``j`` is sequence ``j mod n`` of the trace (each once before any repeats), with the
     channel drawn from generator ``seed + j``. ``moe``: a ready :class:`~hlm_gym.lm.moe.MoEModel`
-    (default: :func:`load_live_moe`). ``reference`` is not used (the dense model is the reference)."""
+    (default: :func:`load_live_moe`). ``reference`` is not used (the dense model is the reference);
+    ``family``/``progress``: accepted for the harness's common call, not used."""
     from hlm_gym.harness.errors import EvaluationError
     from hlm_gym.harness.results import EvaluationResult, summarize_episodes
     from hlm_gym.harness.wdmoe_live import run_live, sequences_from_traces

@@ -12,8 +12,10 @@ Both models keep KV caches; no prefix is ever re-encoded.
   speculative sampling, or the greedy rule). The number of tokens fed is recorded as
   ``llm_tokens`` so that the latency model can charge the catch-up.
 
-Use :class:`HybridSession` step by step (``draft()`` then ``commit(send)``), as the live
-environment does, or :meth:`HybridDecoder.generate` with a policy for a whole response.
+Use :class:`HybridSession` step by step (``draft()`` then ``commit(send)``), or
+:meth:`HybridDecoder.generate` with a policy for a whole response (``hlm-gym generate``). The
+environments' live mode decodes with :class:`hlm_gym.lm.batch_decoding.BatchedSession`, which
+runs the LLM at every position and draws the same random numbers in the same order.
 Drafting, verification and the per-prompt generators are those of :mod:`hlm_gym.lm.draft_verify`,
 shared with the trace builder: three generators derived from one seed, for draft sampling,
 uncertainty and verification, so that a never-send run samples exactly the tokens the SLM alone
@@ -204,6 +206,9 @@ class HybridSession:
             self._llm_unfed = [token]
         else:
             accepted, token, uniform, p_d, beta, llm_s, llm_tokens = True, draft.token, nan, nan, nan, 0.0, 0
+            if self.config.mode != "greedy":  # the uniform a verification would have used (see batch_decoding)
+                g = self._gens.verify
+                uniform = float(torch.rand((), generator=g, device=g.device))
             self._llm_unfed.append(token)
         record = TokenRecord(draft.position, draft.token, token, bool(send), bool(accepted), draft.q_draft,
                              p_d, beta, uniform, llm_tokens, draft.pending, draft.slm_s, llm_s, draft.signals)

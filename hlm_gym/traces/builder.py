@@ -43,85 +43,43 @@ def trace_batch(pair, prompts: Sequence[TracePrompt], config, k_choices: Sequenc
                 eos_token_id: int | None = None) -> dict[str, list]:
     """Decode ``prompts`` together with always-send; returns column lists (rows grouped by prompt).
 
-    Equivalent to :class:`hlm_gym.lm.decoding.HybridSession` with ``seed=prompt.seed`` and
-    ``commit(True)`` at every step (up to float-level differences of batched matmuls).
+    :class:`hlm_gym.lm.batch_decoding.BatchedSession` with every draft sent, plus the verdict
+    and rejection probability each top-k upload size in ``k_choices`` would have had (same
+    uniform). Equivalent to :class:`hlm_gym.lm.decoding.HybridSession` with
+    ``seed=prompt.seed`` and ``commit(True)`` at every step (up to float-level differences of
+    batched matmuls).
     """
-    import torch
-
-    from hlm_gym.lm.draft_verify import prompt_generators, sample_draft, verify_draft
+    from hlm_gym.lm.batch_decoding import BatchedSession
+    from hlm_gym.lm.decoding import DecodingError
     from hlm_gym.lm.speculative import truncated_draft
 
-    if eos_token_id is None:
-        eos_token_id = getattr(pair.tokenizer, "eos_token_id", None)
-    dev = pair.device
-    B = len(prompts)
-    gens = [prompt_generators(pr.seed) for pr in prompts]
-    lens = [len(pr.ids) for pr in prompts]
-    if min(lens) < 1:
-        raise TraceError("empty prompt: at least one token is needed")
-    L = max(lens)
-    pad = 0
-    ids = torch.full((B, L), pad, dtype=torch.long)
-    mask = torch.zeros((B, L), dtype=torch.long)
-    for b, pr in enumerate(prompts):
-        ids[b, L - lens[b]:] = torch.tensor(pr.ids, dtype=torch.long)
-        mask[b, L - lens[b]:] = 1
-    pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    rows: dict[int, list[dict]] = {b: [] for b in range(B)}
-    active = list(range(B))  # original indices of the rows still in the caches
-    slm_cache = llm_cache = None
-    T = config.temperature
+    try:
+        session = BatchedSession(pair, [pr.ids for pr in prompts], [pr.seed for pr in prompts], config,
+                                 eos_token_id=eos_token_id)
+    except DecodingError as exc:
+        raise TraceError(str(exc)) from None
+    rows: dict[int, list[dict]] = {b: [] for b in range(len(prompts))}
     V = None
-    with torch.inference_mode():
-        inp, m, ps = ids, mask, pos
-        while active:
-            so = pair.slm(inp.to(dev), attention_mask=m.to(dev), position_ids=ps.to(dev),
-                          cache=slm_cache, use_cache=True, output_hidden_states=True)
-            lo = pair.llm(inp.to(dev), attention_mask=m.to(dev), position_ids=ps.to(dev),
-                          cache=llm_cache, use_cache=True)
-            slm_cache, llm_cache = so.cache, lo.cache
-            s_logits = (so.logits[:, -1].float() / T).cpu()
-            h_prev = so.hidden_states[-2][:, -1].cpu()
-            h_last = so.hidden_states[-1][:, -1].cpu()
-            p_all = torch.softmax(lo.logits[:, -1].float() / T, dim=-1).cpu()
-            V = s_logits.shape[-1]
-            next_tokens, keep = [], []
-            for j, b in enumerate(active):
-                s = sample_draft(s_logits[j], h_prev[j], h_last[j], config.mode, gens[b],
-                                 k=config.k, theta_max=config.theta_max)
-                q, d, q_d = s.q_probs, s.token, s.q_draft
-                v = verify_draft(q, p_all[j], d, config.mode, gens[b].verify)
-                accepted, token, uniform, p_d = v.accepted, v.token, v.uniform, v.p_draft
-                row = {"position": len(rows[b]), "draft": d, "token": token, "accepted": bool(accepted),
-                       "q_draft": q_d, "p_draft": p_d, "beta": v.beta, "uniform": uniform, **s.signals}
-                for kk in k_choices:
-                    qh = float(truncated_draft(q, kk)[d]) if kk < V else q_d
-                    bk = max(0.0, 1.0 - p_d / qh) if qh > 0 else 0.0
-                    if config.mode == "greedy":
-                        ak = bool(accepted)
-                    else:
-                        ak = bool(uniform * qh < p_d or qh <= 0.0)
-                    row[f"beta_k{kk}"], row[f"accepted_k{kk}"] = bk, ak
-                rows[b].append(row)
-                end = (config.stop_at_eos and token == eos_token_id) or len(rows[b]) >= config.max_new_tokens
-                row["end"] = bool(end)
-                if not end:
-                    keep.append(j)
-                    next_tokens.append(token)
-            if len(keep) < len(active):
-                if not keep:
-                    break
-                sel = torch.tensor(keep, dtype=torch.long, device=dev)
-                slm_cache.batch_select_indices(sel)
-                llm_cache.batch_select_indices(sel)
-                m = m[keep]
-                ps = ps[keep]
-                active = [active[j] for j in keep]
-            inp = torch.tensor(next_tokens, dtype=torch.long).unsqueeze(1)
-            m = torch.cat([m, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
-            ps = ps[:, -1:] + 1
+    while not session.done:
+        d = session.drafts()
+        V = int(d.p_probs.shape[-1])
+        q_hat = {kk: [float(truncated_draft(q, kk)[t]) for q, t in zip(d.q_probs, d.tokens)]
+                 for kk in k_choices if kk < V}
+        res = session.commit(np.ones(len(d.rows), dtype=bool))
+        for j, b in enumerate(res.rows):
+            p_d, q_d, uniform = float(res.p_draft[j]), float(res.q_draft[j]), float(res.uniform[j])
+            row = {"position": len(rows[b]), "draft": int(res.draft[j]), "token": int(res.token[j]),
+                   "accepted": bool(res.accepted[j]), "q_draft": q_d, "p_draft": p_d, "beta": float(res.beta[j]),
+                   "uniform": uniform, **{name: float(v[j]) for name, v in res.signals.items()}}
+            for kk in k_choices:
+                qh = q_hat[kk][j] if kk < V else q_d
+                row[f"beta_k{kk}"] = max(0.0, 1.0 - p_d / qh) if qh > 0 else 0.0
+                row[f"accepted_k{kk}"] = (bool(res.accepted[j]) if config.mode == "greedy"
+                                          else bool(uniform * qh < p_d or qh <= 0.0))
+            row["end"] = bool(res.end[j])
+            rows[b].append(row)
     out: dict[str, list] = {}
-    for b in range(B):
+    for b in range(len(prompts)):
         for r in rows[b]:
             r["prompt_local"] = b
             for key, val in r.items():

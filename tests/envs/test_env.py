@@ -277,10 +277,11 @@ def test_live_mode_agrees_with_trace_mode(trace_file):
             assert [i["rejected"] for i in li] == [i["rejected"] for i in ti]
     assert matched >= 5  # float-level flips of batched vs single-prompt matmuls are rare
     assert "prompt" in live_env.render()
-    # skipping in live mode: the draft is kept, the risk is unknown (NaN)
-    live_env.reset(seed=0)
+    # skipping in live mode: the draft is kept, its beta is the LLM's (the trace's at the first position)
+    _, i0 = live_env.reset(seed=0)
     _, _, _, _, info = live_env.step(0)
-    assert info["sent"] is False and math.isnan(info["beta"])
+    r0 = live_env.sim.tables.starts[i0["prompt"]]
+    assert info["sent"] is False and info["beta"] == pytest.approx(live_env.sim.tables.beta_full[r0], abs=1e-5)
 
 
 def test_live_mode_rejects_deferred(trace_file):

@@ -49,7 +49,7 @@ def wdmoe(monkeypatch, live_calls):
     tr = synthetic(tokens=(6, 5, 7, 4, 6, 5), layers=3)
     monkeypatch.setattr(simulation, "read_traces", lambda source: tr)
 
-    def fake_live(policy, *, env_id, settings, split, episodes, seed, policy_context=None, reference="live"):
+    def fake_live(policy, *, env_id, settings, split, episodes, seed, policy_context=None, reference="auto", **_):
         live_calls.append({"policy": policy, "env_id": env_id, "scenario": settings.scenario,
                            "risk_weight": settings.risk_weight, "split": split, "episodes": episodes, "seed": seed})
         ppl = 10.0 + len(live_calls)  # a distinct value per call
@@ -192,7 +192,6 @@ def test_wdmoe_defaults_come_from_its_family():
     (WDMOE_ID, {"calm_lambdas": ()}, "--calm-lambdas does not apply to hlm_gym/WDMoE-v0"),
     ("hlm_gym/HybridLM-v0", {"topk": (1, 2)}, "--topk does not apply to hlm_gym/HybridLM-v0"),
     ("hlm_gym/HybridLMCompressed-v0", {"topk": (1,)}, "--topk does not apply to hlm_gym/HybridLMCompressed-v0"),
-    ("hlm_gym/HybridLM-v0", {"live": True}, "--live: compare has no live mode for hlm_gym/HybridLM-v0"),
     (WDMOE_ID, {"live_episodes": 5}, "--live-episodes needs --live"),
     (WDMOE_ID, {"topk": (2.5,)}, "--topk: expected whole numbers of experts >= 1, got 2.5"),
     (WDMOE_ID, {"topk": ()}, "--topk: empty list"),
@@ -217,7 +216,6 @@ def test_live_without_an_evaluate_live_is_refused(monkeypatch, tmp_path):
     (["--calm-lambdas", "none", "--env", WDMOE_ID], "--calm-lambdas does not apply"),
     (["--topk", "1,2"], "--topk does not apply to hlm_gym/HybridLM-v0"),
     (["--topk", "1,x"], "expected comma-separated"),
-    (["--live"], "--live: compare has no live mode for hlm_gym/HybridLM-v0: its live mode runs the real SLM-LLM pair"),
 ])
 def test_the_cli_refuses_inapplicable_flags(argv, fragment, tmp_path, capsys):
     from hlm_gym.cli.main import main

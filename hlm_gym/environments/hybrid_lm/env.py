@@ -7,8 +7,6 @@ draft and maybe resamples it), on a time-varying wireless channel.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any, Optional
 
 import gymnasium as gym
@@ -18,6 +16,7 @@ from gymnasium import spaces
 from hlm_gym.environments.hybrid_lm.config import EnvConfig, EnvConfigError, make_config
 from hlm_gym.environments.backends import ScalarOps
 from hlm_gym.environments.hybrid_lm.kernel import Draft, HybridLMKernel
+from hlm_gym.environments.hybrid_lm.live import live_decoder_config, live_draft, live_signals, load_live_pair
 from hlm_gym.environments.hybrid_lm.simulation import EpisodeDraw, Simulation, build_simulation
 from hlm_gym.environments.hybrid_lm.observation import OBS_HIGH, OBS_LOW, OBS_NAMES
 
@@ -96,7 +95,10 @@ class HybridLMEnv(gym.Env):
     **Version history**: ``v0``: first release; ``risk_target`` added to the reward (default
     0 keeps the original reward); the single, numpy and torch envs run one step kernel
     (trajectories unchanged bit for bit, checked against trajectories recorded before) and the
-    batched envs accept any ``skip_window`` (they were limited to 62).
+    batched envs accept any ``skip_window`` (they were limited to 62); live mode reports the
+    exact ``beta``, ``error``, ``risk`` and ``error_rate`` of skipped drafts (they were NaN) and
+    draws a verification uniform at every position (a live episode with skips samples other
+    tokens than before; always-send episodes are unchanged).
 
     **Latency/energy** per token: :mod:`hlm_gym.wireless.cost`'s account with the instantaneous
     uplink/downlink rates at the decision time (device compute; for a send also the upload of
@@ -124,10 +126,13 @@ class HybridLMEnv(gym.Env):
     top-k truncation but accepted under the full distribution counts as rejected; the replay
     continues on the recorded prefix.
 
-    **Live mode** (``mode="live"``) runs :class:`hlm_gym.lm.decoding.HybridSession` with the real
-    pair on the trace's prompts and per-prompt seeds (so an always-send episode reproduces the
-    trace). Skipped drafts are not verified, so ``beta``/``risk``/``error_rate`` of skipped
-    tokens are NaN; ``verify="deferred"`` is not available live.
+    **Live mode** (``mode="live"``) decodes with the real pair
+    (:mod:`hlm_gym.environments.hybrid_lm.live`) on the trace's prompts and per-prompt seeds (so
+    an always-send episode reproduces the trace). The LLM's distribution is computed at every
+    position, so a skipped draft has its exact ``beta`` and a realised ``error`` (the uniform its
+    verification would have drawn) and episodes report ``risk`` and ``error_rate`` as in trace
+    mode; a skipped draft is kept in the response (the LLM continues on it).
+    ``verify="deferred"`` is not available live.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -212,29 +217,23 @@ class HybridLMEnv(gym.Env):
 
     # ------------------------------------------------------------------ live mode
     def _step_live(self, a: int):
-        """One decision on the real pair: the draft's acceptance comes from the LLM, the rest from the kernel."""
+        """One decision on the real pair: the draft's verdict and beta come from the LLM, the rest from the kernel."""
         k, live = self._kernel, self._live
-        r = k.row
         o = k.option(a)
-        if a == 0:
-            rec = live.commit(False, None)
-            draft = Draft(beta_full=math.nan, accepted_full=True, beta=math.nan, accepted=True, end=live.done)
-        else:
-            kk = self.sim.topk[o]
-            rec = live.commit(True, None if kk >= self.sim.vocab_size else kk)
-            draft = Draft(beta_full=float(rec.beta), accepted_full=bool(rec.accepted), beta=float(rec.beta),
-                          accepted=bool(rec.accepted), end=live.done)
-        reward, terminated, info, _, _ = k.step(a, r, o, draft)
-        self._out.append((rec.token, "skipped" if a == 0 else ("rejected" if info["rejected"] else "accepted")))
-        info["token"] = rec.token
+        kk = self.sim.topk[o]
+        res = live.commit(a != 0, None if kk >= self.sim.vocab_size else kk)
+        d = live_draft(res)
+        draft = Draft(beta_full=float(d.beta_full[0]), accepted_full=bool(d.accepted_full[0]),
+                      beta=float(d.beta[0]), accepted=bool(d.accepted[0]), end=bool(d.end[0]))
+        reward, terminated, info, _, _ = k.step(a, k.row, o, draft)
+        token = int(res.token[0])
+        self._out.append((token, "skipped-wrong" if info["error"] else "skipped") if a == 0
+                         else (token, "rejected" if info["rejected"] else "accepted"))
+        info["token"] = token
         terminated = bool(terminated)
         if terminated:
             self._done = True
-            skipped = k.skips > 0
             info.update(k.episode_metrics())
-            # skipped drafts are not verified live: their risk is unknown
-            info["risk"] = math.nan if skipped else 0.0
-            info["error_rate"] = math.nan if skipped else 0.0
             k.observe(self._obs, signals=live.last_signals)
         else:
             k.observe(self._obs, signals=live.signals())
@@ -295,54 +294,29 @@ def render_ansi(env: HybridLMEnv) -> str:
 
 
 class _LivePair:
-    """The real model pair behind ``mode="live"`` (loaded once per environment)."""
+    """The real model pair behind ``mode="live"`` (loaded once per environment), one response at a
+    time through :class:`hlm_gym.lm.batch_decoding.BatchedSession`."""
 
     def __init__(self, env: HybridLMEnv, pair=None) -> None:
-        import torch
-
-        from hlm_gym.lm.decoding import DecoderConfig
-        from hlm_gym.lm.models import load_pair
-
-        meta = env.sim.traces.meta
-        cfg = env.config
-        self.pair = pair if pair is not None else load_pair(
-            slm=cfg.slm or meta.get("slm_spec"), llm=cfg.llm or meta.get("llm_spec"), device=cfg.device)
-        for role in ("slm", "llm"):
-            want, got = meta.get(f"{role}_fingerprint"), getattr(self.pair, f"{role}_fingerprint", None)
-            if want and got and want != got:
-                import warnings
-
-                warnings.warn(f"live mode: the {role.upper()} ({got[:12]}...) is not the one the trace "
-                              f"{env.sim.traces.path} was recorded with ({want[:12]}...); live and trace mode "
-                              "will not agree. Rebuild the traces with 'hlm-gym traces build'.", stacklevel=3)
-        self.config = DecoderConfig(mode=meta["mode"], max_new_tokens=int(meta["max_new_tokens"]),
-                                    temperature=float(meta["temperature"]), k=int(meta["k"]),
-                                    theta_max=float(meta["theta_max"]), stop_at_eos=bool(meta.get("stop_at_eos", True)))
+        self.pair = load_live_pair(env.sim, pair, stacklevel=4)
+        self.config = live_decoder_config(env.sim)
         self.env = env
         self.session = None
         self.last_signals = np.zeros(5, dtype=np.float32)
-        self._log_v = math.log(env.sim.vocab_size)
-        self._torch = torch
 
     def start(self, prompt: int) -> None:
-        from hlm_gym.lm.decoding import HybridSession
+        from hlm_gym.lm.batch_decoding import BatchedSession
 
         traces = self.env.sim.traces
-        ids = self._torch.as_tensor(traces.prompt_token_ids(prompt))
         seed = int(traces.meta["prompts"][prompt]["seed"])
-        self.session = HybridSession(self.pair, ids, self.config, seed)
+        self.session = BatchedSession(self.pair, [traces.prompt_token_ids(prompt)], [seed], self.config)
 
     def signals(self) -> np.ndarray:
-        s = self.session.draft().signals
-        v = np.array([s["u"], s["entropy"] / self._log_v, s["top1_prob"], s["margin"],
-                      0.0 if math.isnan(s["saturation"]) else s["saturation"]], dtype=np.float32)
-        v = np.clip(v, OBS_LOW[:5], OBS_HIGH[:5])
-        self.last_signals = v
-        return v
+        self.last_signals = live_signals(self.session.drafts().signals, self.env.sim.vocab_size)[0]
+        return self.last_signals
 
     def commit(self, send: bool, topk: Optional[int]):
-        self.session.config = dataclasses.replace(self.config, topk_upload=topk)
-        return self.session.commit(send)
+        return self.session.commit([bool(send)], [topk])
 
     @property
     def done(self) -> bool:
