@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from hlm_gym.harness.errors import EvaluationError
 from hlm_gym.harness.family import EnvSettings
 from hlm_gym.harness.results import EvaluationResult, summarize_episodes
 
-__all__ = ["evaluate_live", "live_plan"]
+__all__ = ["evaluate_live", "evaluate_trace_plan", "live_plan"]
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -133,6 +133,63 @@ def evaluate_live(policy: Any, *, family: Any, env_id: str, settings: EnvSetting
               "max_tokens": ctx.max_tokens, "wall_s": round(wall, 3), "fidelity_reference": reference,
               "batch_size": batch_size, "device": str(getattr(pair, "device", "cpu"))}
     return EvaluationResult(config=config, episodes=list(eps), summary=summarize_episodes(eps, family.metrics),
+                            policy=pol.describe(), responses=responses)
+
+
+def evaluate_trace_plan(policy: Any, *, family: Any, env_id: str, settings: EnvSettings, split: str, episodes: int,
+                        seed: int, policy_context: Optional[Mapping[str, Any]] = None,
+                        decode: Optional[Callable[[list[int]], str]] = None) -> EvaluationResult:
+    """Trace mode on exactly the episodes :func:`evaluate_live` runs (same prompts, channel starts and
+    seed: :func:`live_plan`), for a paired trace-vs-live comparison; with ``fidelity``: the cosine
+    similarity of the trace response (a skipped draft kept, a sent position the LLM's recorded token)
+    to the trace's always-send response. ``decode``: token ids to text (default: the trace's
+    per-token texts joined; pass the pair's tokenizer's ``decode`` to match live mode)."""
+    import gymnasium as gym
+
+    import hlm_gym.environments.registration as reg
+    from hlm_gym.environments.hybrid_lm.simulation import EpisodeDraw
+    from hlm_gym.lm.fidelity import response_fidelity
+
+    reg.register_envs()
+    env = gym.make(env_id, **family.env_kwargs(settings, split))
+    base = env.unwrapped
+    try:
+        pol, ctx = family.policy_for(policy, env, env_id, seed=seed, traces=settings.traces,
+                                     overrides=policy_context)
+        sim = base.sim
+        t = sim.tables
+        eos = sim.traces.meta.get("eos_token_id")
+        if decode is None:
+            decode = lambda ids: "".join(sim.traces.token_text(i) for i in ids)  # noqa: E731
+        plan = live_plan(sim.traces.n_prompts, EpisodeDraw.of(sim), episodes, seed)
+        tracker = family.episode_tracker(1)
+        eps, responses, references = [], [], []
+        t0 = time.perf_counter()
+        for j, (p, brow, j0) in enumerate(plan):
+            obs, _ = base.reset(seed=seed if j == 0 else None, options={"prompt": p})
+            if (int(base._kernel.brow), int(base._kernel.j0)) != (brow, j0):  # pragma: no cover - a guard
+                raise EvaluationError("trace and live episode plans disagree")
+            pol.reset(1)
+            while True:
+                a = np.asarray(pol.act(obs[None]), dtype=np.int64).reshape(1)
+                obs, rew, term, trunc, info = base.step(int(a[0]))
+                tracker.step(a, np.array([rew]), {k: np.array([v]) for k, v in info.items()}, np.ones(1, bool))
+                if term or trunc:
+                    break
+            eps.append({"env": 0, "episode": j, "prompt": p} | tracker.finish(0, info))
+            tracker.clear(0)
+            responses.append(decode([i for i in base.output_tokens if i != eos]))
+            references.append(decode([int(i) for i in t.token[t.starts[p]:t.stops[p]] if i != eos]))
+        for ep, f in zip(eps, response_fidelity(responses, references)):
+            ep["fidelity"] = float(f)
+        wall = time.perf_counter() - t0
+    finally:
+        env.close()
+    config = {"policy": policy if isinstance(policy, str) else repr(policy), "env_id": env_id,
+              "scenario": settings.scenario, "split": split, "episodes": episodes, "seed": seed,
+              "mode": "trace (live plan)", "risk_weight": ctx.risk_weight, "risk_target": ctx.risk_target,
+              "wall_s": round(wall, 3)}
+    return EvaluationResult(config=config, episodes=eps, summary=summarize_episodes(eps, family.metrics),
                             policy=pol.describe(), responses=responses)
 
 

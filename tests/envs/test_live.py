@@ -145,3 +145,23 @@ def test_evaluate_live_reports_finite_risk_and_fidelity(trace_file, pair):
     for a, b in zip(never.episodes, again.episodes):
         for key in ("prompt", "tokens", "risk", "error_rate", "tokens_per_s", "fidelity"):
             assert a[key] == pytest.approx(b[key], rel=1e-6), key
+
+
+def test_trace_plan_runs_the_live_episodes_in_trace_mode(trace_file, pair):
+    """evaluate_trace_plan replays the episodes evaluate_live decodes (same prompts, channel starts):
+    always-send agrees with live mode, the trace response of always-send is its own reference."""
+    from hlm_gym.harness.family import EnvSettings
+    from hlm_gym.harness.hybrid_lm import HYBRID_LM
+    from hlm_gym.harness.hybrid_lm_live import evaluate_live, evaluate_trace_plan
+
+    settings = EnvSettings(scenario="vehicular", traces=trace_file)
+    kw = dict(family=HYBRID_LM, env_id="hlm_gym/HybridLM-v0", settings=settings, split="test", episodes=10, seed=7)
+    trace = evaluate_trace_plan("always", **kw)
+    live = evaluate_live("always", pair=pair, **kw)
+    assert [e["prompt"] for e in trace.episodes] == [e["prompt"] for e in live.episodes]
+    same = [a["tokens_per_s"] == pytest.approx(b["tokens_per_s"]) for a, b in zip(trace.episodes, live.episodes)]
+    assert sum(same) >= 9  # the same channel and tokens (a float-level flip of the batch is rare)
+    assert all(e["fidelity"] == pytest.approx(1.0) for e in trace.episodes)
+    never = evaluate_trace_plan("never", **kw)
+    assert never.summary["transmission_rate"]["mean"] == 0 and 0 < never.summary["risk"]["mean"] < 1
+    assert never.summary["fidelity"]["mean"] < 1

@@ -10,6 +10,8 @@ import pytest
 from tests.harness.test_training import TINY
 from tests.tiny_models import build_tiny_trace, tiny_pair
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def tiny_traces(tmp_path_factory):
@@ -45,3 +47,21 @@ def test_compare_live_merges_live_columns(tiny_traces, tmp_path, monkeypatch, ca
     md = Path(res["files"]["results_md"]).read_text()
     assert "live tokens/s" in md and "fidelity" in md and "--live" in md
     assert "live tokens/s" in capsys.readouterr().out
+    # experiments/live_tables.py: the same episodes in trace mode beside live, and the headline table
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("live_tables", ROOT / "experiments" / "live_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    doc = json.loads(Path(res["files"]["json"]).read_text())
+    trace = tables.paired_trace(doc, tiny_pair().tokenizer)
+    entries = {e["policy"]: e for e in tables.table_rows(doc, trace)}
+    assert {"always", "ppo:lambda=5", "threshold:1"} <= set(entries) and entries["ppo:lambda=5"]["seeds"] == 2
+    assert entries["always"]["trace_transmission_rate"][0] == entries["always"]["live_transmission_rate"][0] == 1.0
+    assert entries["always"]["trace_fidelity"][0] == pytest.approx(1.0)
+    md, head = tables.headline_md(list(entries.values()), "cmd", 4)
+    assert "45.93 %" in md and {h["policy"] for h in head} >= {"threshold:1", "ppo:lambda=5"}
+    assert all(h["transmission_reduction"] == pytest.approx(1 - entries[h["policy"]]["live_transmission_rate"][0])
+               for h in head)
+    assert "live − trace" in tables.trace_vs_live_md(list(entries.values()), "cmd", 4, 20_000)
