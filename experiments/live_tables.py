@@ -135,9 +135,11 @@ def trace_vs_live_md(rows: list[dict[str, Any]], command: str, episodes: int, se
              "SLM-LLM pair (live). Risk: mean rejection probability of the skipped drafts (live: exact, from the "
              "LLM's distribution at that position); error rate: skipped drafts the LLM would have rejected (live: "
              "the uniform a verification would have drawn) / tokens; fidelity: cosine similarity of the response's "
-             "MiniLM embedding to the LLM-alone response (the trace's always-send response of the prompt). PPO: mean "
-             "over training seeds ± 95 % t-interval over seeds; rules: ± 95 % t-interval over episodes; "
-             "live − trace: difference of the means, ± the root sum of squares of the two half-widths.", ""]
+             "MiniLM embedding to the LLM-alone response (`--reference auto`: the trace's recorded always-send response, "
+             "the live pair's LLM-alone sample when the trace was recorded with that pair). PPO: mean over training "
+             "seeds ± 95 % t-interval over seeds; rules: ± 95 % t-interval over episodes; live − trace: difference of "
+             "the means, ± the root sum of squares of the two half-widths (approximate: the episodes are paired, "
+             "which this ignores).", ""]
     heads = ["scenario", "policy"]
     for m, name in (("tokens_per_s", "tokens/s"), ("transmission_rate", "TR"), ("risk", "risk"),
                     ("error_rate", "error rate"), ("fidelity", "fidelity")):
@@ -172,7 +174,9 @@ def headline_md(rows: list[dict[str, Any]], command: str, episodes: int) -> tupl
     text = ["# U-HLM's headline on the embedded pair (live)", "", f"`{command}`", "",
             f"Live mode, {episodes} test episodes per policy; relative to HLM without skipping (`always`) on the same "
             "episodes. Transmission reduction = 1 − TR / TR(always) (each transmission is also one LLM verification); "
-            "throughput gain = tokens/s / tokens/s(always) (± the policy's 95 % half-width / tokens/s(always)); "
+            "throughput gain = tokens/s / tokens/s(always) (± the policy's 95 % half-width / tokens/s(always); "
+            "tokens/s is the suite's simulated clock, the scenario's channel and compute costs applied to the live "
+            "tokens, not the wall time of this CPU); "
             "fidelity: cosine similarity of the response to the LLM-alone response (MiniLM embeddings), the suite's "
             "stand-in for the paper's accuracy ratio. The paper (TinyLlama-1.1B / Llama-2-7B, its own channel) "
             f"reports {PAPER['transmission_reduction'] * 100:.2f} % fewer transmissions, "
@@ -200,14 +204,15 @@ def main() -> None:
     from hlm_gym.harness.compare import CompareConfig, command_line, config_from_saved
     from hlm_gym.lm.models import load_pair
     from hlm_gym.paths import atomic_write_text
+    from hlm_gym.policies.data import resolve_trace_path
     from hlm_gym.traces.store import default_trace_path, load_traces
 
     config, rc = config_from_saved(dict(doc["config"]))
     assert isinstance(config, CompareConfig)
     command = command_line(config)
     meta = load_traces(default_trace_path("test") if config.traces is None else
-                       Path(config.traces) / "embedded-test.parquet").meta
-    tokenizer = load_pair(slm=meta["slm_spec"], llm=meta["llm_spec"]).tokenizer
+                       resolve_trace_path(config.traces, "test")).meta
+    tokenizer = load_pair(slm=meta.get("slm_spec"), llm=meta.get("llm_spec")).tokenizer  # the live pair's
     trace = paired_trace(doc, tokenizer)
     rows = table_rows(doc, trace)
     episodes, seed = int(rc["live_episodes"]), config.seed + 20_000

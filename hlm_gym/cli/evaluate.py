@@ -14,6 +14,7 @@ __all__ = ["register"]
 def _run(args: argparse.Namespace) -> int:
     from hlm_gym.harness.checks import check_device, check_out_dir
     from hlm_gym.harness.errors import EvaluationError
+    from hlm_gym.harness.families import family_for
     from hlm_gym.harness.evaluation import check_evaluation, evaluate, format_table, write_outputs
     from hlm_gym.harness.families import default_scenario
 
@@ -24,13 +25,11 @@ def _run(args: argparse.Namespace) -> int:
                      seed=args.seed, mode=args.mode, num_envs=args.num_envs, reference=args.reference)
     env_kwargs, live_options = {}, None
     if args.mode == "live":
-        if args.env_id.startswith("hlm_gym/WDMoE"):
-            if args.device != "cpu" or args.batch_size is not None:
-                raise EvaluationError(f"--device and --batch-size are live options of the HybridLM envs, not of "
-                                      f"{args.env_id}")
-        else:
+        live_options = {"progress": True} | ({"batch_size": args.batch_size} if args.batch_size else {})
+        if family_for(args.env_id).name == "hybrid_lm":
             env_kwargs["device"] = check_device(args.device) if args.device != "auto" else _auto_device()
-            live_options = {"batch_size": args.batch_size or 64, "progress": True}
+        elif args.device != "cpu":
+            raise EvaluationError(f"--device is a live option of the HybridLM envs, not of {args.env_id}")
     elif args.device != "cpu" or args.batch_size is not None:
         raise EvaluationError("--device and --batch-size are live-mode options: add --mode live, or drop them")
     if args.out is not None:  # before the evaluation: a bad --out must not cost the work
@@ -82,6 +81,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", type=device, default="cpu",
                    help="live mode: where the model pair runs (cpu, cuda, cuda:N or auto; default cpu)")
     p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="live mode: responses decoded together (default 64)")
+                   help="live mode: responses (HybridLM) or sequences (WDMoE) decoded together (default 64 / 32)")
     p.add_argument("--out", default=None, help="folder for summary.csv, episodes.csv and result.json")
     p.set_defaults(func=_run)

@@ -51,7 +51,8 @@ def evaluate_live(policy: Any, *, family: Any, env_id: str, settings: EnvSetting
     trace's recorded always-send response (the same sample when the trace was recorded with this
     pair, up to float-level differences of the batch); ``"auto"``: the trace's when both models'
     fingerprints are the trace's, else live. ``pair``: a loaded :class:`~hlm_gym.lm.model_types.ModelPair` (default: the trace's).
-    ``progress``: a bar on stderr (responses finished). ``family``: the env family
+    ``progress``: a bar on stderr (responses finished). A stochastic policy (``random:R``) draws
+    per batch, so its episodes depend on ``batch_size`` and on the reference rows. ``family``: the env family
     (:data:`hlm_gym.harness.hybrid_lm.HYBRID_LM`).
     """
     import gymnasium as gym
@@ -140,7 +141,7 @@ def evaluate_trace_plan(policy: Any, *, family: Any, env_id: str, settings: EnvS
                         seed: int, policy_context: Optional[Mapping[str, Any]] = None,
                         decode: Optional[Callable[[list[int]], str]] = None) -> EvaluationResult:
     """Trace mode on exactly the episodes :func:`evaluate_live` runs (same prompts, channel starts and
-    seed: :func:`live_plan`), for a paired trace-vs-live comparison; with ``fidelity``: the cosine
+    seed: :func:`live_plan`), for a paired trace-vs-live comparison; ``fidelity`` per episode: the cosine
     similarity of the trace response (a skipped draft kept, a sent position the LLM's recorded token)
     to the trace's always-send response. ``decode``: token ids to text (default: the trace's
     per-token texts joined; pass the pair's tokenizer's ``decode`` to match live mode)."""
@@ -188,7 +189,8 @@ def evaluate_trace_plan(policy: Any, *, family: Any, env_id: str, settings: EnvS
     config = {"policy": policy if isinstance(policy, str) else repr(policy), "env_id": env_id,
               "scenario": settings.scenario, "split": split, "episodes": episodes, "seed": seed,
               "mode": "trace (live plan)", "risk_weight": ctx.risk_weight, "risk_target": ctx.risk_target,
-              "wall_s": round(wall, 3)}
+              "traces": None if settings.traces is None else str(settings.traces), "wall_s": round(wall, 3),
+              "fidelity_reference": "trace"}
     return EvaluationResult(config=config, episodes=eps, summary=summarize_episodes(eps, family.metrics),
                             policy=pol.describe(), responses=responses)
 

@@ -165,7 +165,8 @@ class BatchedSession:
 
     def commit(self, send: Sequence[bool], topk: Optional[Sequence[Optional[int]]] = None) -> StepResult:
         """Apply one decision per active response (``send[j]`` for ``rows[j]`` of :meth:`drafts`);
-        ``topk[j]``: the top-k size of a sent upload (``None``/``0``: the full distribution).
+        ``topk[j]``: the top-k size of a sent upload (``None``/``0``: the full distribution; no
+        ``topk``: the config's ``topk_upload``).
         Feeds the output tokens to both models and drops the responses that ended."""
         d = self.drafts()
         c = self.config
@@ -173,6 +174,8 @@ class BatchedSession:
         send = np.asarray(send, dtype=bool).reshape(-1)
         if send.shape != (n,):
             raise DecodingError(f"expected {n} decisions (one per active response), got {send.shape[0]}")
+        if topk is not None and len(topk) != n:
+            raise DecodingError(f"expected {n} top-k sizes (one per active response), got {len(topk)}")
         token = d.tokens.copy()
         acc, acc_full = np.ones(n, bool), np.ones(n, bool)
         beta = d.beta.copy()
@@ -182,7 +185,7 @@ class BatchedSession:
                 g = self._gens[b].verify
                 dj, q, p = int(d.tokens[j]), d.q_probs[j], d.p_probs[j]
                 if send[j]:
-                    k = None if topk is None else topk[j]
+                    k = c.topk_upload if topk is None else topk[j]
                     q_seen = truncated_draft(q, int(k)) if k else q
                     v = verify_draft(q_seen, p, dj, c.mode, g)
                     token[j], acc[j], beta[j], uniform[j] = v.token, v.accepted, v.beta, v.uniform
@@ -203,7 +206,8 @@ class BatchedSession:
                       or len(self.outputs[b]) >= c.max_new_tokens)
         result = StepResult(d.rows, d.tokens, token, send, acc, acc_full, beta, d.beta, uniform, d.q_draft,
                             d.p_draft, end, d.signals)
-        self._advance(token, end)
+        with torch.inference_mode():
+            self._advance(token, end)
         return result
 
     def _advance(self, token: np.ndarray, end: np.ndarray) -> None:

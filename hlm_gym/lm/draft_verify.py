@@ -1,7 +1,7 @@
 """One position of the hybrid loop: the SLM's draft and its speculative verification by the LLM.
 
-Shared by the live loop (:class:`hlm_gym.lm.decoding.HybridSession`) and the trace builder
-(:func:`hlm_gym.traces.builder.trace_batch`), so that a traced response and a live one with the
+Shared by the one-response loop (:class:`hlm_gym.lm.decoding.HybridSession`) and the batched
+one (:class:`hlm_gym.lm.batch_decoding.BatchedSession`: live mode and the trace builder), so that a traced response and a live one with the
 same seed draw the same random numbers in the same order.
 
 Each response owns three CPU generators derived from its seed (:func:`prompt_generators`): one

@@ -165,3 +165,28 @@ def test_trace_plan_runs_the_live_episodes_in_trace_mode(trace_file, pair):
     never = evaluate_trace_plan("never", **kw)
     assert never.summary["transmission_rate"]["mean"] == 0 and 0 < never.summary["risk"]["mean"] < 1
     assert never.summary["fidelity"]["mean"] < 1
+
+
+def test_live_batch_refuses_bad_actions(trace_file, pair):
+    single = HybridLMEnv(trace=trace_file)
+    live = LiveBatch(single.sim, pair, compressed=False)
+    live.reset([0, 1], [0, 0], [0, 0])
+    with pytest.raises(ValueError, match="action 2 out of range: expected 0..1"):
+        live.step(np.array([1, 2]))
+    with pytest.raises(ValueError, match="expected 2 actions"):
+        live.step(np.array([1]))
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--batch-size", "4"], "--device and --batch-size are live-mode options"),
+    (["--device", "cuda:0"], "--device and --batch-size are live-mode options"),
+    (["--mode", "live", "--env", "hlm_gym/WDMoE-v0", "--policy", "topk:2", "--device", "cuda"],
+     "--device is a live option of the HybridLM envs"),
+])
+def test_evaluate_live_flags_are_checked_before_any_work(argv, fragment, capsys):
+    from hlm_gym.cli.main import main
+
+    args = ["evaluate", *argv] + ([] if "--policy" in argv else ["--policy", "always"])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and "\n" not in err

@@ -212,7 +212,7 @@ class HybridLMKernel:
         err = skip & not_(acc_full)
         risk = xp.f64(err) if self.risk_error else beta_full
         skip_reward = self.skip_reward0
-        if self._risk_on:  # (a zero weight ignores the risk, NaN in live mode, entirely)
+        if self._risk_on:  # (a zero weight ignores the risk entirely)
             skip_reward = skip_reward - self.risk_weight * (risk - self.risk_target)
         reward = where(skip, skip_reward, -(lat_send * self.inv_ref))
         new_row = r + 1

@@ -48,12 +48,12 @@ def load_live_pair(sim: Simulation, pair: Any = None, stacklevel: int = 3) -> An
 
 
 def live_decoder_config(sim: Simulation) -> Any:
-    """The decoding settings the trace was recorded with (mode, length, temperature, K, theta_max)."""
+    """The decoding settings the trace was recorded with (mode, length, temperature, top-p, K, theta_max)."""
     from hlm_gym.lm.decoding import DecoderConfig
 
     meta = sim.traces.meta
     return DecoderConfig(mode=meta["mode"], max_new_tokens=int(meta["max_new_tokens"]),
-                         temperature=float(meta["temperature"]), k=int(meta["k"]),
+                         temperature=float(meta["temperature"]), top_p=float(meta.get("top_p", 1.0)), k=int(meta["k"]),
                          theta_max=float(meta["theta_max"]), stop_at_eos=bool(meta.get("stop_at_eos", True)))
 
 
@@ -78,8 +78,8 @@ class LiveBatch:
     :meth:`reset` starts episode ``i`` on prompt ``prompts[i]`` (its per-prompt seed of the
     trace), channel realisation ``brows[i]`` and start phase ``j0s[i]``; :meth:`step` applies one
     action per episode and returns ``(obs, reward, terminated, info)`` arrays over all ``n``
-    (an episode that has ended stays ended; its entries are not meaningful, see ``valid`` in
-    ``info``); ``final[i]``: episode ``i``'s end-of-episode metrics (the kernel's
+    (``terminated`` is True on the step an episode ends; afterwards its entries are not
+    meaningful, see ``valid`` in ``info`` and :attr:`running`); ``final[i]``: episode ``i``'s end-of-episode metrics (the kernel's
     :data:`~hlm_gym.environments.hybrid_lm.kernel.EPISODE_KEYS`) once it has ended.
     ``send_only`` marks episodes whose drafts are all sent whatever the action (the fidelity
     reference: the LLM-alone response).
@@ -123,12 +123,16 @@ class LiveBatch:
         a = np.asarray(actions, dtype=np.int64).reshape(-1).copy()
         if a.shape != (self.n,):
             raise ValueError(f"expected {self.n} actions, got {a.shape[0]}")
+        bad = self.running & ((a < 0) | (a >= k.n_actions))
+        if bad.any():
+            raise ValueError(f"action {int(a[bad][0])} out of range: expected 0..{k.n_actions - 1}")
         a[self.send_only] = self.send_action
         d = s.drafts()
         rows = d.rows
         o = k.option(a)
-        topk = [None if self.sim.topk[int(oi)] >= self.sim.vocab_size else int(self.sim.topk[int(oi)])
-                for oi in o[rows]]
+        # a reference row uploads the full distribution (an exact LLM sample), whatever the last option is
+        topk = [None if self.send_only[b] or self.sim.topk[int(oi)] >= self.sim.vocab_size else int(self.sim.topk[int(oi)])
+                for b, oi in zip(rows, o[rows])]
         res = s.commit(a[rows] != 0, topk)
         # the kernel steps every episode; ended ones get a harmless accepted draft (their state is not read again)
         full = Draft(beta_full=np.zeros(self.n), accepted_full=np.ones(self.n, bool), beta=np.zeros(self.n),
