@@ -177,8 +177,10 @@ def headline_md(rows: list[dict[str, Any]], command: str, episodes: int) -> tupl
             "throughput gain = tokens/s / tokens/s(always) (± the policy's 95 % half-width / tokens/s(always); "
             "tokens/s is the suite's simulated clock, the scenario's channel and compute costs applied to the live "
             "tokens, not the wall time of this CPU); "
-            "fidelity: cosine similarity of the response to the LLM-alone response (MiniLM embeddings), the suite's "
-            "stand-in for the paper's accuracy ratio. The paper (TinyLlama-1.1B / Llama-2-7B, its own channel) "
+            "fidelity: cosine similarity of the response to the LLM-alone response (MiniLM embeddings); not "
+            "comparable with the paper's accuracy ratio: at temperature 1 another sample of the LLM itself scores "
+            "low too (`python experiments/llm_self_fidelity.py`, docs/live.md). The paper (TinyLlama-1.1B / "
+            "Llama-2-7B, its own channel) "
             f"reports {PAPER['transmission_reduction'] * 100:.2f} % fewer transmissions, "
             f"{PAPER['throughput_gain']:.2f}x throughput and {PAPER['fidelity'] * 100:.2f} % of the LLM's accuracy.",
             "", *lines,
