@@ -25,11 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 from pathlib import Path
 from typing import Any
 
-from scipy import stats
 
 PAPER = {"transmission_reduction": 0.4593, "throughput_gain": 2.54, "fidelity": 0.9754}
 METRICS = ("tokens_per_s", "transmission_rate", "risk", "error_rate", "fidelity")
@@ -39,13 +37,10 @@ LIVE_COLUMN = {"tokens_per_s": "live_tokens_per_s", "transmission_rate": "live_t
 
 def _t_interval(values: list[float]) -> tuple[float, float]:
     """Mean and 95 % Student-t half-width (NaN half-width for one value)."""
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return math.nan, math.nan
-    m = statistics.fmean(vals)
-    if len(vals) < 2:
-        return m, math.nan
-    return m, float(stats.t.ppf(0.975, len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals)))
+    from hlm_gym.harness.results import t_interval
+
+    mean, _, high, _ = t_interval(values)
+    return mean, high - mean
 
 
 def _summary_ci(summary: dict, metric: str) -> tuple[float, float]:

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import time
 
 import numpy as np
-from scipy import stats
 
 
 def main() -> None:
@@ -30,8 +27,9 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = ap.parse_args()
 
+    from hlm_gym.environments.hybrid_lm.live import live_decoder_config
+    from hlm_gym.harness.results import t_interval
     from hlm_gym.lm.batch_decoding import BatchedSession
-    from hlm_gym.lm.decoding import DecoderConfig
     from hlm_gym.lm.fidelity import response_fidelity
     from hlm_gym.lm.models import load_pair
     from hlm_gym.paths import atomic_write_text
@@ -40,10 +38,7 @@ def main() -> None:
     tr = load_traces(default_trace_path(args.split))
     meta = tr.meta
     pair = load_pair(slm=meta.get("slm_spec"), llm=meta.get("llm_spec"))
-    cfg = DecoderConfig(mode=meta["mode"], max_new_tokens=int(meta["max_new_tokens"]),
-                        temperature=float(meta["temperature"]), top_p=float(meta.get("top_p", 1.0)),
-                        k=int(meta["k"]), theta_max=float(meta["theta_max"]),
-                        stop_at_eos=bool(meta.get("stop_at_eos", True)))
+    cfg = live_decoder_config(meta)
     eos = meta.get("eos_token_id")
     decode = lambda ids: pair.tokenizer.decode([int(i) for i in ids if i != eos])  # noqa: E731
     n = tr.n_prompts
@@ -60,8 +55,8 @@ def main() -> None:
     token = tr.columns["token"]
     refs = [decode(token[starts[i]:stops[i]]) for i in range(n)]
     f = [float(x) for x in response_fidelity([decode(o) for o in outputs], refs)]
-    mean = statistics.fmean(f)
-    half = float(stats.t.ppf(0.975, n - 1) * statistics.stdev(f) / math.sqrt(n))
+    mean, _, high, _ = t_interval(f)
+    half = high - mean
     wall = time.perf_counter() - t0
     print(f"fidelity of another LLM sample to the trace's LLM sample ({args.split}, {n} prompts): "
           f"{mean:.3f} +- {half:.3f} (95% t over prompts); {wall:.0f} s")

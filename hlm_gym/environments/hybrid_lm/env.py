@@ -299,7 +299,7 @@ class _LivePair:
 
     def __init__(self, env: HybridLMEnv, pair=None) -> None:
         self.pair = load_live_pair(env.sim, pair, stacklevel=4)
-        self.config = live_decoder_config(env.sim)
+        self.config = live_decoder_config(env.sim.traces.meta)
         self.env = env
         self.session = None
         self.last_signals = np.zeros(5, dtype=np.float32)

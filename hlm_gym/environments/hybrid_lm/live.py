@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -47,11 +47,11 @@ def load_live_pair(sim: Simulation, pair: Any = None, stacklevel: int = 3) -> An
     return pair
 
 
-def live_decoder_config(sim: Simulation) -> Any:
-    """The decoding settings the trace was recorded with (mode, length, temperature, top-p, K, theta_max)."""
+def live_decoder_config(meta: Mapping[str, Any]) -> Any:
+    """The decoding settings a trace was recorded with (its metadata ``meta``: mode, length,
+    temperature, top-p, K, theta_max)."""
     from hlm_gym.lm.decoding import DecoderConfig
 
-    meta = sim.traces.meta
     return DecoderConfig(mode=meta["mode"], max_new_tokens=int(meta["max_new_tokens"]),
                          temperature=float(meta["temperature"]), top_p=float(meta.get("top_p", 1.0)), k=int(meta["k"]),
                          theta_max=float(meta["theta_max"]), stop_at_eos=bool(meta.get("stop_at_eos", True)))
@@ -87,7 +87,7 @@ class LiveBatch:
 
     def __init__(self, sim: Simulation, pair: Any, compressed: bool) -> None:
         self.sim, self.pair, self.compressed = sim, pair, compressed
-        self.decoder = live_decoder_config(sim)
+        self.decoder = live_decoder_config(sim.traces.meta)
 
     def reset(self, prompts: Sequence[int], brows: Sequence[int], j0s: Sequence[int],
               send_only: Optional[Sequence[bool]] = None) -> np.ndarray:
