@@ -1,14 +1,19 @@
 """A sweep of PPO agents trained by both trainers on the same machine, in one run: the SB3 trainer
 (one ``hlm_gym.harness.training.train`` run per agent, as ``hlm-gym compare --trainer sb3`` does)
-and the population trainer (every agent of every scenario as ONE batched run,
+and the population trainer (the agents of every scenario as batched runs,
 ``hlm_gym.harness.population``).
 
     python experiments/bench_sweep.py [--scenarios pedestrian,vehicular,cell-edge-fast-fading]
                                       [--timesteps 100000] [--seeds 0,1,2]
                                       [--risk-weights 1,2,3,5] [--risk-targets 0.2,0.3,0.4,0.45]
-                                      [--target-risk-weight 10] [--sb3-jobs 1] [--threads 1]
-                                      [--population-threads CORES] [--device cpu] [--traces DIR]
+                                      [--target-risk-weight 10] [--sb3-jobs N] [--threads 1]
+                                      [--population-jobs N] [--device cpu] [--traces DIR]
                                       [--out DIR] [--json FILE]
+
+Each trainer runs as ``hlm-gym compare`` runs it on this machine: SB3 one run per worker process,
+``--sb3-jobs`` at a time (compare's ``--jobs``: one per CPU core, at most 4), each of one torch
+thread; the population trainer's agents dealt into as many populations, each a worker process of
+one torch thread. ``--sb3-jobs 1`` gives the SB3 baseline of one run after another.
 
 The default sweep is ``hlm-gym compare``'s: 3 scenarios x its reward settings (error-rate runs at
 each risk weight, risk-target runs at each target with the target risk weight) x 3 seeds, each
@@ -27,7 +32,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import multiprocessing as mp
-import os
 import sys
 import tempfile
 import time
@@ -86,21 +90,26 @@ def _run_sb3(args: argparse.Namespace, scenario: str, out: Path) -> tuple[float,
 
 
 def _run_population(args: argparse.Namespace, scenarios: list[str], out: Path) -> tuple[float, dict, int]:
-    """Every agent of the sweep, all scenarios, as ONE population run."""
-    import torch
+    """Every agent of the sweep, all scenarios, trained as ``hlm-gym compare`` trains them: dealt into
+    ``--population-jobs`` populations (contiguous runs of the scenario-ordered agents), each a worker
+    process of one CPU thread; one population in this process when it is 1."""
+    from dataclasses import replace
 
-    from hlm_gym.harness.population import AgentSpec, PopulationConfig, train_population
+    from hlm_gym.harness.compare_population import train_shard
+    from hlm_gym.harness.population import AgentSpec, PopulationConfig
+    from hlm_gym.parallel import Job, ProcessRunner, shards
 
     agents = [AgentSpec(w, r, s, sc) for sc in scenarios for w, r in _settings(args) for s in args.seeds]
     config = PopulationConfig(agents=agents, scenario=scenarios[0], device=args.device, timesteps=args.timesteps,
                               out=str(out / "population"), traces=args.traces, eval_episodes=args.eval_episodes)
-    torch.set_num_threads(args.population_threads)
+    groups = shards(list(range(len(agents))), args.population_jobs, min_size=2)
+    jobs = [Job(train_shard, (replace(config, agents=[agents[i] for i in g]),)) for g in groups]
     t0 = time.perf_counter()
-    result = train_population(config)
+    results = ProcessRunner(len(groups)).run(jobs)
     wall = time.perf_counter() - t0
-    torch.set_num_threads(args.threads)
-    return wall, {(a.scenario, a.risk_weight, a.risk_target, a.seed): s["last"]
-                  for a, s in zip(agents, result.summaries)}, int(result.summaries[0]["timesteps"])
+    summaries = {i: s for g, r in zip(groups, results) for i, s in zip(g, r.summaries)}
+    return wall, {(a.scenario, a.risk_weight, a.risk_target, a.seed): summaries[i]["last"]
+                  for i, a in enumerate(agents)}, int(summaries[0]["timesteps"])
 
 
 def _warm_up(args: argparse.Namespace, scenario: str, out: Path) -> None:
@@ -144,10 +153,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--target-risk-weight", type=float, default=DEFAULTS["target_risk_weight"])
     p.add_argument("--eval-episodes", type=int, default=DEFAULTS["eval_episodes"])
     p.add_argument("--trainers", default="sb3,population", help="which trainers to run (default both)")
-    p.add_argument("--sb3-jobs", type=int, default=1, help="SB3 runs in parallel processes (default 1)")
+    p.add_argument("--sb3-jobs", type=int, default=None,
+                   help="SB3 runs at a time, in worker processes of --threads torch threads (default: compare's, one "
+                        "per CPU core, at most 4)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per SB3 process (default 1)")
-    p.add_argument("--population-threads", type=int, default=os.cpu_count() or 1,
-                   help="torch CPU threads of the population run (default: every core)")
+    p.add_argument("--population-jobs", type=int, default=None,
+                   help="population trainer: worker processes of one CPU thread, each training a contiguous share "
+                        "of the agents, as hlm-gym compare does (default: compare's, one per CPU core, at most 4)")
     p.add_argument("--device", default="cpu", help="device of both trainers (default cpu)")
     p.add_argument("--traces", default=None, help="trace folder (default: the shipped traces)")
     p.add_argument("--out", default=None, help="where the runs go (default: a temporary folder)")
@@ -155,6 +167,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
 
     import torch
+
+    from hlm_gym.harness.compare import auto_jobs
 
     torch.set_num_threads(args.threads)
     trainers = [t.strip() for t in args.trainers.split(",")]
@@ -166,9 +180,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         out = Path(args.out)
     n_agents = len(scenarios) * len(_settings(args)) * len(args.seeds)
+    if args.population_jobs is None:
+        args.population_jobs = auto_jobs(n_agents)
+    if args.sb3_jobs is None:
+        args.sb3_jobs = auto_jobs(n_agents)
     print(f"sweep: {len(scenarios)} scenario(s) x {len(_settings(args))} reward settings x {len(args.seeds)} seeds "
           f"= {n_agents} agents, {args.timesteps} steps each; device {args.device}; SB3: {args.sb3_jobs} job(s) of "
-          f"{args.threads} torch thread(s); population: one run, {args.population_threads} torch thread(s)",
+          f"{args.threads} torch thread(s); population: {args.population_jobs} process(es) of one torch thread",
           flush=True)
     walls = {"sb3": 0.0, "population": 0.0}
     results: dict[str, dict] = {"sb3": {}, "population": {}}
@@ -231,7 +249,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         doc = {"command": "python experiments/bench_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "scenarios": scenarios, "settings": len(_settings(args)), "seeds": args.seeds,
                "timesteps": args.timesteps, "device": args.device, "sb3_jobs": args.sb3_jobs,
-               "sb3_threads": args.threads, "population_threads": args.population_threads,
+               "sb3_threads": args.threads, "population_jobs": args.population_jobs, "population_threads": 1,
                "wall_s": walls, "speed_up": walls["sb3"] / walls["population"] if both else None,
                "parity_within": n_within if both else None, "parity_differ_p05": n_differ if both else None,
                "validation": table}

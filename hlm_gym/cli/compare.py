@@ -121,10 +121,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     add_threads_argument(p)
     p.add_argument("--jobs", type=nonneg_int, default=0,
-                   help="--backend local: training processes at once, one torch thread each (--trainer sb3: one "
-                        "run each; population: the sweep's agents dealt into this many populations, which gives "
-                        "the same models as one) (default 0: one per CPU core, at most 4; a CUDA --device trains "
-                        "one population in this process)")
+                   help="--backend local: training and test-evaluation processes at once, one torch thread each "
+                        "(--trainer sb3: one run each; population: the sweep's agents dealt into this many "
+                        "populations, which gives the same models as one; evaluations: one policy each, the same "
+                        "rows as in this process) (default 0: one per CPU core, at most 4; a CUDA --device trains "
+                        "one population and evaluates in this process)")
     add_backend_arguments(p, "every training run (population trainer: every shard of the population, one per CPU, "
                              "or per GPU with --device cuda) and every evaluation")
     p.add_argument("--resume", action="store_true",

@@ -590,7 +590,7 @@ def _compare(config: CompareConfig, rc: dict[str, Any], out: Path, t0: float, ru
         runs = [{"scenario": sc, "risk_weight": w, "risk_target": t, "seed": s} | info
                 for (sc, w, t, s), info in zip(todo, infos)]
         # 2. every PPO model and analytic rule on the same test episodes; PPO: the mean over seeds
-        rows = _evaluate_all(config, rc, runs, analytic, family, bar, runner)
+        rows = _evaluate_all(config, rc, runs, analytic, family, bar, runner, _test_runner(config, evaluations, runner))
     finally:
         if bar is not None:
             bar.close()
@@ -737,15 +737,29 @@ def _rule_row(env_id: str, sc: str, rule: Any, shared: Any, ev: dict[str, Any]) 
         return _undefined_row(sc, rule.family, rule.spec, rule.risk_weight, rule.param, exc, **metrics)
 
 
+def _test_runner(config: CompareConfig, evaluations: int, runner: Any) -> Any:
+    """Where the test-episode evaluations run: ``runner`` with the ray backend or a CUDA device; on
+    the local CPU ``--jobs`` worker processes (default one per core, at most 4), each of one torch
+    thread, like the training processes (an evaluation's results do not depend on where it runs)."""
+    from hlm_gym.parallel import ProcessRunner
+
+    if config.backend != "local" or _gpus(config.device):
+        return runner
+    jobs = config.jobs or auto_jobs(evaluations)
+    return ProcessRunner(jobs) if jobs > 1 else runner
+
+
 def _evaluate_all(config: CompareConfig, rc: dict[str, Any], runs: list[dict[str, Any]], analytic: list[Any],
-                  family: Any, bar: Any, runner: Any = None) -> list[dict[str, Any]]:
+                  family: Any, bar: Any, runner: Any = None, test_runner: Any = None) -> list[dict[str, Any]]:
     """The results rows: per scenario, the mean over seeds of each PPO reward setting (the env
     family's metrics, :mod:`hlm_gym.harness.seeds`), each PPO model per seed, and each analytic
     rule, on the scenario's test episodes; with ``config.live`` each row also gets its policy's
-    live metrics. Every evaluation is a job of ``runner`` (default: in this process, in order)."""
+    live metrics. Every trace evaluation is a job of ``test_runner`` and every live one of
+    ``runner`` (default: in this process, in order)."""
     from hlm_gym.parallel import Job, SerialRunner
 
     runner = runner or SerialRunner()
+    test_runner = test_runner or runner
     ev = {"env_id": config.env_id, "split": "test", "episodes": rc["episodes"], "seed": config.seed + 20_000,
           "traces": config.traces}
     shared = family.shared_policy_context(config.traces)  # computed once (HybridLM: the U-HLM fit)
@@ -755,7 +769,7 @@ def _evaluate_all(config: CompareConfig, rc: dict[str, Any], runs: list[dict[str
         jobs.append(Job(_ppo_seed_rows, (config.env_id, sc, scenario_runs[sc], ev),
                         label=f"test {sc}: {len(scenario_runs[sc])} PPO models", weight=len(scenario_runs[sc])))
         jobs += [Job(_rule_row, (config.env_id, sc, a, shared, ev), label=f"test {sc} {a.spec}") for a in analytic]
-    results = iter(runner.run(jobs, bar))
+    results = iter(test_runner.run(jobs, bar))
     per_scenario = {sc: (next(results), [next(results) for _ in analytic]) for sc in rc["scenarios"]}
     if config.live:
         _add_live(config, rc, per_scenario, scenario_runs, analytic, shared, runner, bar, family)

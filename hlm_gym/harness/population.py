@@ -67,6 +67,7 @@ from hlm_gym.harness.checks import check_device, check_int, check_number, check_
 from hlm_gym.harness.errors import TrainingError
 from hlm_gym.harness.families import DEFAULT_ENV_ID, family_for
 from hlm_gym.harness.family import EnvSettings
+from hlm_gym.harness.heap import keep_freed_memory
 from hlm_gym.harness.hyperparams import check_hyperparams, load_hyperparams, split_hyperparams
 from hlm_gym.harness.population_nets import ActorCritic, PopulationNets, sb3_policy
 from hlm_gym.harness.run_folder import RunFolder, sha256_file
@@ -363,7 +364,7 @@ def ppo_losses(nets: PopulationNets, batch: dict[str, torch.Tensor], clip_range:
     ``actions``, ``old_log_prob``, ``old_values``, ``advantages``, ``returns`` and ``mask`` (the valid
     samples; means are over them). Returns ``(loss (P,), stats)`` with per-agent ``policy_loss``,
     ``value_loss``, ``entropy_loss``, ``approx_kl``, ``clip_fraction``."""
-    logits, values = nets(batch["obs"], params)
+    logits, values = nets.train_forward(batch["obs"], params)
     logp_all = torch.log_softmax(logits, -1)
     log_prob = logp_all.gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -465,10 +466,11 @@ def _collect(env: Any, nets: PopulationNets, norm: _Normalizer, state: dict[str,
            "log_prob": torch.empty((T, P, n), device=dev), "values": torch.empty((T, P, n), device=dev),
            "rewards": torch.empty((T, P, n), device=dev), "dones": torch.empty((T, P, n), device=dev),
            "trunc": torch.empty((T, P, n), device=dev), "valid": torch.empty((T, P, n), dtype=torch.bool, device=dev)}
+    forward = nets.frozen_forward()
     for t in range(T):
         valid = ~state["needs_reset"]
         with torch.no_grad():
-            logits, values = nets(state["obs"])
+            logits, values = forward(state["obs"])
             actions = sample_actions(logits, u[t])
             log_prob = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         raw_obs, rew, term, trunc, info = env.step(actions.reshape(-1))
@@ -484,7 +486,7 @@ def _collect(env: Any, nets: PopulationNets, norm: _Normalizer, state: dict[str,
         # the next observation: a terminal one (next step is a reset step) does not count in the statistics
         state["obs"] = norm.obs(raw_obs.reshape(P, n, -1), ~done)
     with torch.no_grad():
-        _, last_values = nets(state["obs"])
+        _, last_values = forward(state["obs"])
     # SB3's truncation handling: the value of the terminal observation (the next step's input) is
     # added to the reward of a truncated step
     next_values = torch.cat([buf["values"][1:], last_values.unsqueeze(0)], 0)
@@ -582,6 +584,7 @@ def _seed_everything(agents: Sequence[AgentSpec], device: torch.device) -> list[
 
 def _run(config: PopulationConfig, plan: PopulationPlan, folders: list[RunFolder]) -> PopulationResult:
     t_start = time.perf_counter()
+    keep_freed_memory()  # the update's large tensors reuse the heap instead of page-faulting anew
     # the agents grouped by scenario (one env per scenario, each agent's sub-envs one block); the
     # summaries are returned in the given order
     order = [i for idx in scenario_groups(config, config.agents).values() for i in idx]

@@ -97,11 +97,19 @@ class SerialRunner:
 
 
 def shards(items: Sequence[Any], n: int, min_size: int = 1) -> list[list[Any]]:
-    """``items`` dealt into at most ``n`` non-empty shards of at least ``min_size`` items each
-    (fewer shards when there are too few items), keeping the items' order within each shard;
-    shard ``j`` gets items ``j, j + n', ...`` for the number of shards ``n'``."""
+    """``items`` cut into at most ``n`` non-empty shards of at least ``min_size`` items each (fewer
+    shards when there are too few items): contiguous runs in the items' order, the first ones one
+    item longer when ``n'`` (the number of shards) does not divide the count. Contiguous, so that
+    the agents of a sweep (ordered by scenario) give each shard as few scenarios as possible."""
     n = max(1, min(int(n), len(items) // max(1, min_size) or 1))
-    return [list(items[j::n]) for j in range(n) if items[j::n]]
+    size, extra = divmod(len(items), n)
+    out, start = [], 0
+    for j in range(n):
+        stop = start + size + (1 if j < extra else 0)
+        if stop > start:
+            out.append(list(items[start:stop]))
+        start = stop
+    return out
 
 
 def optional_label(job: Job, index: int) -> str:

@@ -508,3 +508,47 @@ def test_interrupted_population_commits_no_agent_and_keeps_a_finished_one(traces
     with pytest.raises(KeyboardInterrupt):
         train_population(_config(traces, done, agents, timesteps=1024, on_iteration=interrupt))
     assert {p: p.read_bytes() for a in agents for p in (done / a.folder).glob("*") if p.is_file()} == before
+
+
+def test_train_forward_is_the_tanh_forward_up_to_rounding_and_frozen_forward_equals_it():
+    """The trainer's forward (tanh as 2 sigmoid(2z) - 1, folded into the weights) gives the exact
+    forward's outputs and gradients up to float rounding; the rollout's frozen forward gives the
+    trainer's forward bit for bit; a relu MLP has no folded path (its trainer forward is the exact one)."""
+    from hlm_gym.harness.population import ActorCritic, PopulationNets, sb3_policy
+
+    nets = PopulationNets([ActorCritic(sb3_policy(OBS_SPACE, ACT_SPACE, {"net_arch": [64, 64]}, s))
+                           for s in range(4)], "cpu")
+    assert nets._tanh_plan is not None
+    x = 3.0 * torch.randn(4, 53, 10, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for forward in (nets, nets.train_forward):
+        logits, values = forward(x)
+        for v in nets.params.values():
+            v.grad = None
+        (logits.square().sum() + values.square().sum()).backward()
+        grads.append(({k: v.grad.clone() for k, v in nets.params.items()}, logits.detach(), values.detach()))
+    (g1, l1, v1), (g2, l2, v2) = grads
+    assert not torch.equal(l1, l2)  # a different computation ...
+    torch.testing.assert_close(l2, l1, rtol=1e-5, atol=1e-6)  # ... of the same function
+    torch.testing.assert_close(v2, v1, rtol=1e-5, atol=1e-6)
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-5, msg=k)
+    with torch.no_grad():
+        lt, vt = nets.train_forward(x)
+        lf, vf = nets.frozen_forward()(x)
+    assert torch.equal(lt, lf) and torch.equal(vt, vf)
+
+    relu = PopulationNets([ActorCritic(sb3_policy(OBS_SPACE, ACT_SPACE, {"net_arch": [64, 64],
+                                                                         "activation_fn": torch.nn.ReLU}, s))
+                           for s in range(2)], "cpu")
+    assert relu._tanh_plan is None
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(relu.train_forward(x[:2]), relu(x[:2])))
+
+
+def test_keep_freed_memory_sets_the_glibc_heap_on_linux():
+    import sys
+
+    from hlm_gym.harness.heap import keep_freed_memory
+
+    assert keep_freed_memory() is sys.platform.startswith("linux")

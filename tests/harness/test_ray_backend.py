@@ -285,11 +285,12 @@ def test_backend_ray_without_ray_says_how_to_install_it(traces, tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
-def test_shards_deal_items_in_order_with_at_least_min_size():
+def test_shards_cut_items_into_contiguous_runs_of_at_least_min_size():
     from hlm_gym.parallel import shards
 
-    assert shards(list(range(7)), 2) == [[0, 2, 4, 6], [1, 3, 5]]
-    assert shards(list(range(5)), 8, min_size=2) == [[0, 2, 4], [1, 3]]
+    assert shards(list(range(7)), 2) == [[0, 1, 2, 3], [4, 5, 6]]
+    assert shards(list(range(5)), 8, min_size=2) == [[0, 1, 2], [3, 4]]
+    assert shards(list(range(72)), 3) == [list(range(24)), list(range(24, 48)), list(range(48, 72))]
     assert shards([0], 4, min_size=2) == [[0]]
     assert shards(list(range(3)), 1) == [[0, 1, 2]]
 
