@@ -155,7 +155,8 @@ class ProcessRunner:
         if len(jobs) <= 1 or self.jobs == 1:
             return [self._run_here(job, i, bar, on_result) for i, job in enumerate(jobs)]
         results: list[Any] = [None] * len(jobs)
-        pool = ProcessPoolExecutor(max_workers=min(self.jobs, max(1, len(jobs))),
+        workers = min(self.jobs, len(jobs))
+        pool = ProcessPoolExecutor(max_workers=workers,
                                    mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
         futures = {pool.submit(_process_job, job.fn, job.args, job.kwargs, job.cpus): i for i, job in enumerate(jobs)}
         try:
@@ -165,6 +166,8 @@ class ProcessRunner:
                 if on_result is not None:
                     on_result(i, results[i])
                 if bar is not None:
+                    if jobs[i].label:
+                        bar.set_description(f"{jobs[i].label}: done ({workers} processes)")
                     bar.update(jobs[i].weight)
         except BaseException:
             self._stop(pool, list(futures))
