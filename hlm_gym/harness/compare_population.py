@@ -70,9 +70,10 @@ def train_sweep(config: Any, rc: dict[str, Any], out: Path, runs: Sequence[Sweep
     ``steps_per_s``, ``tensorboard``, ``reused``), in the order of ``runs``.
 
     Without a ``runner`` the agents train as one population in this process. With one (worker
-    processes of this machine, or ``--backend ray``) they are dealt into one population per slot
-    of the runner (GPUs with a CUDA device, else CPUs; at least two agents each, as a population
-    of one agent rounds differently), each a job of one CPU thread (or one GPU). Every population
+    processes of this machine, or ``--backend ray``) they are cut into one population per slot
+    of the runner (GPUs with a CUDA device, else CPUs; contiguous runs of the scenario-ordered
+    agents, :func:`hlm_gym.parallel.shards`; at least two agents each, as a population of one
+    agent rounds differently), each a job of one CPU thread (or one GPU). Every population
     trains on one CPU thread (:func:`train_shard`), and an agent's training does not depend on
     the other agents of its population, so the models do not depend on how the agents are dealt
     (tested)."""
