@@ -606,10 +606,7 @@ def _train_runs(config: CompareConfig, rc: dict[str, Any], out: Path, todo: list
                 bar: Any, runner: Any = None) -> list[dict[str, Any]]:
     """Train (or, with ``resume``, reuse) every PPO run of the sweep with ``config.trainer``; with the
     ray backend every run (population trainer: every shard of the population) is a job of ``runner``."""
-    from hlm_gym.parallel import ProcessRunner
-
     distributed = config.backend != "local" and runner is not None
-    jobs = config.jobs or auto_jobs(len(todo))
     if config.trainer == "population":
         from hlm_gym.harness.compare_population import train_sweep
 
@@ -617,10 +614,10 @@ def _train_runs(config: CompareConfig, rc: dict[str, Any], out: Path, todo: list
             if bar is not None:
                 bar.set_description(f"train {len(todo)} PPO agents as one population: iteration {i}/{n}")
 
-        if bar is not None and (distributed or jobs > 1):
+        # local on the CPU: the agents in `--jobs` populations in worker processes; on a GPU: one population here
+        local = _local_pool(config, len(todo))
+        if bar is not None and (distributed or local is not None):
             bar.set_description(f"train {len(todo)} PPO agents in populations of one CPU thread each")
-        # local on the CPU: the agents in `jobs` populations in worker processes; on a GPU: one population here
-        local = ProcessRunner(jobs) if jobs > 1 and not _gpus(config.device) else None
         infos = train_sweep(config, rc, out, todo, config.resume, lambda text: _say(bar, text), on_iteration,
                             runner=runner if distributed else local)
         if bar is not None:
@@ -628,7 +625,7 @@ def _train_runs(config: CompareConfig, rc: dict[str, Any], out: Path, todo: list
     else:
         configs = [_train_config(config, rc, out, sc, w, t, s) for sc, w, t, s in todo]
         if not distributed:
-            return _train_all(configs, jobs, bar, config.resume)
+            return _train_all(configs, config.jobs or auto_jobs(len(todo)), bar, config.resume)
         infos = _train_jobs(configs, runner, bar, config.resume, gpus=_gpus(config.device))
     if distributed:
         _check_visible(infos, out)
@@ -737,16 +734,23 @@ def _rule_row(env_id: str, sc: str, rule: Any, shared: Any, ev: dict[str, Any]) 
         return _undefined_row(sc, rule.family, rule.spec, rule.risk_weight, rule.param, exc, **metrics)
 
 
-def _test_runner(config: CompareConfig, evaluations: int, runner: Any) -> Any:
-    """Where the test-episode evaluations run: ``runner`` with the ray backend or a CUDA device; on
-    the local CPU ``--jobs`` worker processes (default one per core, at most 4), each of one torch
-    thread, like the training processes (an evaluation's results do not depend on where it runs)."""
+def _local_pool(config: CompareConfig, n: int) -> Any:
+    """``--jobs`` worker processes of one torch thread for ``n`` jobs of the local backend on the CPU
+    (default one per core, at most 4 and at most ``n``); None where they run in this process
+    (one job at a time, or a CUDA device)."""
     from hlm_gym.parallel import ProcessRunner
 
-    if config.backend != "local" or _gpus(config.device):
+    jobs = config.jobs or auto_jobs(n)
+    return ProcessRunner(jobs) if jobs > 1 and not _gpus(config.device) else None
+
+
+def _test_runner(config: CompareConfig, evaluations: int, runner: Any) -> Any:
+    """Where the test-episode evaluations run: ``runner`` with the ray backend; on the local CPU
+    :func:`_local_pool`, like the training processes (an evaluation's results do not depend on
+    where it runs)."""
+    if config.backend != "local":
         return runner
-    jobs = config.jobs or auto_jobs(evaluations)
-    return ProcessRunner(jobs) if jobs > 1 else runner
+    return _local_pool(config, evaluations) or runner
 
 
 def _evaluate_all(config: CompareConfig, rc: dict[str, Any], runs: list[dict[str, Any]], analytic: list[Any],

@@ -82,8 +82,7 @@ class PopulationNets:
         exported models keep ``nn.Tanh`` (``__call__``)."""
         if self._tanh_plan is None:
             return self(obs, params)
-        pi, vf = self._folded(self.params if params is None else params)
-        return _sigmoid_mlp(obs, pi), _sigmoid_mlp(obs, vf).squeeze(-1)
+        return _folded_forward(obs, *self._folded(self.params if params is None else params))
 
     def frozen_forward(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """:meth:`train_forward` without gradients at the parameters as they are now, its weight folding
@@ -91,8 +90,8 @@ class PopulationNets:
         if self._tanh_plan is None:
             return lambda obs: self(obs)
         with torch.no_grad():
-            pi, vf = self._folded({k: v.detach() for k, v in self.params.items()})
-        return lambda obs: (_sigmoid_mlp(obs, pi), _sigmoid_mlp(obs, vf).squeeze(-1))
+            pi, vf = self._folded(self.params)
+        return lambda obs: _folded_forward(obs, pi, vf)
 
     def _folded(self, p: dict[str, torch.Tensor]) -> tuple[list, list]:
         pi, vf = self._tanh_plan  # type: ignore[misc]
@@ -134,6 +133,11 @@ def _sigmoid_mlp(x: torch.Tensor, folded: Sequence[tuple[torch.Tensor, torch.Ten
         x = torch.sigmoid(torch.baddbmm(b, x, wt))
     b, wt = folded[-1]
     return torch.baddbmm(b, x, wt)
+
+
+def _folded_forward(obs: torch.Tensor, pi: Sequence, vf: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, values)`` of the folded pi and vf MLPs (:func:`_fold`)."""
+    return _sigmoid_mlp(obs, pi), _sigmoid_mlp(obs, vf).squeeze(-1)
 
 
 def _tanh_plan(plan: Optional[tuple[list, list]]) -> Optional[tuple[list[str], list[str]]]:
