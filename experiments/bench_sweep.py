@@ -3,7 +3,7 @@
 and the population trainer (the agents of every scenario as batched runs,
 ``hlm_gym.harness.population``).
 
-    python experiments/bench_sweep.py [--scenarios pedestrian,vehicular,cell-edge-fast-fading]
+    python experiments/bench_sweep.py [--scenarios pedestrian,vehicular,cell-edge-fast-fading] [--full]
                                       [--timesteps 100000] [--seeds 0,1,2]
                                       [--risk-weights 1,2,3,5] [--risk-targets 0.2,0.3,0.4,0.45]
                                       [--target-risk-weight 10] [--sb3-jobs N] [--threads 1]
@@ -24,6 +24,12 @@ reference line), the population in one batch (so both do the same work besides t
 Prints the wall time of each trainer, the validation reward per step per setting (mean and
 spread over seeds) under both with the parity check (is the population's mean within SB3's
 seed range?), and a last line ``sweep speed-up: X.Yx`` (SB3 wall time / population wall time).
+
+``--full`` benchmarks compare --full's sweep (17 reward settings x 3 scenarios x 3 seeds = 153
+agents of 10^6 steps). On a GPU machine, the issue's check of the ``--full`` training in under 2
+minutes is (one population on the GPU, as compare trains there; the SB3 side would take hours)::
+
+    python experiments/bench_sweep.py --full --trainers population --device cuda --json FILE
 """
 
 from __future__ import annotations
@@ -141,15 +147,40 @@ def _cell(values: list[float]) -> str:
     return f"{v.mean():+.4f} ({v.min():+.4f}..{v.max():+.4f})"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def _resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """The defaults that depend on other flags: compare's sweep (``--full``: compare --full's) where
+    not given, and the jobs of each trainer as compare would run them (one per CPU core, at most 4;
+    the population trainer one population on a CUDA device, as compare trains on a GPU)."""
+    from hlm_gym.harness.compare import auto_jobs
+
+    pre = "full_" if args.full else ""
+    if args.timesteps is None:
+        args.timesteps = DEFAULTS[pre + "timesteps"]
+    if args.risk_weights is None:
+        args.risk_weights = list(DEFAULTS[pre + "risk_weights"])
+    if args.risk_targets is None:
+        args.risk_targets = list(DEFAULTS[pre + "risk_targets"])
+    n_agents = len(args.scenarios.split(",")) * len(_settings(args)) * len(args.seeds)
+    if args.population_jobs is None:
+        args.population_jobs = 1 if args.device.startswith("cuda") else auto_jobs(n_agents)
+    if args.sb3_jobs is None:
+        args.sb3_jobs = auto_jobs(n_agents)
+    return args
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--scenarios", default=",".join(DEFAULTS["scenarios"]),
                    help=f"comma-separated scenarios (default {','.join(DEFAULTS['scenarios'])})")
-    p.add_argument("--timesteps", type=int, default=DEFAULTS["timesteps"],
-                   help=f"steps per agent (default {DEFAULTS['timesteps']}, compare's)")
+    p.add_argument("--full", action="store_true",
+                   help="compare --full's sweep: its risk weights, risk targets and steps per agent (flags given "
+                        "explicitly win)")
+    p.add_argument("--timesteps", type=int, default=None,
+                   help=f"steps per agent (default {DEFAULTS['timesteps']}, compare's; {DEFAULTS['full_timesteps']} "
+                        "with --full)")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="seeds per setting (default 0,1,2)")
-    p.add_argument("--risk-weights", type=_floats, default=list(DEFAULTS["risk_weights"]))
-    p.add_argument("--risk-targets", type=_floats, default=list(DEFAULTS["risk_targets"]))
+    p.add_argument("--risk-weights", type=_floats, default=None, help="default: compare's (--full: compare --full's)")
+    p.add_argument("--risk-targets", type=_floats, default=None, help="default: compare's (--full: compare --full's)")
     p.add_argument("--target-risk-weight", type=float, default=DEFAULTS["target_risk_weight"])
     p.add_argument("--eval-episodes", type=int, default=DEFAULTS["eval_episodes"])
     p.add_argument("--trainers", default="sb3,population", help="which trainers to run (default both)")
@@ -159,16 +190,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per SB3 process (default 1)")
     p.add_argument("--population-jobs", type=int, default=None,
                    help="population trainer: worker processes of one CPU thread, each training a contiguous share "
-                        "of the agents, as hlm-gym compare does (default: compare's, one per CPU core, at most 4)")
+                        "of the agents, as hlm-gym compare does (default: compare's, one per CPU core, at most 4; "
+                        "one population on a CUDA device)")
     p.add_argument("--device", default="cpu", help="device of both trainers (default cpu)")
     p.add_argument("--traces", default=None, help="trace folder (default: the shipped traces)")
     p.add_argument("--out", default=None, help="where the runs go (default: a temporary folder)")
     p.add_argument("--json", default=None, help="also write the timings and the parity table to this JSON file")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _resolve(_parser().parse_args(argv))
 
     import torch
-
-    from hlm_gym.harness.compare import auto_jobs
 
     torch.set_num_threads(args.threads)
     trainers = [t.strip() for t in args.trainers.split(",")]
@@ -180,10 +214,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         out = Path(args.out)
     n_agents = len(scenarios) * len(_settings(args)) * len(args.seeds)
-    if args.population_jobs is None:
-        args.population_jobs = auto_jobs(n_agents)
-    if args.sb3_jobs is None:
-        args.sb3_jobs = auto_jobs(n_agents)
     print(f"sweep: {len(scenarios)} scenario(s) x {len(_settings(args))} reward settings x {len(args.seeds)} seeds "
           f"= {n_agents} agents, {args.timesteps} steps each; device {args.device}; SB3: {args.sb3_jobs} job(s) of "
           f"{args.threads} torch thread(s); population: {args.population_jobs} process(es) of one torch thread",
