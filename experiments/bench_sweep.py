@@ -151,7 +151,7 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
     """The defaults that depend on other flags: compare's sweep (``--full``: compare --full's) where
     not given, and the jobs of each trainer as compare would run them (one per CPU core, at most 4;
     the population trainer one population on a CUDA device, as compare trains on a GPU)."""
-    from hlm_gym.harness.compare import auto_jobs
+    from hlm_gym.harness.compare import _gpus, auto_jobs
 
     pre = "full_" if args.full else ""
     if args.timesteps is None:
@@ -162,7 +162,7 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.risk_targets = list(DEFAULTS[pre + "risk_targets"])
     n_agents = len(args.scenarios.split(",")) * len(_settings(args)) * len(args.seeds)
     if args.population_jobs is None:
-        args.population_jobs = 1 if args.device.startswith("cuda") else auto_jobs(n_agents)
+        args.population_jobs = 1 if _gpus(args.device) else auto_jobs(n_agents)  # compare's rule for the device
     if args.sb3_jobs is None:
         args.sb3_jobs = auto_jobs(n_agents)
     return args
