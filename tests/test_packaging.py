@@ -1,5 +1,6 @@
 """pyproject.toml's explicit package list names every sub-package of hlm_gym (a non-editable
-install, ``pip install .``, ships only the packages listed: WDMoE's env package was once missing)."""
+install, ``pip install .``, ships only the packages listed: WDMoE's env package was once missing)
+and every data folder (else setuptools prints a screenful of warnings on every install)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,16 @@ def test_every_subpackage_is_listed_in_pyproject():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     pkg = Path(hlm_gym.__file__).resolve().parent
     found = {".".join(["hlm_gym", *f.parent.relative_to(pkg).parts]) for f in pkg.rglob("__init__.py")}
+    assert found - listed == set()
+
+
+def test_every_data_folder_is_listed_in_pyproject():
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    folders = {name: ROOT / path for name, path in setuptools["package-dir"].items()}
+    found = {".".join([name, *d.relative_to(root).parts])
+             for name, root in folders.items() for d in root.rglob("*")
+             if d.is_dir() and "__pycache__" not in d.parts and d.name.isidentifier()}
     assert found - listed == set()
 
 
