@@ -110,6 +110,9 @@ def register(subparsers: Any) -> None:
     b.add_argument("--init-from", type=Path, default=None, metavar="ARTIFACT_DIR",
                    help="start the student from an exported artifact (its layers, kept neurons and tokens, "
                         "adapters and norms; e.g. hlm_gym/data/slm) instead of pruning afresh")
+    b.add_argument("--extra-rank", type=int, default=0, metavar="R",
+                   help="with --init-from: add R to the artifact's adapter rank (the new directions start "
+                        "with no effect, so training starts from the artifact; default 0)")
     b.add_argument("--on-policy-fraction", type=float, default=d.on_policy_fraction, metavar="F",
                    help="share of training rows taken from the LLM's own temperature-1 continuations of "
                         "train prompts, the rest reference replies (default %(default)s)")
@@ -161,7 +164,7 @@ def _build(args: argparse.Namespace) -> int:
                                     onpolicy_validation_rows, packed_sequences)
     from hlm_gym.lm.models import EMBEDDED_LLM, load_model
 
-    from hlm_gym.lm.distill import DistillError, check_init_from, check_onpolicy_settings
+    from hlm_gym.lm.distill import DistillError, check_extra_rank, check_init_from, check_onpolicy_settings
 
     if args.init_from is not None:
         shaped = [flag for flag, name in (("--layers", "layers"), ("--rank", "rank"), ("--mlp-width", "mlp_width"),
@@ -188,8 +191,10 @@ def _build(args: argparse.Namespace) -> int:
                       init_from=None if args.init_from is None else str(args.init_from),
                       on_policy_fraction=args.on_policy_fraction, on_policy_prompts=args.on_policy_prompts,
                       on_policy_tokens=args.on_policy_tokens, on_policy_max_prompt=args.on_policy_max_prompt,
-                      on_policy_batch=args.on_policy_batch, on_policy_eval_prompts=args.on_policy_eval_prompts)
+                      on_policy_batch=args.on_policy_batch, on_policy_eval_prompts=args.on_policy_eval_prompts,
+                      extra_rank=args.extra_rank)
     check_onpolicy_settings(cfg)
+    check_extra_rank(cfg)
     llm = load_model(EMBEDDED_LLM, device=cfg.device)
     if args.export_only:
         student, cfg, state = load_checkpoint_student(args.out, llm)

@@ -230,6 +230,7 @@ class BuildConfig:
     mlp_width: int | None = 576
     calib_sequences: int = 8
     init_from: str | None = None  # artifact folder to start the student from
+    extra_rank: int = 0  # with init_from: adapter rank added to the artifact's (new rows start at zero effect)
     on_policy_fraction: float = 0.0  # share of training rows from the LLM's continuations of train prompts
     on_policy_prompts: int = 800  # train prompts the LLM continues
     on_policy_tokens: int = 128  # tokens per continuation (at most)
@@ -250,6 +251,15 @@ def check_onpolicy_settings(cfg: "BuildConfig") -> None:
                              ("--on-policy-eval-prompts", cfg.on_policy_eval_prompts, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise DistillError(f"{flag} must be an integer >= {low}, got {value!r}")
+
+
+def check_extra_rank(cfg: "BuildConfig") -> None:
+    """One-line :class:`DistillError` unless ``extra_rank`` is an integer >= 0, > 0 only with ``init_from``."""
+    r = cfg.extra_rank
+    if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+        raise DistillError(f"--extra-rank must be an integer >= 0, got {r!r}")
+    if r and not cfg.init_from:
+        raise DistillError("--extra-rank widens the adapters of an --init-from artifact; without it use --rank")
 
 
 def check_init_from(folder: str | Path) -> dict:
@@ -355,6 +365,7 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
     run_dir = Path(run_dir)
     validate_rank(cfg.rank)
     check_onpolicy_settings(cfg)
+    check_extra_rank(cfg)
     if cfg.init_from and not resume:
         check_init_from(cfg.init_from)
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 8:
@@ -389,7 +400,9 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
         except ModelLoadError as exc:
             raise DistillError(f"--init-from {cfg.init_from}: {exc}") from None
         init = (art, init_delta)
-        cfg = replace(cfg, layers=[int(i) for i in art["layers"]], rank=int(art["rank"]), alpha=float(art["alpha"]),
+        rank = int(art["rank"]) + cfg.extra_rank  # the same scale alpha/rank, so the start is the artifact
+        cfg = replace(cfg, layers=[int(i) for i in art["layers"]], rank=rank,
+                      alpha=float(art["alpha"]) / int(art["rank"]) * rank,
                       vocab=None if init_vocab is None else (art.get("recipe") or {}).get("vocab") or art["vocab"],
                       mlp_width=art.get("mlp_width"))
         state = {"vocab_ids": init_vocab, "mlp_keep": init_mlp}  # the artifact's pruning, reused below
@@ -418,8 +431,8 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
         with torch.no_grad():
             own = dict(student.named_parameters())
             for name, p in loaded.named_parameters():
-                if p.requires_grad:
-                    own[name].copy_(p.to(own[name].device))
+                if p.requires_grad:  # widened adapters (extra_rank): the artifact's fill the leading rows/columns
+                    own[name][tuple(slice(0, n) for n in p.shape)].copy_(p.to(own[name].device))
             student.model.norm.weight.mul_(init_artifact_temperature(art))  # back to temperature 1
         del loaded
         log(f"initialised from {cfg.init_from} (draft temperature {init_artifact_temperature(art)} unfolded)")

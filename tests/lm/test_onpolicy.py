@@ -207,6 +207,7 @@ def test_bad_fraction_and_settings_are_clear_errors():
     (["--init-from", "NOWHERE"], "not a folder"),
     (["--init-from", "hlm_gym/data/slm", "--layers", "0-3"], "drop --layers"),
     (["--init-from", "hlm_gym/data/slm", "--resume"], "--init-from starts a new run"),
+    (["--extra-rank", "8"], "--extra-rank widens the adapters of an --init-from artifact"),
 ])
 def test_cli_flag_errors_are_one_line(tmp_path, capsys, argv, message):
     from hlm_gym.cli.main import main
@@ -285,6 +286,41 @@ def test_init_from_round_trip(tiny_llm, tmp_path, toy_data):
     _, _, summary = build(_tiny_cfg(steps=2), tmp_path / "b", resume=True, llm=tiny_llm, progress=False,
                           log=lambda *a: None)
     assert summary["steps"] == 2
+
+
+def test_extra_rank_widens_the_artifacts_adapters_without_changing_the_start(tiny_llm, tmp_path, toy_data):
+    student, cfg, summary = build(_tiny_cfg(steps=3), tmp_path / "a", llm=tiny_llm, progress=False,
+                                  log=lambda *a: None)
+    export_artifact(student, cfg, tiny_llm, tmp_path / "art", summary)
+    _, delta, *_ = read_delta(tiny_llm, tmp_path / "art")
+    warm, wcfg, _ = build(_tiny_cfg(steps=1, lr=0.0, init_from=str(tmp_path / "art"), extra_rank=3),
+                          tmp_path / "b", llm=tiny_llm, progress=False, log=lambda *a: None)
+    assert wcfg.rank == 7 and wcfg.alpha == 14.0  # the artifact's scale alpha/rank = 2 kept
+    got = delta_state(warm)
+    a_name = next(n for n in delta if n.endswith("lora_A"))
+    b_name = a_name[:-1] + "B"
+    assert got[a_name].shape[0] == 7 and got[b_name].shape[1] == 7
+    assert torch.allclose(got[a_name][:4], delta[a_name].float(), atol=1e-6)
+    assert torch.equal(got[b_name][:, 4:], torch.zeros_like(got[b_name][:, 4:]))  # new directions: no effect
+    # so the widened student computes what the artifact's student computes
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    start, _, _ = build(_tiny_cfg(steps=1, lr=0.0, init_from=str(tmp_path / "art")), tmp_path / "c",
+                        llm=tiny_llm, progress=False, log=lambda *a: None)
+    with torch.no_grad():
+        assert torch.allclose(warm(ids).logits, start(ids).logits, atol=1e-5)
+    # it exports at the widened rank and loads back
+    export_artifact(warm, wcfg, tiny_llm, tmp_path / "wide", {})
+    art, wide, *_ = read_delta(tiny_llm, tmp_path / "wide")
+    assert art["rank"] == 7 and wide[a_name].shape[0] == 7
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(extra_rank=-1), "--extra-rank must be an integer >= 0"),
+    (dict(extra_rank=4), "--extra-rank widens the adapters of an --init-from artifact"),
+])
+def test_extra_rank_errors(kwargs, message):
+    with pytest.raises(DistillError, match=message):
+        distill.check_extra_rank(BuildConfig(**kwargs))
 
 
 def test_init_from_another_llms_artifact_is_refused(tiny_llm, tmp_path, toy_data):
