@@ -175,6 +175,7 @@ def _build(args: argparse.Namespace) -> int:
         if args.resume or args.export_only:
             raise DistillError("--init-from starts a new run; a resumed run keeps the start it was given")
         check_init_from(args.init_from)
+    check_extra_rank(args.extra_rank, args.init_from)
     _resolve_defaults(args)
     # bad folders are found before the LLM is loaded and hours of training are spent
     check_run_folder(args.out, resume=args.resume or args.export_only)
@@ -194,7 +195,6 @@ def _build(args: argparse.Namespace) -> int:
                       on_policy_batch=args.on_policy_batch, on_policy_eval_prompts=args.on_policy_eval_prompts,
                       extra_rank=args.extra_rank)
     check_onpolicy_settings(cfg)
-    check_extra_rank(cfg)
     llm = load_model(EMBEDDED_LLM, device=cfg.device)
     if args.export_only:
         student, cfg, state = load_checkpoint_student(args.out, llm)

@@ -253,13 +253,14 @@ def check_onpolicy_settings(cfg: "BuildConfig") -> None:
             raise DistillError(f"{flag} must be an integer >= {low}, got {value!r}")
 
 
-def check_extra_rank(cfg: "BuildConfig") -> None:
+def check_extra_rank(extra_rank: int, init_from: str | Path | None) -> None:
     """One-line :class:`DistillError` unless ``extra_rank`` is an integer >= 0, > 0 only with ``init_from``."""
-    r = cfg.extra_rank
+    r = extra_rank
     if not isinstance(r, int) or isinstance(r, bool) or r < 0:
         raise DistillError(f"--extra-rank must be an integer >= 0, got {r!r}")
-    if r and not cfg.init_from:
-        raise DistillError("--extra-rank widens the adapters of an --init-from artifact; without it use --rank")
+    if r and not init_from:
+        raise DistillError("--extra-rank applies only to a new run started with --init-from "
+                           "(a resumed run keeps its rank; a new run from scratch takes --rank)")
 
 
 def check_init_from(folder: str | Path) -> dict:
@@ -365,7 +366,7 @@ def build(cfg: BuildConfig, run_dir: str | Path, resume: bool = False, llm=None,
     run_dir = Path(run_dir)
     validate_rank(cfg.rank)
     check_onpolicy_settings(cfg)
-    check_extra_rank(cfg)
+    check_extra_rank(cfg.extra_rank, cfg.init_from)
     if cfg.init_from and not resume:
         check_init_from(cfg.init_from)
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 8:

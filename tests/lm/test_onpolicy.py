@@ -18,7 +18,7 @@ from hlm_gym.lm.model_types import LoadedModel
 from hlm_gym.lm.onpolicy import (TRAIN_FILE, VAL_FILE, continuation_data, continuation_example, decode_batch,
                                  mixed_row, pack_examples, sampler)
 from hlm_gym.lm.prompts import Prompt
-from hlm_gym.lm.slm import read_delta
+from hlm_gym.lm.slm import read_delta, slm_from_delta
 from hlm_gym.lm.slm_report import clustered_stderr
 from hlm_gym.lm.student import delta_state
 from tests.tiny_models import EOS, VOCAB, tiny_model
@@ -207,7 +207,8 @@ def test_bad_fraction_and_settings_are_clear_errors():
     (["--init-from", "NOWHERE"], "not a folder"),
     (["--init-from", "hlm_gym/data/slm", "--layers", "0-3"], "drop --layers"),
     (["--init-from", "hlm_gym/data/slm", "--resume"], "--init-from starts a new run"),
-    (["--extra-rank", "8"], "--extra-rank widens the adapters of an --init-from artifact"),
+    (["--extra-rank", "8"], "--extra-rank applies only to a new run started with --init-from"),
+    (["--extra-rank", "8", "--resume"], "--extra-rank applies only to a new run started with --init-from"),
 ])
 def test_cli_flag_errors_are_one_line(tmp_path, capsys, argv, message):
     from hlm_gym.cli.main import main
@@ -308,19 +309,28 @@ def test_extra_rank_widens_the_artifacts_adapters_without_changing_the_start(tin
                         llm=tiny_llm, progress=False, log=lambda *a: None)
     with torch.no_grad():
         assert torch.allclose(warm(ids).logits, start(ids).logits, atol=1e-5)
-    # it exports at the widened rank and loads back
+    # it exports at the widened rank and loads back computing the same (fp16 adapters)
     export_artifact(warm, wcfg, tiny_llm, tmp_path / "wide", {})
     art, wide, *_ = read_delta(tiny_llm, tmp_path / "wide")
     assert art["rank"] == 7 and wide[a_name].shape[0] == 7
+    with torch.no_grad():
+        loaded = slm_from_delta(tiny_llm, tmp_path / "wide").model
+        assert torch.allclose(loaded(ids).logits.float(), warm(ids).logits, atol=2e-3)
+    # the run resumes at the widened rank without the artifact it started from
+    (tmp_path / "art" / "slm.safetensors").unlink()
+    resumed, rcfg, summary = build(_tiny_cfg(steps=2), tmp_path / "b", resume=True, llm=tiny_llm, progress=False,
+                                   log=lambda *a: None)
+    assert rcfg.rank == 7 and summary["steps"] == 2 and delta_state(resumed)[a_name].shape[0] == 7
 
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(extra_rank=-1), "--extra-rank must be an integer >= 0"),
-    (dict(extra_rank=4), "--extra-rank widens the adapters of an --init-from artifact"),
+    (dict(extra_rank=4), "--extra-rank applies only to a new run started with --init-from"),
 ])
 def test_extra_rank_errors(kwargs, message):
     with pytest.raises(DistillError, match=message):
-        distill.check_extra_rank(BuildConfig(**kwargs))
+        cfg = BuildConfig(**kwargs)
+        distill.check_extra_rank(cfg.extra_rank, cfg.init_from)
 
 
 def test_init_from_another_llms_artifact_is_refused(tiny_llm, tmp_path, toy_data):
