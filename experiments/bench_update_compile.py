@@ -58,14 +58,8 @@ def main() -> int:
         loss, _ = ppo_losses(nets, data, 0.2, None, 0.003, 0.5, True, params=params)
         return loss.sum()
 
-    def timed(fn) -> tuple[float, float]:
-        def step():
-            loss = fn(nets.params, batch)
-            optimizer.zero_grad(set_to_none=False)
-            loss.backward()
-            clip_grad_norm_per_agent(nets.params, 0.5)
-            optimizer.step()
-
+    def seconds(step) -> tuple[float, float]:
+        """Seconds of ``step``'s first call, and per call over ``--repeats`` after two more warm-ups."""
         t0 = time.perf_counter()
         step()
         first = time.perf_counter() - t0
@@ -75,6 +69,16 @@ def main() -> int:
         for _ in range(args.repeats):
             step()
         return first, (time.perf_counter() - t0) / args.repeats
+
+    def timed(fn) -> tuple[float, float]:
+        def step():
+            loss = fn(nets.params, batch)
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            clip_grad_norm_per_agent(nets.params, 0.5)
+            optimizer.step()
+
+        return seconds(step)
 
     pi, vf = nets._tanh_plan  # the linear maps of SB3's pi and vf MLPs
 
@@ -88,12 +92,7 @@ def main() -> int:
                 g = act(_linear(g, nets.params, name))
             (_linear(h, nets.params, "action_net").sum() + _linear(g, nets.params, "value_net").sum()).backward()
 
-        for _ in range(3):
-            step()
-        t0 = time.perf_counter()
-        for _ in range(args.repeats):
-            step()
-        return (time.perf_counter() - t0) / args.repeats
+        return seconds(step)[1]
 
     _, eager = timed(loss_fn)
     floor = products(lambda z: z)

@@ -255,10 +255,9 @@ def check_onpolicy_settings(cfg: "BuildConfig") -> None:
 
 def check_extra_rank(extra_rank: int, init_from: str | Path | None) -> None:
     """One-line :class:`DistillError` unless ``extra_rank`` is an integer >= 0, > 0 only with ``init_from``."""
-    r = extra_rank
-    if not isinstance(r, int) or isinstance(r, bool) or r < 0:
-        raise DistillError(f"--extra-rank must be an integer >= 0, got {r!r}")
-    if r and not init_from:
+    if not isinstance(extra_rank, int) or isinstance(extra_rank, bool) or extra_rank < 0:
+        raise DistillError(f"--extra-rank must be an integer >= 0, got {extra_rank!r}")
+    if extra_rank and not init_from:
         raise DistillError("--extra-rank applies only to a new run started with --init-from "
                            "(a resumed run keeps its rank; a new run from scratch takes --rank)")
 
