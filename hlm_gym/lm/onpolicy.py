@@ -136,14 +136,56 @@ def _read(path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("format") == DATA_FORMAT else None
 
 
+def _reusable(old: dict | None, settings: dict, names: list[str]) -> tuple[list[int], dict[int, list[int]]]:
+    """The segment ends and cached continuations of ``old`` that a cache of ``names`` keeps.
+
+    All of them when ``old`` has the same settings (its prompt count aside) and its prompts
+    are ``names`` or their first ones (then ``names`` adds a segment); none otherwise.
+    """
+    fresh = ([len(names)], {})
+    if old is None:
+        return fresh
+    same = {k: v for k, v in old.get("settings", {}).items() if k != "n_prompts"}
+    if same != {k: v for k, v in settings.items() if k != "n_prompts"}:
+        return fresh
+    have = old.get("prompts")
+    if not isinstance(have, list) or not have or names[:len(have)] != have:
+        return fresh
+    segments = old.get("segments", [len(have)])  # files written before segments were one
+    if not (isinstance(segments, list) and segments and segments[-1] == len(have)
+            and all(isinstance(e, int) and 0 < e for e in segments) and segments == sorted(set(segments))):
+        return fresh
+    done = {int(k): v for k, v in old.get("continuations", {}).items() if int(k) < len(have)}
+    return (segments if len(names) == len(have) else segments + [len(names)]), done
+
+
+def _segment_batches(lengths: Sequence[int], segments: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Batches of prompt indices: each segment's prompts sorted by ``(length, index)``, cut into ``batch_size``."""
+    batches: list[list[int]] = []
+    start = 0
+    for end in segments:
+        # batches of similar lengths waste less work on padding; the order is a function of the data
+        order = sorted(range(start, end), key=lambda i: (lengths[i], i))
+        batches += [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+        start = end
+    return batches
+
+
 def continuation_data(model, tokenizer, prompts, path: str | Path, n_prompts: int, new_tokens: int,
                       max_prompt_tokens: int, seed: int, fingerprint: str, batch_size: int = 16,
                       progress: bool = True, desc: str = "LLM continuations") -> list[Example]:
     """The LLM's temperature-1 continuations of ``n_prompts`` of ``prompts``, as ``(ids, mask)`` examples.
 
     Reuses (and completes) the cache file ``path`` when it was made with the same settings, the
-    same LLM (``fingerprint``) and the same prompts (their ids are recorded); otherwise generates it afresh, saving it atomically after
-    each batch. Batch ``b`` draws from a generator seeded with ``seed * 1000003 + b``.
+    same LLM (``fingerprint``) and the same prompts (their ids are recorded). A cache of fewer
+    prompts with the same settings grows: its prompts are the first ones of the same shuffle, so
+    their continuations are kept and only the new prompts are decoded, as a new *segment*.
+    Otherwise the file is generated afresh. It is saved atomically after each batch.
+
+    Within each segment (the file records their ends) the prompts are sorted by length and
+    batched; batch ``b`` (counted over all segments) draws from a generator seeded with
+    ``seed * 1000003 + b``. A fresh cache is one segment, so it is a function of the settings;
+    a grown cache is a function of the settings and its segments.
     """
     from tqdm.auto import tqdm
 
@@ -157,13 +199,9 @@ def continuation_data(model, tokenizer, prompts, path: str | Path, n_prompts: in
     chosen = [ids for _, ids in picked]
     if not chosen:
         raise DistillError(f"no prompt of at most {max_prompt_tokens} tokens to continue")
-    # batches of similar lengths waste less work on padding; the order is a function of the data
-    order = sorted(range(len(chosen)), key=lambda i: (len(chosen[i]), i))
-    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     old = _read(path) if path.is_file() else None
-    done: dict[int, list[int]] = {}
-    if old is not None and old.get("settings") == settings and old.get("prompts") == names:
-        done = {int(k): v for k, v in old.get("continuations", {}).items()}
+    segments, done = _reusable(old, settings, names)
+    batches = _segment_batches([len(ids) for ids in chosen], segments, batch_size)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>") if hasattr(tokenizer, "convert_tokens_to_ids") else None
     if not isinstance(eos, int) or eos < 0:
         eos = getattr(tokenizer, "eos_token_id", None)
@@ -178,6 +216,7 @@ def continuation_data(model, tokenizer, prompts, path: str | Path, n_prompts: in
         done.update(zip(batch, conts))
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"format": DATA_FORMAT, "settings": settings, "prompts": names,
+                                            "segments": segments,
                                             "continuations": {str(k): v for k, v in sorted(done.items())}}))
         bar.update(1)
     bar.close()

@@ -153,6 +153,40 @@ def test_interrupted_generation_resumes_exactly(tiny_llm, tmp_path):
                              batch_size=3, progress=False) == full
 
 
+def test_a_cache_grows_by_a_segment_and_keeps_what_it_had(tiny_llm, tmp_path, monkeypatch):
+    prompts = _prompts(30, 6)
+    path = tmp_path / TRAIN_FILE
+    args = (tiny_llm.model, tiny_llm.tokenizer, prompts, path)
+    small = continuation_data(*args, 6, 8, 64, 2, "fp", batch_size=4, progress=False)
+    data = json.loads(path.read_text())
+    assert data["segments"] == [6]
+    del data["segments"]  # a file written before segments existed reads as one segment
+    path.write_text(json.dumps(data))
+    decoded = []
+    real = onpolicy.decode_batch
+
+    def spy(model, rows, *rest):
+        decoded.extend(rows)
+        return real(model, rows, *rest)
+
+    monkeypatch.setattr(onpolicy, "decode_batch", spy)
+    grown = continuation_data(*args, 11, 8, 64, 2, "fp", batch_size=4, progress=False)
+    assert grown[:6] == small and len(grown) == 11
+    new_prompts = [ids for _, ids in onpolicy.choose_prompts(tiny_llm.tokenizer, prompts, 11, 64, 2)[6:]]
+    assert sorted(map(list, decoded)) == sorted(new_prompts)  # only the new prompts were decoded
+    assert json.loads(path.read_text())["segments"] == [6, 11]
+    decoded.clear()
+    assert continuation_data(*args, 11, 8, 64, 2, "fp", batch_size=4, progress=False) == grown and not decoded
+    # a fresh cache of 11 is one segment: the first 6 are batched with the rest, so other draws
+    fresh = continuation_data(tiny_llm.model, tiny_llm.tokenizer, prompts, tmp_path / "fresh.json", 11, 8, 64, 2,
+                              "fp", batch_size=4, progress=False)
+    assert json.loads((tmp_path / "fresh.json").read_text())["segments"] == [11] and len(fresh) == 11
+    # another setting (tokens) regenerates instead of growing
+    decoded.clear()
+    continuation_data(*args, 11, 7, 64, 2, "fp", batch_size=4, progress=False)
+    assert len(decoded) == 11 and json.loads(path.read_text())["segments"] == [11]
+
+
 def test_continuation_example_masks_the_continuation():
     ids, mask = continuation_example([1, 2, 3], [7, 8])
     assert ids == [1, 2, 3, 7, 8] and mask == [0, 0, 1, 1, 0]
