@@ -160,12 +160,22 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.risk_weights = list(DEFAULTS[pre + "risk_weights"])
     if args.risk_targets is None:
         args.risk_targets = list(DEFAULTS[pre + "risk_targets"])
-    n_agents = len(args.scenarios.split(",")) * len(_settings(args)) * len(args.seeds)
+    n_agents = _n_agents(args)
     if args.population_jobs is None:
         args.population_jobs = 1 if _gpus(args.device) else auto_jobs(n_agents)  # compare's rule for the device
     if args.sb3_jobs is None:
         args.sb3_jobs = auto_jobs(n_agents)
     return args
+
+
+def _scenarios(args: argparse.Namespace) -> list[str]:
+    """The sweep's scenario names."""
+    return [s.strip() for s in args.scenarios.split(",")]
+
+
+def _n_agents(args: argparse.Namespace) -> int:
+    """Agents of the sweep: scenarios x reward settings x seeds."""
+    return len(_scenarios(args)) * len(_settings(args)) * len(args.seeds)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -206,14 +216,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     torch.set_num_threads(args.threads)
     trainers = [t.strip() for t in args.trainers.split(",")]
-    scenarios = [s.strip() for s in args.scenarios.split(",")]
+    scenarios = _scenarios(args)
     tmp = None
     if args.out is None:
         tmp = tempfile.TemporaryDirectory(prefix="bench-sweep-")
         out = Path(tmp.name)
     else:
         out = Path(args.out)
-    n_agents = len(scenarios) * len(_settings(args)) * len(args.seeds)
+    n_agents = _n_agents(args)
     print(f"sweep: {len(scenarios)} scenario(s) x {len(_settings(args))} reward settings x {len(args.seeds)} seeds "
           f"= {n_agents} agents, {args.timesteps} steps each; device {args.device}; SB3: {args.sb3_jobs} job(s) of "
           f"{args.threads} torch thread(s); population: {args.population_jobs} process(es) of one torch thread",
