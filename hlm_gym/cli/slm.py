@@ -117,7 +117,9 @@ def register(subparsers: Any) -> None:
                    help="share of training rows taken from the LLM's own temperature-1 continuations of "
                         "train prompts, the rest reference replies (default %(default)s)")
     b.add_argument("--on-policy-prompts", type=int, default=d.on_policy_prompts,
-                   help="train prompts the LLM continues for on-policy rows (default %(default)s)")
+                   help="train prompts the LLM continues for on-policy rows; a larger count than the run folder's "
+                        "cache (same settings) keeps the cached continuations and adds the rest "
+                        "(default %(default)s)")
     b.add_argument("--on-policy-tokens", type=int, default=d.on_policy_tokens,
                    help="tokens per LLM continuation, at most (default %(default)s)")
     b.add_argument("--on-policy-max-prompt", type=int, default=d.on_policy_max_prompt,
