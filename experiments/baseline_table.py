@@ -124,7 +124,7 @@ def main(argv=None) -> int:
                         extra[spec] = make_policy(spec, PolicyContext(traces=args.traces)).ltt.to_dict()
                     extra[spec][f"test_risk_{sc}"] = s["risk"]["mean"]
                 row = {"scenario": sc, "policy": label, "spec": spec,
-                       "param": pol.get("u_th", pol.get("rate", pol.get("alpha_fb", pol.get("lambda", "")))),
+                       "param": pol.get("u_th", pol.get("rate", pol.get("alpha_fb", pol.get("risk_weight", "")))),
                        "tokens_per_s": s["tokens_per_s"]["mean"],
                        "tokens_per_s_ci": (s["tokens_per_s"]["ci_high"] - s["tokens_per_s"]["ci_low"]) / 2,
                        "transmission_rate": s["transmission_rate"]["mean"], "risk": s["risk"]["mean"],
