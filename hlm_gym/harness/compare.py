@@ -439,9 +439,12 @@ def finished_run(cfg: Any) -> tuple[Optional[dict[str, Any]], str]:
     s, why = read_run_summary(folder)
     if s is None:
         return None, why
-    current = config_dict(cfg)
-    if s.get("config") != current:
-        return None, f"settings differ: {_settings_diff(s.get('config'), current)}"
+    # the output folder is not compared: a finished run copied into another --out is reused there
+    # (its files are checked by hash below)
+    current = {k: v for k, v in config_dict(cfg).items() if k != "out"}
+    recorded = {k: v for k, v in (s.get("config") or {}).items() if k != "out"}
+    if recorded != current:
+        return None, f"settings differ: {_settings_diff(recorded, current)}"
     problem = verify_artifacts(folder, s.get("artifacts"))
     if problem:
         return None, problem

@@ -49,8 +49,10 @@ def finished_agent(pop: PopulationConfig, agent: AgentSpec) -> tuple[Optional[di
         return None, "not a population agent's summary (trained by another trainer)"
     current = population_config_dict(pop)
     recorded = s.get("config") if isinstance(s.get("config"), dict) else {}
+    # not compared: the run's default scenario (each agent records its own) and the output folder
+    # (a finished run copied into another --out is reused there; its files are checked by hash below)
     changed = [k for k in dict.fromkeys([*current, *recorded]) if recorded.get(k) != current.get(k)
-               and k != "scenario"]  # the run's default scenario: each agent records its own
+               and k not in ("scenario", "out")]
     mine = {"risk_weight": agent.risk_weight, "risk_target": agent.risk_target, "seed": agent.seed,
             "scenario": pop.scenario_of(agent)}
     changed += [k for k, v in mine.items() if s.get(k) != v]

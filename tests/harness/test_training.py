@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -337,6 +338,14 @@ def test_compare_resume_reuses_finished_population_agents(traces, tmp_path, monk
     assert trained == [["vehicular/lambda5-seed1"]]  # only the damaged agent, as a population of one
     out = capsys.readouterr().out
     assert "retrain" in out and "lambda5-seed1" in out
+    # a finished run copied into another output folder is reused there (docs/live.md does this)
+    other = tmp_path.parent / (tmp_path.name + "-copy")
+    shutil.copytree(tmp_path / "runs", other / "runs")
+    trained.clear()
+    copied = compare(CompareConfig(**(cfg | {"out": str(other)}), resume=True))
+    assert trained == [] and [r["reused"] for r in copied["runs"]] == [True] * 4
+    assert [r["tokens_per_s"] for r in copied["rows"]] == [r["tokens_per_s"] for r in first["rows"]]
+    capsys.readouterr()
 
 
 # ------------------------------------------------------------------------------ the compressed env, end to end
