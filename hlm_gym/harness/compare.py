@@ -79,7 +79,7 @@ from hlm_gym.harness.families import DEFAULT_ENV_ID, family_for
 from hlm_gym.harness.front import analytic_front
 from hlm_gym.harness.hybrid_lm import SWEEP_FAMILY, reward_label
 from hlm_gym.harness.hyperparams import check_algo
-from hlm_gym.harness.run_folder import FolderLock, read_run_summary, signals_deferred, verify_artifacts
+from hlm_gym.harness.run_folder import FolderLock, moved_path, read_run_summary, signals_deferred, verify_artifacts
 from hlm_gym.harness.seeds import SEED_FAMILY, aggregate_seeds, seed_row
 from hlm_gym.paths import atomic_write_bytes
 from hlm_gym.policies.base import PolicyError
@@ -451,9 +451,9 @@ def finished_run(cfg: Any) -> tuple[Optional[dict[str, Any]], str]:
     art = s["artifacts"].get("model_best") or s["artifacts"].get("model_last")
     if art is None:
         return None, "summary.json records no model"
-    files = s.get("files") or {}
+    tensorboard = moved_path((s.get("files") or {}).get("tensorboard", ""), s["config"].get("out", folder), folder)
     return ({"model": str(folder / art["file"]), "wall_s": s.get("wall_s"), "steps_per_s": s.get("steps_per_s"),
-             "tensorboard": files.get("tensorboard", ""), "reused": True},
+             "tensorboard": tensorboard, "reused": True},
             "finished with the same settings, files match their sha256")
 
 

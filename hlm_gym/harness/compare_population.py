@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from hlm_gym.harness.population import AgentSpec, PopulationConfig, population_config_dict
-from hlm_gym.harness.run_folder import read_run_summary, verify_artifacts
+from hlm_gym.harness.run_folder import moved_path, read_run_summary, verify_artifacts
 
 __all__ = ["SweepRun", "population_config", "finished_agent", "train_sweep"]
 
@@ -32,10 +32,12 @@ def population_config(config: Any, rc: dict[str, Any], out: Path, runs: Sequence
                             eval_episodes=config.eval_episodes)
 
 
-def _info(folder: Path, summary: dict[str, Any], reused: bool) -> dict[str, Any]:
-    files = summary.get("files") or {}
+def _info(folder: Path, summary: dict[str, Any], reused: bool, recorded_folder: Optional[Path] = None) -> dict[str, Any]:
+    """A run's info from its summary; ``recorded_folder``: where the summary was written, when the run
+    has since been copied to ``folder`` (its recorded paths are moved there)."""
+    tensorboard = moved_path((summary.get("files") or {}).get("tensorboard", ""), recorded_folder or folder, folder)
     return {"model": str(folder / "model_last.zip"), "wall_s": summary.get("wall_s"),
-            "steps_per_s": summary.get("steps_per_s"), "tensorboard": files.get("tensorboard", ""), "reused": reused}
+            "steps_per_s": summary.get("steps_per_s"), "tensorboard": tensorboard, "reused": reused}
 
 
 def finished_agent(pop: PopulationConfig, agent: AgentSpec) -> tuple[Optional[dict[str, Any]], str]:
@@ -62,7 +64,8 @@ def finished_agent(pop: PopulationConfig, agent: AgentSpec) -> tuple[Optional[di
     problem = verify_artifacts(folder, s.get("artifacts"))
     if problem:
         return None, problem
-    return _info(folder, s, True), "finished with the same settings, files match their sha256"
+    recorded_folder = Path(recorded.get("out", pop.out)) / agent.folder
+    return _info(folder, s, True, recorded_folder), "finished with the same settings, files match their sha256"
 
 
 def train_sweep(config: Any, rc: dict[str, Any], out: Path, runs: Sequence[SweepRun], resume: bool,

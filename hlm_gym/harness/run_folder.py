@@ -207,6 +207,15 @@ def read_run_summary(folder: str | os.PathLike) -> tuple[Optional[dict], str]:
     return s, ""
 
 
+def moved_path(path: str, recorded_folder: str | os.PathLike, folder: str | os.PathLike) -> str:
+    """``path``, which a summary recorded under ``recorded_folder``, for the run now found in ``folder``
+    (a finished run copied into another output folder); unchanged if it is not under ``recorded_folder``."""
+    try:
+        return str(Path(folder) / Path(path).relative_to(recorded_folder))
+    except ValueError:
+        return path
+
+
 def verify_artifacts(folder: str | os.PathLike, artifacts: Any) -> Optional[str]:
     """None when every artifact a summary records (``{key: {"file": NAME, "sha256": HEX}}``) is in
     ``folder`` with that hash; else why not (one line)."""
